@@ -1,0 +1,227 @@
+//! Listening TCP sockets of a network namespace, from NETLINK_SOCK_DIAG
+//! (inet_diag, filtered to TCP_LISTEN so a busy server's connections are not
+//! read at all), or from `/proc/PID/net/tcp{,6}` where the namespace cannot be
+//! entered.
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+/// Errors listing listeners.
+#[derive(Debug, thiserror::Error)]
+pub enum DiagError {
+    #[error("sock_diag netlink call failed")]
+    Netlink(#[source] io::Error),
+    #[error("sock_diag answered with a malformed message: {0}")]
+    Malformed(&'static str),
+    #[error("cannot read {path}")]
+    Proc {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub inode: u64,
+    pub uid: u32,
+    /// Connections waiting in the accept queue.
+    pub accept_queue: u32,
+    /// The listen() backlog, when known (sock_diag only).
+    pub backlog: Option<u32>,
+    /// `SO_COOKIE`, when known (sock_diag only).
+    pub cookie: Option<u64>,
+}
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const TCP_LISTEN: u8 = 10;
+const NLMSG_HDR: usize = 16;
+/// `struct inet_diag_msg`.
+const DIAG_MSG_LEN: usize = 72;
+
+/// Lists the listening TCP sockets (IPv4 and IPv6) of the calling thread's
+/// network namespace.
+pub fn listeners() -> Result<Vec<Listener>, DiagError> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw =
+        unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+    if raw < 0 {
+        return Err(DiagError::Netlink(io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut out = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        send_request(&sock, family)?;
+        read_dump(&sock, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn send_request(sock: &OwnedFd, family: u8) -> Result<(), DiagError> {
+    let mut req = [0_u8; NLMSG_HDR + 56];
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&1_u32.to_ne_bytes());
+    // struct inet_diag_req_v2: family, protocol, ext, pad, states, id.
+    req[16] = family;
+    req[17] = libc::IPPROTO_TCP as u8;
+    req[20..24].copy_from_slice(&(1_u32 << TCP_LISTEN).to_ne_bytes());
+    // SAFETY: req is a valid buffer of req.len() bytes.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if sent < 0 {
+        return Err(DiagError::Netlink(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn read_dump(sock: &OwnedFd, out: &mut Vec<Listener>) -> Result<(), DiagError> {
+    let mut buf = vec![0_u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(DiagError::Netlink(err));
+        }
+        let n = usize::try_from(n).map_err(|_| DiagError::Malformed("negative length"))?;
+        if parse_dump(&buf[..n], out)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Parses one datagram of a dump into `out`; true once `NLMSG_DONE` is seen.
+pub fn parse_dump(mut buf: &[u8], out: &mut Vec<Listener>) -> Result<bool, DiagError> {
+    while buf.len() >= NLMSG_HDR {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
+        if len < NLMSG_HDR || len > buf.len() {
+            return Err(DiagError::Malformed("bad nlmsg length"));
+        }
+        let body = &buf[NLMSG_HDR..len];
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let code = body
+                    .get(0..4)
+                    .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                    .ok_or(DiagError::Malformed("short error message"))?;
+                if code != 0 {
+                    return Err(DiagError::Netlink(io::Error::from_raw_os_error(-code)));
+                }
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if let Some(listener) = parse_msg(body)? {
+                    out.push(listener);
+                }
+            }
+            _ => {}
+        }
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+    }
+    Ok(false)
+}
+
+/// `struct inet_diag_msg` → listener (None for a socket not in TCP_LISTEN).
+fn parse_msg(b: &[u8]) -> Result<Option<Listener>, DiagError> {
+    if b.len() < DIAG_MSG_LEN {
+        return Err(DiagError::Malformed("short inet_diag_msg"));
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+    let family = b[0];
+    if b[1] != TCP_LISTEN {
+        return Ok(None);
+    }
+    // id: sport (be16) at 4, dport at 6, src at 8..24, dst at 24..40, if at 40, cookie at 44..52.
+    let port = u16::from_be_bytes([b[4], b[5]]);
+    let ip = match i32::from(family) {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::new(b[8], b[9], b[10], b[11])),
+        libc::AF_INET6 => {
+            let octets: [u8; 16] = b[8..24].try_into().expect("16 bytes");
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        _ => return Ok(None),
+    };
+    let cookie = u64::from(u32_at(44)) | (u64::from(u32_at(48)) << 32);
+    Ok(Some(Listener {
+        addr: SocketAddr::new(ip, port),
+        accept_queue: u32_at(56),
+        backlog: Some(u32_at(60)),
+        uid: u32_at(64),
+        inode: u64::from(u32_at(68)),
+        cookie: Some(cookie),
+    }))
+}
+
+/// Listening sockets from `/proc/PID/net/tcp` and `tcp6` (the PID's namespace).
+pub fn listeners_from_proc(pid: u32) -> Result<Vec<Listener>, DiagError> {
+    let mut out = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let path = format!("/proc/{pid}/net/{file}");
+        let text = std::fs::read_to_string(&path).map_err(|source| DiagError::Proc { path, source })?;
+        out.extend(text.lines().skip(1).filter_map(parse_proc_line));
+    }
+    Ok(out)
+}
+
+/// One line of `/proc/net/tcp{,6}` → listener (None unless state is LISTEN).
+#[must_use]
+pub fn parse_proc_line(line: &str) -> Option<Listener> {
+    let mut f = line.split_whitespace();
+    let _sl = f.next()?;
+    let local = f.next()?;
+    let _remote = f.next()?;
+    if u8::from_str_radix(f.next()?, 16).ok()? != TCP_LISTEN {
+        return None;
+    }
+    let (_tx, rx) = f.next()?.split_once(':')?;
+    let _timer = f.next()?;
+    let _retr = f.next()?;
+    let uid = f.next()?.parse().ok()?;
+    let _timeout = f.next()?;
+    let inode = f.next()?.parse().ok()?;
+    let (addr_hex, port_hex) = local.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    // The kernel prints each 32-bit word of the address in host byte order.
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(u32::from_str_radix(addr_hex.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes())
+    };
+    let ip = match addr_hex.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut o = [0_u8; 16];
+            for i in 0..4 {
+                o[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return None,
+    };
+    Some(Listener {
+        addr: SocketAddr::new(ip, port),
+        inode,
+        uid,
+        accept_queue: u32::from_str_radix(rx, 16).ok()?,
+        backlog: None,
+        cookie: None,
+    })
+}
+
+#[cfg(test)]
+#[path = "diag_tests.rs"]
+mod tests;

@@ -1,0 +1,175 @@
+//! The `steer` command: parses arguments, sets up logging, and calls one
+//! library function per subcommand.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use steer::{ops, paths};
+
+/// Zero-loss reloads for SO_REUSEPORT servers: choose which process generation
+/// gets new connections.
+#[derive(Debug, Parser)]
+#[command(name = "steer", version, about, long_about = None)]
+struct Cli {
+    /// State directory on bpffs [env: STEER_STATE_DIR] [default: /sys/fs/bpf/steer]
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Can steering work here? Kernel, privileges, bpffs, program load
+    Check {
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send new connections of PID's reuseport groups to PID's sockets
+    Promote {
+        /// The process whose listening sockets get new connections
+        pid: u32,
+        /// Only the groups on this port (repeatable); default: every listening port of PID
+        #[arg(long = "port", value_name = "P")]
+        ports: Vec<u16>,
+        /// Send only this percentage of new connections to PID (a canary); the rest stays
+        #[arg(long, value_name = "PCT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100))]
+        weight: u32,
+    },
+    /// Make the previous generation active again, if it still listens
+    Rollback {
+        /// Only the groups on this port (repeatable)
+        #[arg(long = "port", value_name = "P")]
+        ports: Vec<u16>,
+    },
+    /// Groups, their sockets (pid, fd, cookie, accept queue), roles and counters
+    Status {
+        /// Print the stable JSON document (schema in docs/ARCHITECTURE.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove steering; the kernel's default selection resumes
+    Detach {
+        /// Only the groups on this port (repeatable)
+        #[arg(long = "port", value_name = "P")]
+        ports: Vec<u16>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("steer: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let state_dir = paths::state_dir(cli.state_dir.as_deref());
+    match cli.command {
+        Command::Check { json } => {
+            let items = ops::check::run(&state_dir);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                for item in &items {
+                    println!("{:<4} {:<16} {}", if item.ok { "ok" } else { "FAIL" }, item.name, item.detail);
+                }
+            }
+            Ok(if items.iter().all(|i| i.ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Promote { pid, ports, weight } => {
+            let changes = ops::promote::run(&state_dir, &ops::promote::Request { pid, ports, weight })?;
+            changes.iter().for_each(|c| println!("{c}"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback { ports } => {
+            ops::rollback::run(&state_dir, &ports)?.iter().for_each(|c| println!("{c}"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let status = ops::status::read(&state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", ops::status::render(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach { ports } => {
+            ops::detach::run(&state_dir, &ports)?.iter().for_each(|c| println!("{c}"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses_the_contract() {
+        let cli = Cli::try_parse_from([
+            "steer",
+            "--state-dir",
+            "/x",
+            "promote",
+            "42",
+            "--port",
+            "80",
+            "--port",
+            "443",
+            "--weight",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(cli.state_dir.as_deref(), Some(std::path::Path::new("/x")));
+        match cli.command {
+            Command::Promote { pid, ports, weight } => {
+                assert_eq!((pid, ports, weight), (42, vec![80, 443], 10));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["steer", "status", "--json"]).unwrap().command,
+            Command::Status { json: true }
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["steer", "-v", "rollback"]).unwrap().command,
+            Command::Rollback { .. }
+        ));
+    }
+
+    #[test]
+    fn bad_usage_is_refused() {
+        for args in [
+            vec!["steer", "promote"],
+            vec!["steer", "promote", "abc"],
+            vec!["steer", "promote", "1", "--weight", "0"],
+            vec!["steer", "promote", "1", "--weight", "101"],
+            vec!["steer", "promote", "1", "--port", "70000"],
+            vec!["steer", "frobnicate"],
+        ] {
+            let err = Cli::try_parse_from(&args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

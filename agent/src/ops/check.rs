@@ -1,0 +1,94 @@
+//! `steer check`: can steering work here? Kernel, privileges, bpffs, and a real
+//! load of the program through the verifier (loaded, then dropped: nothing is
+//! pinned or attached).
+use std::path::Path;
+
+use aya::{EbpfLoader, programs::SkReuseport};
+
+use crate::{paths, preflight, program, state};
+
+/// One line of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Item {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Runs every check; the report says what to fix for each failed one.
+#[must_use]
+pub fn run(state_dir: &Path) -> Vec<Item> {
+    let mut items = Vec::new();
+    let kernel = preflight::kernel();
+    items.push(match &kernel {
+        Ok(release) => Item {
+            name: "kernel",
+            ok: true,
+            detail: format!("{release} (>= 5.14: ctx->sk and listener migration)"),
+        },
+        Err(e) => Item { name: "kernel", ok: false, detail: e.to_string() },
+    });
+    let privileges = preflight::privileges();
+    items.push(match &privileges {
+        Ok(()) => Item {
+            name: "privileges",
+            ok: true,
+            detail: "CAP_BPF, CAP_NET_ADMIN and CAP_SYS_PTRACE are effective".to_owned(),
+        },
+        Err(e) => Item { name: "privileges", ok: false, detail: e.to_string() },
+    });
+    let bpffs = bpffs_item(state_dir);
+    items.push(bpffs);
+    if kernel.is_ok() && privileges.is_ok() {
+        items.push(match load_program() {
+            Ok(()) => Item {
+                name: "program",
+                ok: true,
+                detail: "the verifier accepts the sk_reuseport/migrate program".to_owned(),
+            },
+            Err(e) => {
+                Item { name: "program", ok: false, detail: format!("the kernel refuses the program: {e:#}") }
+            }
+        });
+    }
+    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
+    items.push(Item {
+        name: "tcp_migrate_req",
+        ok: true,
+        detail: format!("{} (steer migrates queued connections with or without it)", migrate.trim()),
+    });
+    items
+}
+
+fn bpffs_item(state_dir: &Path) -> Item {
+    let mut probe = state_dir.to_path_buf();
+    while !probe.exists() && probe.pop() {}
+    if state::is_bpffs(&probe) {
+        Item { name: "bpffs", ok: true, detail: format!("{} is on bpffs", probe.display()) }
+    } else if state_dir.starts_with(paths::BPFFS_MOUNT) || probe == Path::new("/") {
+        Item {
+            name: "bpffs",
+            ok: true,
+            detail: format!("not mounted at {}; steer mounts it on first promote", paths::BPFFS_MOUNT),
+        }
+    } else {
+        Item {
+            name: "bpffs",
+            ok: true,
+            detail: format!(
+                "{} is not on bpffs; steer mounts bpffs there on first promote",
+                state_dir.display()
+            ),
+        }
+    }
+}
+
+fn load_program() -> anyhow::Result<()> {
+    let mut ebpf = EbpfLoader::new().load(program::OBJECT)?;
+    let prog: &mut SkReuseport = ebpf
+        .program_mut(steer_abi::PROGRAM_NAME)
+        .ok_or_else(|| anyhow::anyhow!("program missing from the object"))?
+        .try_into()?;
+    prog.load()?;
+    Ok(())
+}

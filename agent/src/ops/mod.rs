@@ -1,0 +1,75 @@
+//! The commands of the CLI contract, one file each. Every command validates
+//! everything it can before it changes anything, so a refused command leaves
+//! the state as it was.
+pub mod check;
+pub mod detach;
+pub mod promote;
+pub mod rollback;
+pub mod status;
+
+use std::os::fd::OwnedFd;
+
+use steer_abi::{GroupKey, SlotMeta};
+
+use crate::{
+    policy::PolicyError,
+    preflight::PreflightError,
+    proc::ProcError,
+    sockets::{self, SocketError},
+    state::StateError,
+};
+
+/// Why a command was refused or failed. Each message is one sentence that
+/// says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("group {group} {source}")]
+    Policy {
+        group: String,
+        #[source]
+        source: PolicyError,
+    },
+    #[error("no steered group{ports}; `steer status` lists the steered groups")]
+    NoGroups { ports: String },
+}
+
+impl OpError {
+    pub(crate) fn policy(key: &GroupKey) -> impl FnOnce(PolicyError) -> Self {
+        let group = sockets::key_label(key);
+        move |source| Self::Policy { group, source }
+    }
+}
+
+/// " on port 80" / " on ports 80, 443" / "".
+#[must_use]
+pub fn ports_phrase(ports: &[u16]) -> String {
+    match ports {
+        [] => String::new(),
+        [p] => format!(" on port {p}"),
+        _ => format!(" on ports {}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// Whether a group passes a `--port` filter.
+#[must_use]
+pub fn port_selected(key: &GroupKey, ports: &[u16]) -> bool {
+    ports.is_empty() || ports.contains(&key.port)
+}
+
+/// A duplicate of the socket a slot record names, if that process still holds
+/// it under that descriptor (checked by cookie). Needs CAP_SYS_PTRACE.
+#[must_use]
+pub fn reopen(meta: &SlotMeta) -> Option<OwnedFd> {
+    let pidfd = sockets::open_pidfd(meta.pid).ok()?;
+    let fd = i32::try_from(meta.fd).ok()?;
+    let dup = rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty()).ok()?;
+    (rustix::net::sockopt::socket_cookie(&dup).ok()? == meta.cookie).then_some(dup)
+}

@@ -1,0 +1,217 @@
+//! `steer promote PID`: send new connections of PID's reuseport groups to PID's
+//! sockets (or a share of them with `--weight`).
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
+
+use serde::Serialize;
+use steer_abi::{GroupConfig, GroupKey, SlotMeta, SlotRange, WEIGHT_SCALE};
+
+use super::OpError;
+use crate::{
+    policy::{self, Outcome},
+    preflight,
+    proc::Process,
+    sockets::{self, Candidate},
+    state::{Instance, StateDir},
+};
+
+/// What to promote.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub pid: u32,
+    /// Only these ports (empty: every listening port of the process).
+    pub ports: Vec<u16>,
+    /// Percent of new connections, 1..=100.
+    pub weight: u32,
+}
+
+/// What happened to one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub group: String,
+    pub pid: u32,
+    pub sockets: usize,
+    pub first_slot: u32,
+    pub outcome: String,
+    /// Pids of the generation that was active before, if any.
+    pub previous_pids: Vec<u32>,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = if self.sockets == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{}: {} pid {} ({} socket{s}, slot {})",
+            self.group, self.outcome, self.pid, self.sockets, self.first_slot
+        )?;
+        if !self.previous_pids.is_empty() {
+            let pids: Vec<String> = self.previous_pids.iter().map(u32::to_string).collect();
+            write!(f, "; previous pid {}", pids.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+/// One group's decided change, before anything is written.
+struct Plan {
+    key: GroupKey,
+    sockets: Vec<Candidate>,
+    range: SlotRange,
+    /// True when the sockets must be inserted into `range`.
+    fill: bool,
+    /// Slots that hold some of these sockets in a stale layout; freed first.
+    stale: Vec<u32>,
+    config: GroupConfig,
+    outcome: Outcome,
+    previous_pids: Vec<u32>,
+}
+
+/// Runs a promote. Every refusal happens before the first write.
+pub fn run(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpError> {
+    preflight::all()?;
+    let process = Process::open(req.pid)?;
+    let listening = sockets::listening_sockets(&process, &req.ports)?;
+    let candidates = sockets::duplicate(&process, &listening)?;
+    if candidates.is_empty() {
+        return Err(sockets::SocketError::Vanished { pid: req.pid }.into());
+    }
+    let mut by_group: BTreeMap<GroupKey, Vec<Candidate>> = BTreeMap::new();
+    for c in candidates {
+        by_group.entry(c.key).or_default().push(c);
+    }
+
+    let state = StateDir::open_for_write(state_dir)?;
+    let mut instance = state.instance_or_create(process.netns)?;
+    instance.reclaim()?;
+    let mut metas = instance.slot_metas()?;
+    let plans = by_group
+        .into_iter()
+        .map(|(key, sockets)| plan(&instance, &mut metas, key, sockets, req.weight))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut changes = Vec::with_capacity(plans.len());
+    for plan in plans {
+        changes.push(apply(&mut instance, &process, plan)?);
+    }
+    release_unreferenced(&mut instance)?;
+    // Every duplicate was dropped inside apply(): none outlives this call.
+    Ok(changes)
+}
+
+fn plan(
+    instance: &Instance,
+    metas: &mut [SlotMeta],
+    key: GroupKey,
+    sockets: Vec<Candidate>,
+    weight: u32,
+) -> Result<Plan, OpError> {
+    let current = instance.config(&key);
+    let cookies: Vec<u64> = sockets.iter().map(|c| c.cookie).collect();
+    let existing = current.as_ref().and_then(|c| policy::find_range(c, metas, &cookies));
+    let (range, fill, stale) = match existing {
+        Some(range) => (range, false, Vec::new()),
+        None => {
+            let stale: Vec<u32> =
+                (0..metas.len() as u32).filter(|s| cookies.contains(&metas[*s as usize].cookie)).collect();
+            for s in &stale {
+                metas[*s as usize] = SlotMeta::default();
+            }
+            let range = policy::allocate(metas, sockets.len() as u32).map_err(OpError::policy(&key))?;
+            for s in range.first..range.first + range.count {
+                // Reserve the slots so the next group's plan does not take them.
+                metas[s as usize].cookie = u64::MAX;
+            }
+            (range, true, stale)
+        }
+    };
+    let (config, outcome) =
+        policy::promote(current.as_ref(), range, weight.min(WEIGHT_SCALE)).map_err(OpError::policy(&key))?;
+    // The generation that stops being active (a canary leaves it active).
+    let previous_pids = current
+        .filter(|c| outcome == Outcome::Promoted && !c.active.is_none() && c.active != range)
+        .map(|c| pids_of(metas, c.active))
+        .unwrap_or_default();
+    Ok(Plan { key, sockets, range, fill, stale, config, outcome, previous_pids })
+}
+
+fn apply(instance: &mut Instance, process: &Process, plan: Plan) -> Result<Change, OpError> {
+    let Plan { key, sockets, range, fill, stale, config, outcome, previous_pids } = plan;
+    for slot in stale {
+        instance.free_slot(slot)?;
+    }
+    if fill {
+        let since =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        for (i, socket) in sockets.iter().enumerate() {
+            let slot = range.first + i as u32;
+            let meta = SlotMeta {
+                cookie: socket.cookie,
+                pid: process.pid,
+                fd: socket.fd,
+                inode: socket.inode,
+                since,
+                group: key,
+                pad: 0,
+            };
+            if let Err(e) = instance.fill_slot(slot, &socket.dup, &meta) {
+                for undo in range.first..slot {
+                    let _ = instance.free_slot(undo);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    if config != instance.config(&key).unwrap_or_default() || fill {
+        instance.set_config(&key, &config)?;
+    }
+    // Attach after the configuration is in place, so the program's first run
+    // already finds it. Attaching again is harmless and re-arms a group that
+    // emptied and formed again.
+    if let Some(first) = sockets.first() {
+        instance.attach(first.dup.as_fd())?;
+    }
+    let outcome = match outcome {
+        Outcome::AlreadyActive => "already active".to_owned(),
+        Outcome::AlreadyCanary => format!("already canary at {}%", config.canary_weight),
+        Outcome::Promoted => "promoted".to_owned(),
+        Outcome::Canary { weight } => format!("canary at {weight}%"),
+    };
+    tracing::info!(pid = process.pid, group = %sockets::key_label(&key), first_slot = range.first, generation = config.generation, %outcome, "promote");
+    let change = Change {
+        group: sockets::key_label(&key),
+        pid: process.pid,
+        sockets: sockets.len(),
+        first_slot: range.first,
+        outcome,
+        previous_pids,
+    };
+    drop(sockets); // close the duplicates now
+    Ok(change)
+}
+
+/// Distinct pids recorded for the slots of `range`.
+#[must_use]
+pub fn pids_of(metas: &[SlotMeta], range: SlotRange) -> Vec<u32> {
+    let mut pids: Vec<u32> = (range.first..range.first + range.count)
+        .filter_map(|s| metas.get(s as usize))
+        .filter(|m| m.cookie != 0 && m.cookie != u64::MAX)
+        .map(|m| m.pid)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Frees slots that no group's configuration refers to any more (a generation
+/// two promotes back): the program can never select them.
+pub fn release_unreferenced(instance: &mut Instance) -> Result<(), OpError> {
+    let referenced: Vec<SlotRange> =
+        instance.groups().iter().flat_map(|g| policy::ranges(&g.config)).collect();
+    let used: Vec<u32> = instance.slots()?.iter().map(|s| s.slot).collect();
+    for slot in used {
+        if !referenced.iter().any(|r| r.contains(slot)) {
+            instance.free_slot(slot)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `steer status`: groups, their sockets, roles and counters. Reads only; it
+//! never locks, mounts or creates anything.
+use std::path::Path;
+
+use serde::Serialize;
+use steer_abi::{GroupConfig, counter};
+
+use crate::{
+    proc, sockets,
+    state::{StateDir, StateError},
+};
+
+/// Version of the JSON document; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The whole status document (`steer status --json`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub schema: u32,
+    pub state_dir: String,
+    pub abi_version: u32,
+    pub namespaces: Vec<Namespace>,
+}
+
+/// One network namespace's instance.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Namespace {
+    pub netns: u64,
+    pub max_slots: u32,
+    /// Counters over every group of the namespace, configured or not.
+    pub counters: Counters,
+    pub groups: Vec<Group>,
+}
+
+/// One steered reuseport group.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Group {
+    pub address: String,
+    pub port: u16,
+    pub ifindex: u32,
+    pub generation: u64,
+    pub canary_weight: u32,
+    pub counters: Counters,
+    pub sockets: Vec<Socket>,
+}
+
+/// One socket in the sockarray.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Socket {
+    pub slot: u32,
+    /// `active`, `previous`, `canary` or `unreferenced`.
+    pub role: String,
+    pub pid: u32,
+    pub comm: Option<String>,
+    pub fd: u32,
+    pub cookie: u64,
+    /// False once the socket has closed (its slot is reclaimed on the next write).
+    pub live: bool,
+    /// Connections waiting to be accepted, when steer may look (CAP_SYS_PTRACE).
+    pub accept_queue: Option<u32>,
+    /// New connections the program sent to this socket.
+    pub selected: u64,
+}
+
+/// The program's counters, by name.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    pub steered_active: u64,
+    pub steered_canary: u64,
+    pub migrated: u64,
+    pub fallback_no_config: u64,
+    pub fallback_empty_slot: u64,
+    pub helper_error: u64,
+}
+
+impl From<[u64; counter::COUNT]> for Counters {
+    fn from(v: [u64; counter::COUNT]) -> Self {
+        Self {
+            steered_active: v[counter::ACTIVE],
+            steered_canary: v[counter::CANARY],
+            migrated: v[counter::MIGRATED],
+            fallback_no_config: v[counter::NO_CONFIG],
+            fallback_empty_slot: v[counter::EMPTY_SLOT],
+            helper_error: v[counter::HELPER_ERROR],
+        }
+    }
+}
+
+fn role(config: &GroupConfig, slot: u32) -> &'static str {
+    if config.active.contains(slot) {
+        "active"
+    } else if config.canary.contains(slot) {
+        "canary"
+    } else if config.previous.contains(slot) {
+        "previous"
+    } else {
+        "unreferenced"
+    }
+}
+
+/// Reads the status of every instance under `state_dir`.
+pub fn read(state_dir: &Path) -> Result<Status, StateError> {
+    let mut status = Status {
+        schema: SCHEMA_VERSION,
+        state_dir: state_dir.display().to_string(),
+        abi_version: steer_abi::ABI_VERSION,
+        namespaces: Vec::new(),
+    };
+    let Some(state) = StateDir::open_for_read(state_dir) else {
+        return Ok(status);
+    };
+    for netns in state.namespaces() {
+        let Some(instance) = state.instance(netns)? else { continue };
+        let slots = instance.slots()?;
+        let groups = instance
+            .groups()
+            .into_iter()
+            .map(|g| Group {
+                address: sockets::key_label(&g.key),
+                port: g.key.port,
+                ifindex: g.key.ifindex,
+                generation: g.config.generation,
+                canary_weight: g.config.canary_weight,
+                counters: g.counters.into(),
+                sockets: slots
+                    .iter()
+                    .filter(|s| s.meta.group == g.key)
+                    .map(|s| Socket {
+                        slot: s.slot,
+                        role: role(&g.config, s.slot).to_owned(),
+                        pid: s.meta.pid,
+                        comm: proc::comm(s.meta.pid),
+                        fd: s.meta.fd,
+                        cookie: s.meta.cookie,
+                        live: s.live,
+                        accept_queue: s
+                            .live
+                            .then(|| super::reopen(&s.meta))
+                            .flatten()
+                            .and_then(|dup| sockets::accept_queue(&dup).ok()),
+                        selected: s.hits,
+                    })
+                    .collect(),
+            })
+            .collect();
+        status.namespaces.push(Namespace {
+            netns,
+            max_slots: instance.info.max_slots,
+            counters: instance.global_counters().into(),
+            groups,
+        });
+    }
+    Ok(status)
+}
+
+/// The human-readable table.
+#[must_use]
+pub fn render(status: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if status.namespaces.iter().all(|n| n.groups.is_empty()) {
+        let _ = writeln!(out, "no steered groups in {}", status.state_dir);
+        return out;
+    }
+    for ns in &status.namespaces {
+        for g in &ns.groups {
+            let canary =
+                if g.canary_weight > 0 { format!(", canary {}%", g.canary_weight) } else { String::new() };
+            let _ = writeln!(out, "{} (netns {}, generation {}{canary})", g.address, ns.netns, g.generation);
+            let _ = writeln!(
+                out,
+                "  {:<6} {:<12} {:>8} {:<16} {:>5} {:>20} {:>7} {:>10}",
+                "slot", "role", "pid", "comm", "fd", "cookie", "queue", "selected"
+            );
+            for s in &g.sockets {
+                let queue = s.accept_queue.map_or_else(|| "-".to_owned(), |q| q.to_string());
+                let role = if s.live { s.role.clone() } else { format!("{} (closed)", s.role) };
+                let comm = s.comm.clone().unwrap_or_else(|| "-".to_owned());
+                let _ = writeln!(
+                    out,
+                    "  {:<6} {:<12} {:>8} {:<16} {:>5} {:>20} {:>7} {:>10}",
+                    s.slot, role, s.pid, comm, s.fd, s.cookie, queue, s.selected
+                );
+            }
+            let c = &g.counters;
+            let _ = writeln!(
+                out,
+                "  counters: active {} canary {} migrated {} fallback(no config {} empty slot {}) helper errors {}",
+                c.steered_active,
+                c.steered_canary,
+                c.migrated,
+                c.fallback_no_config,
+                c.fallback_empty_slot,
+                c.helper_error
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,72 @@
+//! Paths and defaults: where state lives, what the pins are called, and the
+//! environment variables that override them.
+use std::path::{Path, PathBuf};
+
+/// Default state directory (a bpffs directory).
+pub const DEFAULT_STATE_DIR: &str = "/sys/fs/bpf/steer";
+/// Overrides the default state directory; `--state-dir` overrides this.
+pub const STATE_DIR_ENV: &str = "STEER_STATE_DIR";
+/// Where bpffs is normally mounted.
+pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+/// Sizes the sockarray of a state instance when it is created (tests use it to
+/// reach a full sockarray quickly). Ignored for an existing instance.
+pub const MAX_SLOTS_ENV: &str = "STEER_MAX_SLOTS";
+/// Replaces the running kernel's release in the version check, so that the
+/// old-kernel refusal can be tested on a new kernel.
+pub const KERNEL_RELEASE_ENV: &str = "STEER_KERNEL_RELEASE";
+
+/// Name of the lock file's directory entry: the state directory itself is locked.
+pub const INSTANCE_PREFIX: &str = "net-";
+
+/// Pin names inside one instance directory.
+pub mod pins {
+    pub const PROGRAM: &str = "prog";
+    pub const SOCKETS: &str = "sockets";
+    pub const GROUPS: &str = "groups";
+    pub const SLOTS: &str = "slots";
+    pub const GROUP_STATS: &str = "group_stats";
+    pub const SLOT_STATS: &str = "slot_stats";
+    pub const GLOBAL_STATS: &str = "global_stats";
+    pub const INFO: &str = "info";
+}
+
+/// The state directory chosen by the flag, the environment, or the default.
+#[must_use]
+pub fn state_dir(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os(STATE_DIR_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// One instance per network namespace: groups are keyed by address and port,
+/// which repeat across namespaces, so each namespace gets its own program and maps.
+#[must_use]
+pub fn instance_dir(state_dir: &Path, netns_inode: u64) -> PathBuf {
+    state_dir.join(format!("{INSTANCE_PREFIX}{netns_inode}"))
+}
+
+/// The namespace inode an instance directory name stands for.
+#[must_use]
+pub fn parse_instance_name(name: &str) -> Option<u64> {
+    name.strip_prefix(INSTANCE_PREFIX)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_round_trip() {
+        let dir = instance_dir(Path::new("/sys/fs/bpf/steer"), 4_026_531_840);
+        assert_eq!(dir, Path::new("/sys/fs/bpf/steer/net-4026531840"));
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        assert_eq!(parse_instance_name(name), Some(4_026_531_840));
+        assert_eq!(parse_instance_name("net-x"), None);
+        assert_eq!(parse_instance_name(".tmp-12"), None);
+    }
+
+    #[test]
+    fn flag_beats_default() {
+        assert_eq!(state_dir(Some(Path::new("/x"))), Path::new("/x"));
+    }
+}

@@ -1,0 +1,135 @@
+//! The steering policy as pure functions: how a group's configuration changes
+//! on promote, canary and rollback, and where a generation's sockets go in the
+//! sockarray. No I/O here, so every rule is unit-tested.
+use steer_abi::{GroupConfig, SlotMeta, SlotRange, WEIGHT_SCALE};
+
+/// Why a change is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "the sockarray is full ({free} free slots, {needed} needed); stop old generations that still listen, or detach unused groups"
+    )]
+    SockarrayFull { needed: u32, free: u32 },
+    #[error("has no active generation to take a share from; promote without --weight first")]
+    NoActiveForCanary,
+    #[error(
+        "is already the active generation; to give another generation a share, promote that one with --weight"
+    )]
+    CanaryIsActive,
+    #[error("has no previous generation to roll back to")]
+    NoPrevious,
+    #[error("its previous generation no longer listens, so there is nothing to roll back to")]
+    PreviousGone,
+}
+
+/// What a promote did to one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing changed: the sockets already get every new connection.
+    AlreadyActive,
+    /// Nothing changed: the sockets already get this canary share.
+    AlreadyCanary,
+    /// The sockets now get every new connection.
+    Promoted,
+    /// The sockets now get `weight` percent of new connections.
+    Canary { weight: u32 },
+}
+
+/// The configuration after promoting the generation in `target` with `weight`
+/// percent (100 = all new connections).
+pub fn promote(
+    current: Option<&GroupConfig>,
+    target: SlotRange,
+    weight: u32,
+) -> Result<(GroupConfig, Outcome), PolicyError> {
+    let cur = current.copied().unwrap_or_default();
+    let next_gen = cur.generation + 1;
+    if weight >= WEIGHT_SCALE {
+        if cur.active == target && cur.canary.is_none() {
+            return Ok((cur, Outcome::AlreadyActive));
+        }
+        let previous = if cur.active == target || cur.active.is_none() { cur.previous } else { cur.active };
+        let config = GroupConfig {
+            generation: next_gen,
+            active: target,
+            previous,
+            canary: SlotRange::NONE,
+            canary_weight: 0,
+            flags: 0,
+        };
+        return Ok((config, Outcome::Promoted));
+    }
+    if cur.active.is_none() {
+        return Err(PolicyError::NoActiveForCanary);
+    }
+    if cur.active == target {
+        return Err(PolicyError::CanaryIsActive);
+    }
+    if cur.canary == target && cur.canary_weight == weight {
+        return Ok((cur, Outcome::AlreadyCanary));
+    }
+    let config = GroupConfig { generation: next_gen, canary: target, canary_weight: weight, ..cur };
+    Ok((config, Outcome::Canary { weight }))
+}
+
+/// The configuration after a rollback; `previous_live` says whether the
+/// previous generation's sockets all still sit in their slots.
+pub fn rollback(current: &GroupConfig, previous_live: bool) -> Result<GroupConfig, PolicyError> {
+    if current.previous.is_none() {
+        return Err(PolicyError::NoPrevious);
+    }
+    if !previous_live {
+        return Err(PolicyError::PreviousGone);
+    }
+    Ok(GroupConfig {
+        generation: current.generation + 1,
+        active: current.previous,
+        previous: current.active,
+        canary: SlotRange::NONE,
+        canary_weight: 0,
+        flags: 0,
+    })
+}
+
+/// The ranges a configuration refers to.
+#[must_use]
+pub fn ranges(config: &GroupConfig) -> [SlotRange; 3] {
+    [config.active, config.previous, config.canary]
+}
+
+/// The range among `config`'s that holds exactly the sockets with `cookies`.
+#[must_use]
+pub fn find_range(config: &GroupConfig, metas: &[SlotMeta], cookies: &[u64]) -> Option<SlotRange> {
+    ranges(config).into_iter().find(|r| {
+        !r.is_none()
+            && r.count as usize == cookies.len()
+            && (r.first..r.first + r.count)
+                .all(|s| metas.get(s as usize).is_some_and(|m| cookies.contains(&m.cookie)))
+    })
+}
+
+/// First run of `needed` consecutive free slots (cookie 0) in `metas`.
+pub fn allocate(metas: &[SlotMeta], needed: u32) -> Result<SlotRange, PolicyError> {
+    let mut run_start = 0_u32;
+    let mut run_len = 0_u32;
+    for (i, meta) in metas.iter().enumerate() {
+        let i = i as u32;
+        if meta.cookie == 0 {
+            if run_len == 0 {
+                run_start = i;
+            }
+            run_len += 1;
+            if run_len == needed {
+                return Ok(SlotRange { first: run_start, count: needed });
+            }
+        } else {
+            run_len = 0;
+        }
+    }
+    let free = metas.iter().filter(|m| m.cookie == 0).count() as u32;
+    Err(PolicyError::SockarrayFull { needed, free })
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

@@ -1,0 +1,100 @@
+//! Unit tests of the steering policy.
+use super::*;
+
+const A: SlotRange = SlotRange { first: 0, count: 1 };
+const B: SlotRange = SlotRange { first: 1, count: 2 };
+const C: SlotRange = SlotRange { first: 3, count: 1 };
+
+fn active(r: SlotRange) -> GroupConfig {
+    GroupConfig { generation: 1, active: r, ..GroupConfig::default() }
+}
+
+#[test]
+fn first_promote_makes_the_generation_active() {
+    let (cfg, out) = promote(None, A, 100).unwrap();
+    assert_eq!(out, Outcome::Promoted);
+    assert_eq!(cfg.active, A);
+    assert!(cfg.previous.is_none());
+    assert_eq!(cfg.generation, 1);
+}
+
+#[test]
+fn promote_keeps_the_old_generation_for_rollback() {
+    let (cfg, out) = promote(Some(&active(A)), B, 100).unwrap();
+    assert_eq!(out, Outcome::Promoted);
+    assert_eq!((cfg.active, cfg.previous, cfg.generation), (B, A, 2));
+}
+
+#[test]
+fn promoting_the_active_generation_is_a_no_op() {
+    let cur = active(A);
+    let (cfg, out) = promote(Some(&cur), A, 100).unwrap();
+    assert_eq!(out, Outcome::AlreadyActive);
+    assert_eq!(cfg, cur);
+}
+
+#[test]
+fn promoting_the_previous_generation_swaps_them() {
+    let (cfg, _) = promote(Some(&active(A)), B, 100).unwrap();
+    let (cfg, out) = promote(Some(&cfg), A, 100).unwrap();
+    assert_eq!(out, Outcome::Promoted);
+    assert_eq!((cfg.active, cfg.previous), (A, B));
+}
+
+#[test]
+fn canary_takes_a_share_and_full_promote_ends_it() {
+    let (cfg, out) = promote(Some(&active(A)), B, 10).unwrap();
+    assert_eq!(out, Outcome::Canary { weight: 10 });
+    assert_eq!((cfg.active, cfg.canary, cfg.canary_weight), (A, B, 10));
+    let (again, out) = promote(Some(&cfg), B, 10).unwrap();
+    assert_eq!(out, Outcome::AlreadyCanary);
+    assert_eq!(again, cfg);
+    let (cfg, out) = promote(Some(&cfg), B, 100).unwrap();
+    assert_eq!(out, Outcome::Promoted);
+    assert_eq!((cfg.active, cfg.previous, cfg.canary, cfg.canary_weight), (B, A, SlotRange::NONE, 0));
+}
+
+#[test]
+fn canary_needs_an_active_generation_other_than_itself() {
+    assert_eq!(promote(None, A, 50).unwrap_err(), PolicyError::NoActiveForCanary);
+    assert_eq!(promote(Some(&active(A)), A, 50).unwrap_err(), PolicyError::CanaryIsActive);
+}
+
+#[test]
+fn promoting_the_active_generation_while_a_canary_runs_ends_the_canary() {
+    let (cfg, _) = promote(Some(&active(A)), B, 10).unwrap();
+    let (cfg, out) = promote(Some(&cfg), A, 100).unwrap();
+    assert_eq!(out, Outcome::Promoted);
+    assert_eq!((cfg.active, cfg.canary), (A, SlotRange::NONE));
+}
+
+#[test]
+fn rollback_swaps_active_and_previous() {
+    let (cfg, _) = promote(Some(&active(A)), B, 100).unwrap();
+    let back = rollback(&cfg, true).unwrap();
+    assert_eq!((back.active, back.previous), (A, B));
+    assert_eq!(rollback(&active(A), true).unwrap_err(), PolicyError::NoPrevious);
+    assert_eq!(rollback(&cfg, false).unwrap_err(), PolicyError::PreviousGone);
+}
+
+fn metas(cookies: &[u64]) -> Vec<SlotMeta> {
+    cookies.iter().map(|c| SlotMeta { cookie: *c, ..SlotMeta::default() }).collect()
+}
+
+#[test]
+fn allocation_is_first_fit_and_contiguous() {
+    let m = metas(&[7, 0, 8, 0, 0, 0]);
+    assert_eq!(allocate(&m, 1).unwrap(), SlotRange { first: 1, count: 1 });
+    assert_eq!(allocate(&m, 2).unwrap(), SlotRange { first: 3, count: 2 });
+    assert_eq!(allocate(&m, 4).unwrap_err(), PolicyError::SockarrayFull { needed: 4, free: 4 });
+}
+
+#[test]
+fn existing_ranges_are_found_by_cookie() {
+    let m = metas(&[10, 20, 21, 30]);
+    let cfg = GroupConfig { active: B, previous: A, canary: C, ..GroupConfig::default() };
+    assert_eq!(find_range(&cfg, &m, &[21, 20]), Some(B));
+    assert_eq!(find_range(&cfg, &m, &[10]), Some(A));
+    assert_eq!(find_range(&cfg, &m, &[20]), None);
+    assert_eq!(find_range(&cfg, &m, &[99]), None);
+}

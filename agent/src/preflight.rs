@@ -1,0 +1,122 @@
+//! Checks that come before anything changes: kernel version and privileges.
+use std::fs;
+
+use crate::paths;
+
+/// The oldest kernel with `ctx->sk`, `ctx->migrating_sk` and
+/// `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`.
+pub const MIN_KERNEL: (u32, u32) = (5, 14);
+
+/// Capabilities and their bit numbers (include/uapi/linux/capability.h).
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_BPF: u32 = 39;
+
+/// Why steering cannot work here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreflightError {
+    #[error("kernel {release} is older than {}.{}: steering needs ctx->sk and listener migration for reuseport programs (Linux 5.14+); upgrade the kernel", MIN_KERNEL.0, MIN_KERNEL.1)]
+    OldKernel { release: String },
+    #[error(
+        "steer lacks {missing}; run it as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_SYS_PTRACE (see deploy/ for a unit that does)"
+    )]
+    Privileges { missing: String },
+}
+
+/// The running kernel's release, or `STEER_KERNEL_RELEASE` when set (tests).
+#[must_use]
+pub fn kernel_release() -> String {
+    std::env::var(paths::KERNEL_RELEASE_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| rustix::system::uname().release().to_string_lossy().into_owned())
+}
+
+/// `6.18.44-foo` → (6, 18).
+#[must_use]
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Refuses kernels older than [`MIN_KERNEL`].
+pub fn kernel() -> Result<String, PreflightError> {
+    let release = kernel_release();
+    match parse_release(&release) {
+        Some(v) if v >= MIN_KERNEL => Ok(release),
+        _ => Err(PreflightError::OldKernel { release }),
+    }
+}
+
+/// The effective capability set, from `/proc/self/status`.
+#[must_use]
+pub fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s)).unwrap_or(0)
+}
+
+/// The `CapEff:` line of a status file.
+#[must_use]
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+/// Names of the capabilities a write command needs and `caps` lacks.
+#[must_use]
+pub fn missing_caps(caps: u64) -> Vec<&'static str> {
+    let has = |bit: u32| caps & (1 << bit) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(CAP_SYS_PTRACE) {
+        missing.push("CAP_SYS_PTRACE");
+    }
+    missing
+}
+
+/// Refuses a write command without the capabilities it needs.
+pub fn privileges() -> Result<(), PreflightError> {
+    let missing = missing_caps(effective_caps());
+    if missing.is_empty() { Ok(()) } else { Err(PreflightError::Privileges { missing: missing.join(", ") }) }
+}
+
+/// Both checks, in the order a user should fix them.
+pub fn all() -> Result<(), PreflightError> {
+    kernel()?;
+    privileges()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_parse() {
+        assert_eq!(parse_release("6.18.44-fc-v445"), Some((6, 18)));
+        assert_eq!(parse_release("5.4.0-150-generic"), Some((5, 4)));
+        assert_eq!(parse_release("5.14"), Some((5, 14)));
+        assert_eq!(parse_release("garbage"), None);
+        assert!(parse_release("5.13.0").unwrap() < MIN_KERNEL);
+        assert!(parse_release("5.14.0").unwrap() >= MIN_KERNEL);
+    }
+
+    #[test]
+    fn capabilities_parse_and_name_what_is_missing() {
+        let root = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(missing_caps(parse_cap_eff(root).unwrap()), Vec::<&str>::new());
+        let nobody = "CapEff:\t0000000000000000\n";
+        assert_eq!(
+            missing_caps(parse_cap_eff(nobody).unwrap()),
+            vec!["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"]
+        );
+        let only_admin = 1_u64 << CAP_SYS_ADMIN | 1 << CAP_NET_ADMIN;
+        assert_eq!(missing_caps(only_admin), vec!["CAP_SYS_PTRACE"]);
+    }
+}

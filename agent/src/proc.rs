@@ -1,0 +1,120 @@
+//! What `/proc` says about a process: whether it exists, its name, its network
+//! namespace, and which of its descriptors are sockets.
+use std::{collections::HashMap, fs, io, path::PathBuf};
+
+/// Errors reading a process's `/proc` entries.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("no process with pid {pid}; pass the pid of a running server (for example `pidof haproxy`)")]
+    NoSuchProcess { pid: u32 },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A process seen through `/proc`.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub pid: u32,
+    /// `/proc/PID/comm`, e.g. `haproxy`.
+    pub comm: String,
+    /// Inode of `/proc/PID/ns/net`.
+    pub netns: u64,
+}
+
+impl Process {
+    /// Looks the process up; [`ProcError::NoSuchProcess`] when it does not exist.
+    pub fn open(pid: u32) -> Result<Self, ProcError> {
+        let base = PathBuf::from(format!("/proc/{pid}"));
+        if pid == 0 || !base.exists() {
+            return Err(ProcError::NoSuchProcess { pid });
+        }
+        let comm_path = base.join("comm");
+        let comm = fs::read_to_string(&comm_path).map_err(|source| read_error(pid, comm_path, source))?;
+        let netns = netns_inode(pid)?;
+        Ok(Self { pid, comm: comm.trim_end().to_owned(), netns })
+    }
+
+    /// Maps socket inode → descriptor number for every socket the process holds.
+    pub fn socket_fds(&self) -> Result<HashMap<u64, u32>, ProcError> {
+        let dir = PathBuf::from(format!("/proc/{}/fd", self.pid));
+        let entries = fs::read_dir(&dir).map_err(|source| read_error(self.pid, dir.clone(), source))?;
+        let mut out = HashMap::new();
+        for entry in entries.flatten() {
+            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            // A descriptor may close while we look; skip it.
+            let Ok(target) = fs::read_link(entry.path()) else { continue };
+            if let Some(inode) = target.to_str().and_then(parse_socket_link) {
+                // The lowest fd wins when a socket is duplicated within a process.
+                out.entry(inode).and_modify(|f: &mut u32| *f = (*f).min(fd)).or_insert(fd);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Inode of a process's network namespace.
+pub fn netns_inode(pid: u32) -> Result<u64, ProcError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    fs::metadata(&path).map(|m| m.ino()).map_err(|source| read_error(pid, path, source))
+}
+
+/// Whether `/proc/PID/fd/FD` is still the socket with `inode`.
+#[must_use]
+pub fn holds_socket(pid: u32, fd: u32, inode: u64) -> bool {
+    fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok().and_then(|t| t.to_str().and_then(parse_socket_link))
+        == Some(inode)
+}
+
+fn read_error(pid: u32, path: PathBuf, source: io::Error) -> ProcError {
+    if source.kind() == io::ErrorKind::NotFound {
+        ProcError::NoSuchProcess { pid }
+    } else {
+        ProcError::Read { path, source }
+    }
+}
+
+/// `socket:[12345]` → 12345.
+#[must_use]
+pub fn parse_socket_link(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The comm of a process, if it still exists.
+#[must_use]
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_links() {
+        assert_eq!(parse_socket_link("socket:[4242]"), Some(4242));
+        assert_eq!(parse_socket_link("pipe:[4242]"), None);
+        assert_eq!(parse_socket_link("socket:[]"), None);
+        assert_eq!(parse_socket_link("/dev/null"), None);
+    }
+
+    #[test]
+    fn missing_pid_is_reported_as_such() {
+        let err = Process::open(u32::MAX - 1).unwrap_err();
+        assert!(matches!(err, ProcError::NoSuchProcess { .. }), "{err}");
+        assert!(err.to_string().contains("no process with pid"));
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = Process::open(std::process::id()).expect("own /proc entry");
+        assert!(me.netns > 0);
+        assert!(!me.comm.is_empty());
+    }
+}

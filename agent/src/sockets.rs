@@ -1,0 +1,267 @@
+//! Finding a process's listening sockets and taking verified duplicates of them
+//! with `pidfd_getfd`. A duplicate keeps the socket open, so callers must drop
+//! every [`Candidate`] as soon as the map insert and attach are done.
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
+};
+
+use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+use steer_abi::{AF_INET, AF_INET6, GroupKey, IPPROTO_TCP};
+
+use crate::{
+    diag::{self, DiagError, Listener},
+    netns,
+    proc::{ProcError, Process},
+};
+
+/// Why a process's sockets cannot be steered.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    #[error(transparent)]
+    Diag(#[from] DiagError),
+    #[error(
+        "process {pid} ({comm}) has no listening TCP socket{ports}; start the server first, or pass the pid of the process that holds the listeners"
+    )]
+    NoListeners { pid: u32, comm: String, ports: String },
+    #[error(
+        "process {pid} ({comm}) listens on {addr} (fd {fd}) without SO_REUSEPORT; enable it in the server (HAProxy: remove `noreuseport`; nginx: `listen ... reuseport`)"
+    )]
+    NoReuseport { pid: u32, comm: String, addr: SocketAddr, fd: u32 },
+    #[error(
+        "cannot duplicate the sockets of process {pid}: permission denied; run steer as root or with CAP_SYS_PTRACE"
+    )]
+    NoPtrace { pid: u32 },
+    #[error("process {pid} exited while steer was reading its sockets; start it again and retry")]
+    Vanished { pid: u32 },
+    #[error("{what} of fd {fd} in process {pid}")]
+    Sys {
+        what: &'static str,
+        pid: u32,
+        fd: u32,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A verified duplicate of one of a process's listening sockets.
+#[derive(Debug)]
+pub struct Candidate {
+    /// Descriptor number in the owning process.
+    pub fd: u32,
+    pub inode: u64,
+    pub addr: SocketAddr,
+    pub key: GroupKey,
+    pub cookie: u64,
+    pub accept_queue: u32,
+    /// Our duplicate; dropping it closes it.
+    pub dup: OwnedFd,
+}
+
+/// Lists the process's listening TCP sockets, optionally only on `ports`.
+/// Sockets on other ports are never touched.
+pub fn listening_sockets(process: &Process, ports: &[u16]) -> Result<Vec<(u32, Listener)>, SocketError> {
+    let listeners = namespace_listeners(process)?;
+    let fds = process.socket_fds()?;
+    let mut out: Vec<(u32, Listener)> = listeners
+        .into_iter()
+        .filter(|l| ports.is_empty() || ports.contains(&l.addr.port()))
+        .filter_map(|l| fds.get(&l.inode).map(|fd| (*fd, l)))
+        .collect();
+    out.sort_by_key(|(fd, _)| *fd);
+    if out.is_empty() {
+        return Err(SocketError::NoListeners {
+            pid: process.pid,
+            comm: process.comm.clone(),
+            ports: crate::ops::ports_phrase(ports),
+        });
+    }
+    Ok(out)
+}
+
+/// Listeners of the process's network namespace: sock_diag inside it, or its
+/// `/proc/PID/net/tcp{,6}` when the namespace cannot be entered.
+pub fn namespace_listeners(process: &Process) -> Result<Vec<Listener>, SocketError> {
+    match netns::run_in(process.pid, process.netns, diag::listeners) {
+        Ok(result) => Ok(result?),
+        Err(_) => Ok(diag::listeners_from_proc(process.pid)?),
+    }
+}
+
+/// Duplicates and verifies the given sockets of the process.
+pub fn duplicate(process: &Process, sockets: &[(u32, Listener)]) -> Result<Vec<Candidate>, SocketError> {
+    let pid = process.pid;
+    let pidfd = open_pidfd(pid)?;
+    let mut out = Vec::with_capacity(sockets.len());
+    for (fd, listener) in sockets {
+        let fd = *fd;
+        let sys = |what| move |source| SocketError::Sys { what, pid, fd, source };
+        let dup = match pidfd_getfd(&pidfd, fd as i32, PidfdGetfdFlags::empty()) {
+            Ok(dup) => dup,
+            Err(e) if e == rustix::io::Errno::PERM || e == rustix::io::Errno::ACCESS => {
+                return Err(SocketError::NoPtrace { pid });
+            }
+            Err(e) if e == rustix::io::Errno::SRCH => return Err(SocketError::Vanished { pid }),
+            Err(e) => return Err(sys("pidfd_getfd")(e.into())),
+        };
+        if !rustix::net::sockopt::socket_acceptconn(&dup).map_err(|e| sys("SO_ACCEPTCONN")(e.into()))? {
+            continue; // stopped listening since the dump
+        }
+        if !rustix::net::sockopt::socket_reuseport(&dup).map_err(|e| sys("SO_REUSEPORT")(e.into()))? {
+            return Err(SocketError::NoReuseport {
+                pid,
+                comm: process.comm.clone(),
+                addr: listener.addr,
+                fd,
+            });
+        }
+        let cookie = rustix::net::sockopt::socket_cookie(&dup).map_err(|e| sys("SO_COOKIE")(e.into()))?;
+        if listener.cookie.is_some_and(|c| c != cookie) {
+            continue; // the fd number was reused for another socket meanwhile
+        }
+        let addr = local_addr(dup.as_fd()).map_err(sys("getsockname"))?;
+        let ifindex = bound_ifindex(dup.as_fd()).map_err(sys("SO_BINDTOIFINDEX"))?;
+        out.push(Candidate {
+            fd,
+            inode: listener.inode,
+            addr,
+            key: group_key(addr, ifindex),
+            cookie,
+            accept_queue: listener.accept_queue,
+            dup,
+        });
+    }
+    Ok(out)
+}
+
+/// A pidfd for `pid`, with the errors a user can act on.
+pub fn open_pidfd(pid: u32) -> Result<OwnedFd, SocketError> {
+    let raw = i32::try_from(pid).ok().and_then(Pid::from_raw);
+    let Some(p) = raw else {
+        return Err(SocketError::Vanished { pid });
+    };
+    pidfd_open(p, PidfdFlags::empty()).map_err(|e| match e {
+        rustix::io::Errno::PERM | rustix::io::Errno::ACCESS => SocketError::NoPtrace { pid },
+        _ => SocketError::Vanished { pid },
+    })
+}
+
+/// The group key the program computes for a socket bound to `addr` on `ifindex`
+/// (the program reads `bpf_sock.src_ip4`/`src_ip6`, which hold the address in
+/// network byte order, as native-endian words).
+#[must_use]
+pub fn group_key(addr: SocketAddr, ifindex: u32) -> GroupKey {
+    let (family, words) = match addr.ip() {
+        IpAddr::V4(ip) => (AF_INET, [u32::from_ne_bytes(ip.octets()), 0, 0, 0]),
+        IpAddr::V6(ip) => {
+            let o = ip.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            (AF_INET6, [w(0), w(4), w(8), w(12)])
+        }
+    };
+    GroupKey { family, protocol: IPPROTO_TCP, port: addr.port(), pad: 0, ifindex, addr: words }
+}
+
+/// The address a group key stands for.
+#[must_use]
+pub fn key_addr(key: &GroupKey) -> SocketAddr {
+    let ip = if key.family == AF_INET6 {
+        let mut o = [0_u8; 16];
+        for (i, w) in key.addr.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(o))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(key.addr[0].to_ne_bytes()))
+    };
+    SocketAddr::new(ip, key.port)
+}
+
+/// Human form of a group: `127.0.0.1:8080`, with `%ifindex` when bound to a device.
+#[must_use]
+pub fn key_label(key: &GroupKey) -> String {
+    let addr = key_addr(key);
+    if key.ifindex == 0 { addr.to_string() } else { format!("{addr}%{}", key.ifindex) }
+}
+
+fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage is large enough for any address and len says so.
+    let ret = unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut storage).cast(), &raw mut len) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in.
+            let sin: libc::sockaddr_in = unsafe { std::ptr::read((&raw const storage).cast()) };
+            Ok(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((&raw const storage).cast()) };
+            Ok(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)),
+                u16::from_be(sin6.sin6_port),
+            ))
+        }
+        _ => Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+    }
+}
+
+fn bound_ifindex(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    const SO_BINDTOIFINDEX: libc::c_int = 62;
+    getsockopt_u32(fd, libc::SOL_SOCKET, SO_BINDTOIFINDEX)
+}
+
+/// The accept-queue length of a listening socket (`tcpi_unacked` of TCP_INFO
+/// is `sk_ack_backlog` for a listener: net/ipv4/tcp.c, `tcp_get_info`).
+pub fn accept_queue(fd: impl AsFd) -> io::Result<u32> {
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: info and len describe a valid buffer.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(info.tcpi_unacked) }
+}
+
+fn getsockopt_u32(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<u32> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len describe a valid int buffer.
+    let ret = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&raw mut value).cast(), &raw mut len) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(value.unsigned_abs()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_keys_match_what_the_program_reads() {
+        let k = group_key("127.0.0.1:8080".parse().unwrap(), 0);
+        assert_eq!(k.family, AF_INET);
+        assert_eq!(k.port, 8080);
+        // bpf_sock.src_ip4 holds the bytes 127,0,0,1 in memory order.
+        assert_eq!(k.addr[0].to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!(key_label(&k), "127.0.0.1:8080");
+        let k6 = group_key("[2001:db8::1]:443".parse().unwrap(), 3);
+        assert_eq!(k6.family, AF_INET6);
+        assert_eq!(key_addr(&k6), "[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(key_label(&k6), "[2001:db8::1]:443%3");
+    }
+}

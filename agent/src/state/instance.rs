@@ -1,0 +1,238 @@
+//! One network namespace's pinned program and maps, opened from bpffs, with the
+//! few operations the commands need on them.
+use std::{
+    os::fd::{AsFd, BorrowedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{SkReuseport, sk_reuseport::SkReuseportAttachType},
+};
+use steer_abi::{Counters, GroupConfig, GroupKey, Info, SlotMeta, counter};
+
+use super::{
+    StateError,
+    sockarray::{self, SockArray},
+};
+use crate::paths::pins;
+
+/// An opened instance.
+pub struct Instance {
+    pub dir: PathBuf,
+    pub netns: u64,
+    pub info: Info,
+    sockets: MapData,
+    groups: HashMap<MapData, GroupKey, GroupConfig>,
+    slots: Array<MapData, SlotMeta>,
+    slot_meta_fd: MapData,
+    group_stats: PerCpuHashMap<MapData, GroupKey, Counters>,
+    slot_stats: PerCpuArray<MapData, u64>,
+    global_stats: PerCpuArray<MapData, Counters>,
+    program: SkReuseport,
+}
+
+/// A group's configuration and counters, as read.
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    pub key: GroupKey,
+    pub config: GroupConfig,
+    pub counters: [u64; counter::COUNT],
+}
+
+/// One used slot, as read.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotView {
+    pub slot: u32,
+    pub meta: SlotMeta,
+    /// Whether the sockarray still holds the socket the meta names.
+    pub live: bool,
+    /// New connections the program sent to this slot.
+    pub hits: u64,
+}
+
+fn pinned(dir: &Path, pin: &'static str) -> Result<MapData, StateError> {
+    let path = dir.join(pin);
+    MapData::from_pin(&path).map_err(|e| StateError::Pin { what: "map", path, source: Box::new(e) })
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    dir: &Path,
+    pin: &'static str,
+) -> Result<T, StateError> {
+    let data = pinned(dir, pin)?;
+    let map = Map::from_map_data(data).map_err(|e| StateError::Pin {
+        what: "map",
+        path: dir.join(pin),
+        source: Box::new(e),
+    })?;
+    T::try_from(map).map_err(|e| StateError::Pin { what: "map", path: dir.join(pin), source: Box::new(e) })
+}
+
+impl Instance {
+    /// Opens the pins in `dir` and checks the ABI version.
+    pub fn open(dir: &Path, netns: u64) -> Result<Self, StateError> {
+        let info_map: Array<MapData, Info> = typed(dir, pins::INFO)?;
+        let info = info_map.get(&0, 0).map_err(|e| StateError::Pin {
+            what: "info",
+            path: dir.join(pins::INFO),
+            source: Box::new(e),
+        })?;
+        if info.abi_version != steer_abi::ABI_VERSION {
+            return Err(StateError::AbiMismatch {
+                path: dir.to_path_buf(),
+                found: info.abi_version,
+                expected: steer_abi::ABI_VERSION,
+            });
+        }
+        let prog_path = dir.join(pins::PROGRAM);
+        let program = SkReuseport::from_pin(&prog_path, SkReuseportAttachType::SelectOrMigrate)
+            .map_err(|e| StateError::Pin { what: "program", path: prog_path, source: Box::new(e) })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            netns,
+            info,
+            sockets: pinned(dir, pins::SOCKETS)?,
+            groups: typed(dir, pins::GROUPS)?,
+            slots: typed(dir, pins::SLOTS)?,
+            slot_meta_fd: pinned(dir, pins::SLOTS)?,
+            group_stats: typed(dir, pins::GROUP_STATS)?,
+            slot_stats: typed(dir, pins::SLOT_STATS)?,
+            global_stats: typed(dir, pins::GLOBAL_STATS)?,
+            program,
+        })
+    }
+
+    fn sockarray(&self) -> SockArray<'_> {
+        SockArray::new(self.sockets.fd().as_fd())
+    }
+
+    /// Attaches the program to the reuseport group of `socket` (replacing any
+    /// program attached before; attaching ours again is harmless).
+    pub fn attach(&self, socket: BorrowedFd<'_>) -> Result<(), StateError> {
+        self.program.attach(socket).map_err(StateError::map("attach (SO_ATTACH_REUSEPORT_EBPF)"))
+    }
+
+    /// Removes whatever program the group of `socket` has.
+    pub fn detach(socket: BorrowedFd<'_>) -> Result<(), StateError> {
+        SkReuseport::detach(socket).map_err(StateError::map("detach (SO_DETACH_REUSEPORT_BPF)"))
+    }
+
+    pub fn config(&self, key: &GroupKey) -> Option<GroupConfig> {
+        self.groups.get(key, 0).ok()
+    }
+
+    /// Replaces a group's configuration in one map update; creates its
+    /// counters first so the program never misses them.
+    pub fn set_config(&mut self, key: &GroupKey, config: &GroupConfig) -> Result<(), StateError> {
+        if self.group_stats.get(key, 0).is_err() {
+            let zero =
+                PerCpuValues::try_from(vec![
+                    Counters::default();
+                    aya::util::nr_cpus()
+                        .map_err(|(_, e)| StateError::map("group_stats")(e))?
+                ])
+                .map_err(StateError::map("group_stats"))?;
+            self.group_stats.insert(key, zero, 0).map_err(StateError::map("group_stats"))?;
+        }
+        self.groups.insert(key, config, 0).map_err(StateError::map("groups"))
+    }
+
+    /// Forgets a group: its configuration (the program then leaves it to the
+    /// kernel) and its counters.
+    pub fn remove_group(&mut self, key: &GroupKey) -> Result<(), StateError> {
+        self.groups.remove(key).map_err(StateError::map("groups"))?;
+        let _ = self.group_stats.remove(key);
+        Ok(())
+    }
+
+    /// Every configured group with its summed counters, ordered by key.
+    #[must_use]
+    pub fn groups(&self) -> Vec<GroupView> {
+        let mut out: Vec<GroupView> = self
+            .groups
+            .iter()
+            .flatten()
+            .map(|(key, config)| GroupView { key, config, counters: self.group_counters(&key) })
+            .collect();
+        out.sort_by_key(|g| (g.key.port, g.key.family, g.key.addr, g.key.ifindex));
+        out
+    }
+
+    fn group_counters(&self, key: &GroupKey) -> [u64; counter::COUNT] {
+        self.group_stats.get(key, 0).map(|v| sum(&v)).unwrap_or_default()
+    }
+
+    /// Counters over every group of this instance, including unconfigured ones.
+    #[must_use]
+    pub fn global_counters(&self) -> [u64; counter::COUNT] {
+        self.global_stats.get(&0, 0).map(|v| sum(&v)).unwrap_or_default()
+    }
+
+    /// All slot records (free ones have cookie 0), in one batch read.
+    pub fn slot_metas(&self) -> Result<Vec<SlotMeta>, StateError> {
+        sockarray::read_array(self.slot_meta_fd.fd().as_fd(), self.info.max_slots)
+            .map_err(StateError::map("slots"))
+    }
+
+    /// The used slots with liveness and hit counts.
+    pub fn slots(&self) -> Result<Vec<SlotView>, StateError> {
+        let metas = self.slot_metas()?;
+        let array = self.sockarray();
+        Ok(metas
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.cookie != 0)
+            .map(|(i, meta)| {
+                let slot = i as u32;
+                let live = array.cookie(slot).ok().flatten() == Some(meta.cookie);
+                let hits = self.slot_stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0);
+                SlotView { slot, meta: *meta, live, hits }
+            })
+            .collect())
+    }
+
+    /// Puts a socket into a slot and records it. Refuses an occupied slot.
+    pub fn fill_slot(&mut self, slot: u32, socket: impl AsFd, meta: &SlotMeta) -> Result<(), StateError> {
+        self.reset_hits(slot)?;
+        self.slots.set(slot, meta, 0).map_err(StateError::map("slots"))?;
+        if let Err(e) = self.sockarray().insert(slot, socket, sockarray::BPF_NOEXIST) {
+            let _ = self.slots.set(slot, SlotMeta::default(), 0);
+            return Err(StateError::map("sockets")(e));
+        }
+        Ok(())
+    }
+
+    /// Empties a slot and forgets its record and counts.
+    pub fn free_slot(&mut self, slot: u32) -> Result<(), StateError> {
+        self.sockarray().clear(slot).map_err(StateError::map("sockets"))?;
+        self.slots.set(slot, SlotMeta::default(), 0).map_err(StateError::map("slots"))?;
+        self.reset_hits(slot)
+    }
+
+    fn reset_hits(&mut self, slot: u32) -> Result<(), StateError> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| StateError::map("slot_stats")(e))?;
+        let zero = PerCpuValues::try_from(vec![0_u64; n]).map_err(StateError::map("slot_stats"))?;
+        self.slot_stats.set(slot, zero, 0).map_err(StateError::map("slot_stats"))
+    }
+
+    /// Frees every slot whose socket has closed (the kernel already emptied the
+    /// sockarray slot; this forgets our record). Returns the freed slots.
+    pub fn reclaim(&mut self) -> Result<Vec<u32>, StateError> {
+        let dead: Vec<u32> = self.slots()?.into_iter().filter(|s| !s.live).map(|s| s.slot).collect();
+        for slot in &dead {
+            self.free_slot(*slot)?;
+        }
+        Ok(dead)
+    }
+}
+
+fn sum(values: &PerCpuValues<Counters>) -> [u64; counter::COUNT] {
+    let mut out = [0_u64; counter::COUNT];
+    for cpu in values.iter() {
+        for (o, v) in out.iter_mut().zip(cpu.values) {
+            *o += v;
+        }
+    }
+    out
+}

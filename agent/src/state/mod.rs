@@ -1,0 +1,138 @@
+//! Pinned state: the state directory on bpffs, its writer lock, and one
+//! instance (program and maps) per network namespace. State outlives every
+//! `steer` process; nothing here detaches or unpins on exit.
+mod bpffs;
+mod create;
+mod instance;
+pub mod sockarray;
+
+use std::{
+    fs::{self, File},
+    io,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+pub use bpffs::{BPF_FS_MAGIC, ensure_bpffs, is_bpffs};
+pub use instance::{GroupView, Instance, SlotView};
+
+use crate::paths;
+
+/// Errors opening or creating pinned state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "cannot mount bpffs at {path}: {source}; mount it yourself (`mount -t bpf bpf {path}`) or run steer with CAP_SYS_ADMIN"
+    )]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not on a bpf filesystem; pick a state directory on bpffs (default {default})", default = paths::DEFAULT_STATE_DIR)]
+    NotBpffs { path: PathBuf },
+    #[error(
+        "the state in {path} was written by ABI version {found}, this steer speaks {expected}; detach with the steer that wrote it (`steer detach`), remove {path}, then promote again with this steer"
+    )]
+    AbiMismatch { path: PathBuf, found: u32, expected: u32 },
+    #[error("cannot {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot open pinned {what} at {path}; the state looks damaged: detach, remove {path}'s directory and promote again"
+    )]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot load the steering program into the kernel")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the BPF map {what} rejected an update")]
+    Map {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StateError {
+    pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Self::Io { what, path, source }
+    }
+
+    pub(crate) fn map<E: std::error::Error + Send + Sync + 'static>(
+        what: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |e| Self::Map { what, source: Box::new(e) }
+    }
+}
+
+/// The state directory, locked for writing while this value lives.
+pub struct StateDir {
+    path: PathBuf,
+    _lock: Option<File>,
+}
+
+impl StateDir {
+    /// Opens the state directory for a write: mounts bpffs and creates the
+    /// directory when needed, then takes the exclusive writer lock.
+    pub fn open_for_write(path: &Path) -> Result<Self, StateError> {
+        ensure_bpffs(path)?;
+        fs::create_dir_all(path).map_err(StateError::io("create", path))?;
+        let lock = File::open(path).map_err(StateError::io("open", path))?;
+        rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| StateError::Io { what: "lock", path: path.to_path_buf(), source: e.into() })?;
+        Ok(Self { path: path.to_path_buf(), _lock: Some(lock) })
+    }
+
+    /// Opens the state directory for reading, without a lock and without
+    /// creating or mounting anything. `None` when there is no state at all.
+    #[must_use]
+    pub fn open_for_read(path: &Path) -> Option<Self> {
+        is_bpffs(path).then(|| Self { path: path.to_path_buf(), _lock: None })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Inodes of the network namespaces that have an instance here.
+    #[must_use]
+    pub fn namespaces(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(paths::parse_instance_name))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Opens the instance of `netns`, if there is one.
+    pub fn instance(&self, netns: u64) -> Result<Option<Instance>, StateError> {
+        let dir = paths::instance_dir(&self.path, netns);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        Instance::open(&dir, netns).map(Some)
+    }
+
+    /// Opens the instance of `netns`, creating it (atomically) when absent.
+    /// Only valid on a directory opened for write.
+    pub fn instance_or_create(&self, netns: u64) -> Result<Instance, StateError> {
+        if let Some(instance) = self.instance(netns)? {
+            return Ok(instance);
+        }
+        create::create_instance(&self.path, netns)?;
+        Instance::open(&paths::instance_dir(&self.path, netns), netns)
+    }
+}

@@ -1,0 +1,225 @@
+//! The ABI between the steer eBPF program and the agent: map names, pin names,
+//! map keys and values, counter indices, and the ABI version.
+//!
+//! Every type is `#[repr(C)]`, `Copy`, has explicit padding and a size assertion,
+//! so both sides agree byte for byte. With the `user` feature the types implement
+//! `aya::Pod` so the agent can read and write them through aya's typed maps.
+#![no_std]
+
+/// Bumped whenever a map layout or the program's meaning changes. A pinned state
+/// directory written by another ABI version is refused by the agent.
+pub const ABI_VERSION: u32 = 1;
+
+/// Number of slots in the REUSEPORT_SOCKARRAY (one slot per steered socket).
+pub const MAX_SLOTS: u32 = 8192;
+/// Number of reuseport groups one state instance can steer.
+pub const MAX_GROUPS: u32 = 4096;
+/// The canary share is expressed in percent.
+pub const WEIGHT_SCALE: u32 = 100;
+
+/// `AF_INET` and `AF_INET6` as the kernel reports them in `bpf_sock.family`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Names of the maps inside the eBPF object (also their kernel names, so at most
+/// 15 bytes each).
+pub mod map_names {
+    pub const SOCKETS: &str = "STEER_SOCKETS";
+    pub const GROUPS: &str = "STEER_GROUPS";
+    pub const SLOTS: &str = "STEER_SLOTS";
+    pub const GROUP_STATS: &str = "STEER_GSTATS";
+    pub const SLOT_STATS: &str = "STEER_SSTATS";
+    pub const GLOBAL_STATS: &str = "STEER_GLOBAL";
+    pub const INFO: &str = "STEER_INFO";
+}
+
+/// Name of the program inside the eBPF object.
+pub const PROGRAM_NAME: &str = "steer";
+
+/// Counter indices. Every invocation of the program increments exactly one of
+/// them, so their sum is the number of invocations.
+pub mod counter {
+    /// A new connection was sent to the active generation.
+    pub const ACTIVE: usize = 0;
+    /// A new connection was sent to the canary generation.
+    pub const CANARY: usize = 1;
+    /// A queued connection of a closing listener was moved to the active generation.
+    pub const MIGRATED: usize = 2;
+    /// The group has no configuration; the kernel chose.
+    pub const NO_CONFIG: usize = 3;
+    /// The chosen slot held no socket (it closed); the kernel chose.
+    pub const EMPTY_SLOT: usize = 4;
+    /// `bpf_sk_select_reuseport` failed for another reason; the kernel chose.
+    pub const HELPER_ERROR: usize = 5;
+    /// How many counters are in use.
+    pub const COUNT: usize = 6;
+    /// Names used by `steer status` and the metrics, in index order.
+    pub const NAMES: [&str; COUNT] = [
+        "steered_active",
+        "steered_canary",
+        "migrated",
+        "fallback_no_config",
+        "fallback_empty_slot",
+        "helper_error",
+    ];
+}
+
+/// Identifies a reuseport group inside one network namespace: what the program
+/// reads from `ctx->sk`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// `IPPROTO_TCP`.
+    pub protocol: u16,
+    /// Local port in host byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+    /// `SO_BINDTODEVICE` interface index, 0 when unbound.
+    pub ifindex: u32,
+    /// Local address as the kernel stores it (network byte order words). An IPv4
+    /// address is in `addr[0]`, the other words are zero.
+    pub addr: [u32; 4],
+}
+
+/// A run of consecutive sockarray slots holding one generation's sockets in one
+/// group. `count == 0` means none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotRange {
+    pub first: u32,
+    pub count: u32,
+}
+
+impl SlotRange {
+    pub const NONE: Self = Self { first: 0, count: 0 };
+
+    #[must_use]
+    pub const fn is_none(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether `slot` lies inside this range.
+    #[must_use]
+    pub const fn contains(&self, slot: u32) -> bool {
+        slot >= self.first && slot - self.first < self.count
+    }
+}
+
+/// A group's configuration. The agent replaces the whole value in one map update,
+/// so the program never sees a torn configuration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Bumped on every change of the group's configuration.
+    pub generation: u64,
+    /// Where new connections go (all of them, or `100 - canary_weight` percent).
+    pub active: SlotRange,
+    /// The generation that was active before; `rollback` swaps it back.
+    pub previous: SlotRange,
+    /// Receives `canary_weight` percent of new connections when not empty.
+    pub canary: SlotRange,
+    /// Share of new connections for the canary, 0..=100.
+    pub canary_weight: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Per-CPU counters of one group (or of all groups, in the global map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub values: [u64; 8],
+}
+
+/// What the agent remembers about the socket in one sockarray slot. The kernel
+/// clears the sockarray slot itself when the socket closes; this record is
+/// reclaimed by the agent once the cookie no longer belongs to a listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotMeta {
+    /// `SO_COOKIE` of the socket; 0 marks a free slot.
+    pub cookie: u64,
+    /// The process the socket was taken from.
+    pub pid: u32,
+    /// The descriptor number in that process.
+    pub fd: u32,
+    /// Socket inode, as in `/proc/PID/fd`.
+    pub inode: u64,
+    /// When the slot was filled (`CLOCK_REALTIME` seconds).
+    pub since: u64,
+    /// The group the socket belongs to.
+    pub group: GroupKey,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// The single entry of the info map: what wrote this state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Info {
+    pub abi_version: u32,
+    pub max_slots: u32,
+    pub max_groups: u32,
+    pub pad: u32,
+}
+
+const _: () = assert!(size_of::<GroupKey>() == 28);
+const _: () = assert!(size_of::<SlotRange>() == 8);
+const _: () = assert!(size_of::<GroupConfig>() == 40);
+const _: () = assert!(size_of::<Counters>() == 64);
+const _: () = assert!(size_of::<SlotMeta>() == 64);
+const _: () = assert!(size_of::<Info>() == 16);
+const _: () = assert!(counter::COUNT <= 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), Copy, made only of integers, with explicit
+    // padding fields, so any byte pattern is a valid value.
+    unsafe impl aya::Pod for super::GroupKey {}
+    unsafe impl aya::Pod for super::GroupConfig {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::SlotMeta {}
+    unsafe impl aya::Pod for super::Info {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_range_contains() {
+        let r = SlotRange { first: 10, count: 3 };
+        assert!(!r.contains(9));
+        assert!(r.contains(10));
+        assert!(r.contains(12));
+        assert!(!r.contains(13));
+        assert!(!SlotRange::NONE.contains(0));
+        assert!(SlotRange::NONE.is_none());
+    }
+
+    #[test]
+    fn counter_names_cover_every_index() {
+        assert_eq!(counter::NAMES.len(), counter::COUNT);
+        assert_eq!(counter::NAMES[counter::MIGRATED], "migrated");
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in [
+            map_names::SOCKETS,
+            map_names::GROUPS,
+            map_names::SLOTS,
+            map_names::GROUP_STATS,
+            map_names::SLOT_STATS,
+            map_names::GLOBAL_STATS,
+            map_names::INFO,
+        ] {
+            assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+        }
+    }
+}

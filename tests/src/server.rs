@@ -1,0 +1,181 @@
+//! The `steer-testserver` program: reuseport TCP listeners whose reply names their
+//! generation, paused, resumed and closed by commands on stdin; and [`TestServer`], the
+//! driver tests use to run it inside a network namespace.
+//!
+//! Protocol on stdout: one `ready pid=<PID> gen=<NAME>` line once every listener
+//! listens, then `ok <cmd>` (or `err <cmd>: <reason>`) per stdin command:
+//! `pause`, `resume`, `close` (close every listener without accepting its queue; the
+//! process stays up so in-flight connections finish), `exit`. EOF on stdin exits too.
+
+mod accept;
+mod driver;
+mod listen;
+
+use std::io::{BufRead as _, Write as _};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+
+pub use driver::{TestServer, bin_path};
+
+use accept::{Control, Mode, Reply};
+
+/// How long a command waits for every accept thread to take it into account.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Command line of `steer-testserver`; also what [`TestServer::spawn`] passes to it.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Parser)]
+#[command(name = "steer-testserver", about = "Reuseport TCP test server whose reply names its generation")]
+pub struct ServerArgs {
+    /// Address to listen on, IPv4 or IPv6 (`127.0.0.1:8080`, `[::1]:8080`); repeatable.
+    #[arg(long, required = true)]
+    pub listen: Vec<SocketAddr>,
+    /// Generation name put in every reply (`gen=<NAME>`).
+    #[arg(long = "gen")]
+    pub generation: String,
+    /// Listening sockets per address, all in the same reuseport group (nginx-style).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub listeners: u16,
+    /// listen() backlog of every socket.
+    #[arg(long, default_value_t = 1024)]
+    pub backlog: i32,
+    /// Bind without SO_REUSEPORT.
+    #[arg(long)]
+    pub no_reuseport: bool,
+    /// Speak HTTP/1.1 instead of the line protocol.
+    #[arg(long)]
+    pub http: bool,
+    /// Sleep this long before each accept (a slow server).
+    #[arg(long, default_value_t = 0)]
+    pub accept_delay_ms: u64,
+    /// Start without accepting (as after `pause`).
+    #[arg(long)]
+    pub paused: bool,
+}
+
+impl ServerArgs {
+    /// Defaults (one reuseport listener per address, line protocol, accepting) for a
+    /// generation listening on `listen`.
+    pub fn new(generation: &str, listen: impl IntoIterator<Item = SocketAddr>) -> ServerArgs {
+        ServerArgs {
+            listen: listen.into_iter().collect(),
+            generation: generation.to_owned(),
+            listeners: 1,
+            backlog: 1024,
+            no_reuseport: false,
+            http: false,
+            accept_delay_ms: 0,
+            paused: false,
+        }
+    }
+
+    /// The command-line arguments that parse back into `self`.
+    #[must_use]
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for addr in &self.listen {
+            args.extend(["--listen".to_owned(), addr.to_string()]);
+        }
+        args.extend(["--gen".to_owned(), self.generation.clone()]);
+        args.extend(["--listeners".to_owned(), self.listeners.to_string()]);
+        args.extend(["--backlog".to_owned(), self.backlog.to_string()]);
+        args.extend(["--accept-delay-ms".to_owned(), self.accept_delay_ms.to_string()]);
+        for (set, flag) in
+            [(self.no_reuseport, "--no-reuseport"), (self.http, "--http"), (self.paused, "--paused")]
+        {
+            if set {
+                args.push(flag.to_owned());
+            }
+        }
+        args
+    }
+}
+
+/// Runs the test server until `exit` or EOF on stdin.
+///
+/// # Errors
+///
+/// When a listener cannot be set up or stdout is gone.
+pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
+    ensure!(
+        !args.generation.is_empty() && !args.generation.contains(char::is_whitespace),
+        "--gen must be a non-empty word, got {:?}",
+        args.generation
+    );
+    let listeners = listen::bind_all(args)?;
+    let initial = if args.paused { Mode::Paused } else { Mode::Running };
+    let control = Arc::new(Control::new(listeners.len(), initial));
+    let pid = std::process::id();
+    let reply = Arc::new(Reply::new(&args.generation, pid, args.http));
+    let delay = Duration::from_millis(args.accept_delay_ms);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (control, reply) = (Arc::clone(&control), Arc::clone(&reply));
+        std::thread::Builder::new()
+            .name(format!("accept-{index}"))
+            .spawn(move || accept::accept_loop(index, listener, &control, &reply, delay))
+            .context("spawning an accept thread")?;
+    }
+    say(&format!("ready pid={pid} gen={}", args.generation))?;
+
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading stdin")?;
+        let cmd = line.trim();
+        let result = match cmd {
+            "" => continue,
+            "pause" => control.set(Mode::Paused, COMMAND_TIMEOUT),
+            "resume" => control.set(Mode::Running, COMMAND_TIMEOUT),
+            "close" => control.set(Mode::Closed, COMMAND_TIMEOUT),
+            "exit" => {
+                say("ok exit")?;
+                return Ok(());
+            }
+            _ => Err(anyhow::anyhow!("unknown command")),
+        };
+        match result {
+            Ok(()) => say(&format!("ok {cmd}"))?,
+            Err(e) => say(&format!("err {cmd}: {e:#}"))?,
+        }
+    }
+    Ok(())
+}
+
+/// Prints one line on stdout and flushes it.
+fn say(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::ServerArgs;
+
+    #[test]
+    fn args_round_trip_through_the_command_line() {
+        let mut args =
+            ServerArgs::new("b2", ["127.0.0.1:8080".parse().unwrap(), "[::1]:8080".parse().unwrap()]);
+        args.listeners = 4;
+        args.backlog = 16;
+        args.http = true;
+        args.paused = true;
+        args.accept_delay_ms = 20;
+        let argv = std::iter::once("steer-testserver".to_owned()).chain(args.to_args());
+        assert_eq!(ServerArgs::try_parse_from(argv).unwrap(), args);
+    }
+
+    #[test]
+    fn defaults_match_new() {
+        let argv = ["steer-testserver", "--listen", "127.0.0.1:1", "--gen", "a"];
+        let parsed = ServerArgs::try_parse_from(argv).unwrap();
+        assert_eq!(parsed, ServerArgs::new("a", ["127.0.0.1:1".parse().unwrap()]));
+    }
+
+    #[test]
+    fn zero_listeners_is_a_usage_error() {
+        let argv = ["x", "--listen", "127.0.0.1:1", "--gen", "a", "--listeners", "0"];
+        assert!(ServerArgs::try_parse_from(argv).is_err());
+    }
+}

@@ -1,0 +1,48 @@
+//! `cargo xtask`: the project's setup, test and demo steps, the same for developers and CI.
+//!
+//! Layout: `setup.rs` installs what building and testing need, `test.rs` runs the checks
+//! and tests in CI's order, `demo.rs` shows steer at work, and `util.rs` runs commands.
+
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Project automation for steer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need; only what is missing (needs root for that).
+    Setup,
+    /// Run setup, then rustfmt, clippy (host and eBPF) and every test, stopping at the first failure.
+    Test(test::Options),
+    /// Show steer keeping every connection through server reloads.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Command::Test(options) => test::run(&options).map(|()| ExitCode::SUCCESS),
+        Command::Demo => demo::run(),
+    }
+}

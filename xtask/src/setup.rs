@@ -1,0 +1,173 @@
+//! `cargo xtask setup`: installs, only where missing, what building and testing steer need.
+//!
+//! Safe to run again and again: every item is checked first and reported on one line.
+//! Nothing here reads standard input, so it runs the same in CI as at a terminal.
+
+use std::fs;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{self, cmd};
+
+/// Debian packages: LLVM 22 for bpf-linker, the servers and load generators the
+/// end-to-end tests drive, and the `ip`/`ps` tools they use. bpf-linker links
+/// `libLLVM.so` dynamically, which needs nothing beyond llvm-22-dev (the static
+/// link would also need libzstd-dev, zlib1g-dev and libpolly-22-dev).
+const APT_PACKAGES: &[&str] =
+    &["llvm-22-dev", "haproxy", "nginx-light", "apache2-utils", "wrk", "iproute2", "procps"];
+
+/// LLVM install prefix of the llvm-22-dev package.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Checks every item in turn and installs what is missing.
+pub fn run() -> Result<()> {
+    let root = is_root()?;
+    apt_packages(root)?;
+    toolchain("stable", &["clippy", "rustfmt"], "builds and lints the workspace")?;
+    toolchain("nightly", &["rust-src", "clippy"], "builds the eBPF program with `-Z build-std=core`")?;
+    bpf_linker()?;
+    bpffs(root)?;
+    println!("setup: done");
+    Ok(())
+}
+
+/// Whether we run with effective uid 0 (from `/proc/self/status`).
+fn is_root() -> Result<bool> {
+    let status = fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .context("no effective uid in /proc/self/status")?;
+    Ok(euid == "0")
+}
+
+/// Fails with one sentence when a step that needs root is reached without it.
+fn need_root(root: bool, what: &str) -> Result<()> {
+    if !root {
+        bail!("{what} needs root: run `cargo xtask setup` as root");
+    }
+    Ok(())
+}
+
+/// The installed version of a Debian package, `None` when it is not fully installed.
+fn dpkg_version(package: &str) -> Option<String> {
+    let out = util::probe(cmd("dpkg-query").args(["-W", "-f=${Status}\t${Version}", package]))?;
+    let (status, version) = out.split_once('\t')?;
+    (status == "install ok installed").then(|| version.to_owned())
+}
+
+fn apt_packages(root: bool) -> Result<()> {
+    let mut missing = Vec::new();
+    for &package in APT_PACKAGES {
+        match dpkg_version(package) {
+            Some(version) => println!("ok: {package} {version} already installed"),
+            None => missing.push(package),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("installing: {} (apt-get)", missing.join(" "));
+    need_root(root, &format!("installing Debian packages {}", missing.join(", ")))?;
+    // Wait for another apt or dpkg run instead of failing on its lock.
+    let lock_wait = "DPkg::Lock::Timeout=600";
+    util::run(cmd("apt-get").args(["-q", "-o", lock_wait, "update"]))
+        .context("could not update the Debian package lists")?;
+    util::run(
+        cmd("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-q", "-o", lock_wait, "install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+    .context("could not install the Debian packages")?;
+    for package in missing {
+        let version = dpkg_version(package)
+            .with_context(|| format!("{package} is still not installed after apt-get"))?;
+        println!("ok: {package} {version} installed");
+    }
+    Ok(())
+}
+
+/// Checks that a rustup toolchain exists (it cannot be fetched on every machine) and
+/// adds the components it lacks.
+fn toolchain(name: &str, components: &[&str], role: &str) -> Result<()> {
+    let toolchains = util::output(cmd("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to manage the Rust toolchains; install Rust with rustup first")?;
+    let prefix = format!("{name}-");
+    if !toolchains.lines().any(|line| line.starts_with(&prefix)) {
+        bail!(
+            "the {name} Rust toolchain is not installed, and setup cannot fetch a toolchain \
+             here; it {role}, so install it with rustup where toolchains can be downloaded"
+        );
+    }
+    let version = util::output(cmd("rustc").arg(format!("+{name}")).arg("--version"))?;
+    let installed =
+        util::output(cmd("rustup").args(["component", "list", "--installed", "--toolchain", name]))?;
+    for &component in components {
+        // Installed components are listed as `rust-src` or `clippy-x86_64-unknown-linux-gnu`.
+        let present =
+            installed.lines().any(|line| line == component || line.starts_with(&format!("{component}-")));
+        if present {
+            println!("ok: {component} for {} already installed", version.trim());
+        } else {
+            println!("installing: {component} for {}", version.trim());
+            util::run(cmd("rustup").args(["component", "add", component, "--toolchain", name]))
+                .with_context(|| format!("could not add {component} to the {name} toolchain"))?;
+        }
+    }
+    Ok(())
+}
+
+/// bpf-linker links the eBPF program; aya-build looks for it in `PATH`.
+fn bpf_linker() -> Result<()> {
+    let found = which::which_in("bpf-linker", Some(util::search_path()), util::workspace_root());
+    if let Ok(program) = found {
+        let version = util::output(cmd(&program).arg("--version"))
+            .with_context(|| format!("{} is there but does not run", program.display()))?;
+        println!("ok: {} already installed ({})", version.trim(), program.display());
+        return Ok(());
+    }
+    println!("installing: bpf-linker (cargo install, LLVM 22, about 2 minutes on 2 cores)");
+    // bpf-linker's build script finds libLLVM through LLVM_PREFIX (else through the first
+    // `llvm-config` in PATH, which may be another LLVM); llvm-sys reads LLVM_SYS_221_PREFIX.
+    util::run(
+        cmd("cargo")
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .args(["+stable", "install", "bpf-linker", "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+    )
+    .context("could not install bpf-linker")?;
+    let installed = util::cargo_bin_dir().join("bpf-linker");
+    let version = util::output(cmd(&installed).arg("--version"))?;
+    println!("ok: {} installed ({})", version.trim(), installed.display());
+    Ok(())
+}
+
+/// Whether a bpf filesystem is mounted on `dir`, per `/proc/mounts`.
+fn bpffs_mounted(dir: &str) -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(dir) && fields.next() == Some("bpf")
+    }))
+}
+
+/// steer pins its program and maps in bpffs.
+fn bpffs(root: bool) -> Result<()> {
+    if bpffs_mounted(BPFFS)? {
+        println!("ok: bpffs already mounted at {BPFFS}");
+        return Ok(());
+    }
+    println!("mounting: bpffs at {BPFFS}");
+    need_root(root, &format!("mounting bpffs at {BPFFS}"))?;
+    util::run(cmd("mount").args(["-t", "bpf", "bpf", BPFFS]))
+        .with_context(|| format!("could not mount bpffs at {BPFFS}"))?;
+    if !bpffs_mounted(BPFFS)? {
+        bail!("mount reported success but {BPFFS} is still not a bpf filesystem");
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `cargo xtask test`: what CI runs: setup, rustfmt, clippy on the host crates and on
+//! the eBPF crate, then every test, stopping at the first failure.
+
+use std::{
+    env,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    setup,
+    util::{self, cmd},
+};
+
+/// The eBPF crate: built for the host only through aya-build, never directly.
+const EBPF_CRATE: &str = "steer-ebpf";
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Skip `setup` (for quick loops on a machine already set up).
+    #[arg(long)]
+    no_setup: bool,
+    /// Passed to the test harness as `--test-threads N`.
+    #[arg(long, value_name = "N")]
+    test_threads: Option<usize>,
+}
+
+/// Runs every step in order; the error names the step that failed.
+pub fn run(options: &Options) -> Result<()> {
+    let start = Instant::now();
+    let mut steps: Vec<(&str, Command)> = vec![
+        ("rustfmt", cargo(["fmt", "--all", "--", "--check"])),
+        ("clippy (host)", host_clippy()),
+        ("clippy (eBPF)", ebpf_clippy()),
+        ("tests", tests(options)),
+    ];
+    if options.no_setup {
+        println!("== setup: skipped (--no-setup)");
+    } else {
+        step("setup", setup::run)?;
+    }
+    let passed_env: Vec<String> = env::vars()
+        .filter(|(key, _)| key == "CI" || key.starts_with("STEER_"))
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    if !passed_env.is_empty() {
+        println!("environment for the tests: {}", passed_env.join(" "));
+    }
+    for (name, command) in &mut steps {
+        step(name, || util::run(command))?;
+    }
+    println!(
+        "xtask test: all {} steps passed in {}",
+        steps.len() + usize::from(!options.no_setup),
+        minutes(start.elapsed())
+    );
+    Ok(())
+}
+
+/// Runs one step between banners; on failure the error says which step and how long it ran.
+fn step(name: &str, body: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("== {name}");
+    let start = Instant::now();
+    let result = body();
+    let took = minutes(start.elapsed());
+    match result {
+        Ok(()) => {
+            println!("== {name}: ok ({took})");
+            Ok(())
+        }
+        Err(err) => {
+            println!("== {name}: FAILED ({took})");
+            Err(err).with_context(|| format!("xtask test stopped at step `{name}`"))
+        }
+    }
+}
+
+fn minutes(elapsed: Duration) -> String {
+    let secs = elapsed.as_secs();
+    format!("{}m{:02}s", secs / 60, secs % 60)
+}
+
+/// `cargo ARGS` in the workspace root, with the toolchain cargo was started with.
+fn cargo<const N: usize>(args: [&str; N]) -> Command {
+    let mut command = cmd("cargo");
+    command.current_dir(util::workspace_root()).args(args);
+    command
+}
+
+/// Clippy on every host crate and target; the agent's build script still builds the
+/// eBPF program through aya-build, so this also proves that build works.
+fn host_clippy() -> Command {
+    let mut command = cargo(["clippy", "--workspace", "--exclude", EBPF_CRATE, "--all-targets"]);
+    command.args(["--", "-D", "warnings"]);
+    command
+}
+
+/// Clippy on the eBPF crate for its real target, as aya-build compiles it: nightly,
+/// `build-std=core`, and the `bpf_target_arch` cfg that aya-ebpf needs. A target
+/// directory of its own keeps it from invalidating the host build.
+fn ebpf_clippy() -> Command {
+    let mut command = cmd("cargo");
+    command
+        .current_dir(util::workspace_root())
+        .env("CARGO_ENCODED_RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH))
+        .env_remove("RUSTFLAGS")
+        .args(["+nightly", "clippy", "-p", EBPF_CRATE, "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"]);
+    command
+}
+
+/// Every unit and integration test of the host crates. The environment (`CI`,
+/// `STEER_*`) passes through: the privileged tests read it to decide whether a
+/// missing capability is a skip or a failure.
+fn tests(options: &Options) -> Command {
+    let mut command = cargo(["test", "--workspace", "--exclude", EBPF_CRATE, "--no-fail-fast"]);
+    if let Some(threads) = options.test_threads {
+        command.args(["--", "--test-threads", &threads.to_string()]);
+    }
+    command
+}
