@@ -1,0 +1,137 @@
+//! Every bad input: exit status 1 (2 for usage), one sentence saying what to
+//! do, and the state exactly as it was (`status --json` before == after).
+use std::process::{Command, Output};
+
+use steer_harness::server::ServerArgs;
+
+use crate::common::{World, addr, steer_bin};
+
+/// Runs a refused command and checks its exit code, message, and that the
+/// state did not change.
+fn refused(w: &World, out: &Output, code: i32, needle: &str, before: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "exit status; stderr: {stderr}");
+    assert!(stderr.contains(needle), "stderr should mention {needle:?}: {stderr}");
+    if code == 1 {
+        assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
+    }
+    assert_eq!(w.status_json(), before, "state changed");
+}
+
+#[test]
+fn bad_inputs_are_refused_without_changing_state() {
+    let Some(w) = World::new("errors") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    w.promote(&a);
+    let before = w.status_json();
+    let pid = a.pid().to_string();
+
+    let out = w.steer(&["promote", "4194303"]);
+    refused(&w, &out, 1, "no process with pid 4194303", &before);
+
+    let mut sleeper = w.ns.command("sleep").arg("30").spawn().expect("sleep");
+    let out = w.steer(&["promote", &sleeper.id().to_string()]);
+    refused(&w, &out, 1, "has no listening TCP socket", &before);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+
+    let out = w.steer(&["promote", &pid, "--port", "9999"]);
+    refused(&w, &out, 1, "no listening TCP socket on port 9999", &before);
+
+    let mut plain = ServerArgs::new("plain", [addr("127.0.0.1:8090")]);
+    plain.no_reuseport = true;
+    let plain = w.server_with(plain);
+    let out = w.steer(&["promote", &plain.pid().to_string()]);
+    refused(&w, &out, 1, "without SO_REUSEPORT", &before);
+
+    let out = w.steer_env(&["promote", &pid], &[("STEER_KERNEL_RELEASE", "5.10.0-28-amd64")]);
+    refused(&w, &out, 1, "older than 5.14", &before);
+
+    // No privileges: an unprivileged user.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(steer_bin())
+        .arg("--state-dir")
+        .arg(&w.state_dir)
+        .args(["promote", &pid])
+        .output()
+        .expect("setpriv");
+    refused(&w, &out, 1, "CAP_SYS_PTRACE", &before);
+
+    for args in [vec!["promote"], vec!["promote", "x"], vec!["promote", &pid, "--weight", "0"], vec!["bogus"]]
+    {
+        let out = w.steer(&args);
+        refused(&w, &out, 2, "", &before);
+    }
+
+    let out = w.steer(&["rollback"]);
+    refused(&w, &out, 1, "has no previous generation", &before);
+    let out = w.steer(&["detach", "--port", "9999"]);
+    refused(&w, &out, 1, "no steered group on port 9999", &before);
+}
+
+#[test]
+fn bpffs_that_cannot_be_mounted_is_refused() {
+    let Some(w) = World::new("nobpffs") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    let dir = std::env::temp_dir().join(format!("steer-nobpffs-{}", std::process::id()));
+    // Root without CAP_SYS_ADMIN: steering capabilities, but no mount(2).
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-sys_admin", "--inh-caps=-sys_admin"])
+        .arg(steer_bin())
+        .arg("--state-dir")
+        .arg(&dir)
+        .args(["promote", &a.pid().to_string()])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot mount bpffs"), "{stderr}");
+    assert!(!steer::state::is_bpffs(&dir), "nothing was mounted");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(w.status().namespaces.is_empty());
+}
+
+#[test]
+fn a_full_sockarray_is_refused() {
+    let Some(w) = World::new("full") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    let b = w.server("b", &["127.0.0.1:8080"]);
+    let c = w.server("c", &["127.0.0.1:8080"]);
+    let env = [("STEER_MAX_SLOTS", "2")];
+    for s in [&a, &b] {
+        let out = w.steer_env(&["promote", &s.pid().to_string()], &env);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(w.status().namespaces[0].max_slots, 2);
+    let before = w.status_json();
+    let out = w.steer_env(&["promote", &c.pid().to_string()], &env);
+    refused(&w, &out, 1, "sockarray is full", &before);
+    // Once the previous generation exits, its slot is reclaimed and c fits.
+    drop(a);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let out = w.steer_env(&["promote", &c.pid().to_string()], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(crate::common::answered_by(&r, "c"), 300);
+}
+
+#[test]
+fn a_different_abi_version_is_refused() {
+    let Some(w) = World::new("abi") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    w.promote(&a);
+    // Rewrite the pinned info map's ABI version, as an older steer would have left it.
+    let ns = w.status().namespaces[0].netns;
+    let info = w.state_dir.join(format!("net-{ns}")).join("info");
+    let data = aya::maps::MapData::from_pin(&info).expect("open info pin");
+    let mut map: aya::maps::Array<_, steer_abi::Info> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map")).expect("array");
+    let mut v = map.get(&0, 0).expect("info");
+    v.abi_version += 1;
+    map.set(0, v, 0).expect("set info");
+    let out = w.steer(&["promote", &a.pid().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ABI version") && stderr.contains("steer detach"), "{stderr}");
+}
