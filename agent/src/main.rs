@@ -38,6 +38,10 @@ enum Command {
         /// Send only this percentage of new connections to PID (a canary); the rest stays
         #[arg(long, value_name = "PCT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100))]
         weight: u32,
+        /// Take the group over when another steer state directory holds its sockets
+        /// (for example one removed without `steer detach`)
+        #[arg(long)]
+        take_over: bool,
     },
     /// Make the previous generation active again, if it still listens
     Rollback {
@@ -96,8 +100,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if items.iter().all(|i| i.ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Promote { pid, ports, weight } => {
-            let changes = ops::promote::run(&state_dir, &ops::promote::Request { pid, ports, weight })?;
+        Command::Promote { pid, ports, weight, take_over } => {
+            let request = ops::promote::Request { pid, ports, weight, take_over };
+            let changes = ops::promote::run(&state_dir, &request)?;
             changes.iter().for_each(|c| println!("{c}"));
             Ok(ExitCode::SUCCESS)
         }
@@ -143,7 +148,7 @@ mod tests {
         .unwrap();
         assert_eq!(cli.state_dir.as_deref(), Some(std::path::Path::new("/x")));
         match cli.command {
-            Command::Promote { pid, ports, weight } => {
+            Command::Promote { pid, ports, weight, .. } => {
                 assert_eq!((pid, ports, weight), (42, vec![80, 443], 10));
             }
             other => panic!("parsed as {other:?}"),

@@ -1,7 +1,12 @@
 //! The steering policy as pure functions: how a group's configuration changes
 //! on promote, canary and rollback, and where a generation's sockets go in the
 //! sockarray. No I/O here, so every rule is unit-tested.
+use std::collections::BTreeMap;
+
 use steer_abi::{GroupConfig, SlotMeta, SlotRange, WEIGHT_SCALE};
+
+/// The records of the used slots, by slot.
+pub type Slots = BTreeMap<u32, SlotMeta>;
 
 /// Why a change is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,34 +104,27 @@ pub fn ranges(config: &GroupConfig) -> [SlotRange; 3] {
 
 /// The range among `config`'s that holds exactly the sockets with `cookies`.
 #[must_use]
-pub fn find_range(config: &GroupConfig, metas: &[SlotMeta], cookies: &[u64]) -> Option<SlotRange> {
+pub fn find_range(config: &GroupConfig, metas: &Slots, cookies: &[u64]) -> Option<SlotRange> {
     ranges(config).into_iter().find(|r| {
         !r.is_none()
             && r.count as usize == cookies.len()
             && (r.first..r.first + r.count)
-                .all(|s| metas.get(s as usize).is_some_and(|m| cookies.contains(&m.cookie)))
+                .all(|s| metas.get(&s).is_some_and(|m| cookies.contains(&m.cookie)))
     })
 }
 
-/// First run of `needed` consecutive free slots (cookie 0) in `metas`.
-pub fn allocate(metas: &[SlotMeta], needed: u32) -> Result<SlotRange, PolicyError> {
-    let mut run_start = 0_u32;
-    let mut run_len = 0_u32;
-    for (i, meta) in metas.iter().enumerate() {
-        let i = i as u32;
-        if meta.cookie == 0 {
-            if run_len == 0 {
-                run_start = i;
-            }
-            run_len += 1;
-            if run_len == needed {
-                return Ok(SlotRange { first: run_start, count: needed });
-            }
-        } else {
-            run_len = 0;
+/// First run of `needed` consecutive slots below `max_slots` that `used` does
+/// not hold.
+pub fn allocate(used: &Slots, max_slots: u32, needed: u32) -> Result<SlotRange, PolicyError> {
+    let mut start = 0_u32;
+    for &slot in used.keys().chain(std::iter::once(&max_slots)) {
+        let slot = slot.min(max_slots);
+        if slot >= start && slot - start >= needed {
+            return Ok(SlotRange { first: start, count: needed });
         }
+        start = start.max(slot + 1);
     }
-    let free = metas.iter().filter(|m| m.cookie == 0).count() as u32;
+    let free = max_slots.saturating_sub(used.keys().filter(|s| **s < max_slots).count() as u32);
     Err(PolicyError::SockarrayFull { needed, free })
 }
 

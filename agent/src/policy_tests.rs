@@ -77,16 +77,27 @@ fn rollback_swaps_active_and_previous() {
     assert_eq!(rollback(&cfg, false).unwrap_err(), PolicyError::PreviousGone);
 }
 
-fn metas(cookies: &[u64]) -> Vec<SlotMeta> {
-    cookies.iter().map(|c| SlotMeta { cookie: *c, ..SlotMeta::default() }).collect()
+fn metas(cookies: &[u64]) -> Slots {
+    (0_u32..)
+        .zip(cookies)
+        .filter(|(_, c)| **c != 0)
+        .map(|(s, c)| (s, SlotMeta { cookie: *c, ..SlotMeta::default() }))
+        .collect()
 }
 
 #[test]
 fn allocation_is_first_fit_and_contiguous() {
     let m = metas(&[7, 0, 8, 0, 0, 0]);
-    assert_eq!(allocate(&m, 1).unwrap(), SlotRange { first: 1, count: 1 });
-    assert_eq!(allocate(&m, 2).unwrap(), SlotRange { first: 3, count: 2 });
-    assert_eq!(allocate(&m, 4).unwrap_err(), PolicyError::SockarrayFull { needed: 4, free: 4 });
+    assert_eq!(allocate(&m, 6, 1).unwrap(), SlotRange { first: 1, count: 1 });
+    assert_eq!(allocate(&m, 6, 2).unwrap(), SlotRange { first: 3, count: 2 });
+    assert_eq!(allocate(&m, 6, 3).unwrap(), SlotRange { first: 3, count: 3 });
+    assert_eq!(allocate(&m, 6, 4).unwrap_err(), PolicyError::SockarrayFull { needed: 4, free: 4 });
+    assert_eq!(allocate(&Slots::new(), 2, 2).unwrap(), SlotRange { first: 0, count: 2 });
+    assert_eq!(
+        allocate(&metas(&[1, 2]), 2, 1).unwrap_err(),
+        PolicyError::SockarrayFull { needed: 1, free: 0 }
+    );
+    assert_eq!(allocate(&metas(&[1, 0, 2]), 8192, 2).unwrap(), SlotRange { first: 3, count: 2 });
 }
 
 #[test]

@@ -74,10 +74,11 @@ static STEER_SSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SLOTS,
 #[map(name = "STEER_GLOBAL")]
 static STEER_GLOBAL: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
-/// The agent's record of each slot (cookie, pid, fd). Not read here; it lives in
-/// the object so that it is created and pinned with the other maps.
+/// The agent's record of each used slot (cookie, pid, fd), keyed by slot. Not
+/// read here; it lives in the object so that it is created and pinned with the
+/// other maps. A hash map, so reading it costs what is used, not its capacity.
 #[map(name = "STEER_SLOTS")]
-static STEER_SLOTS: Array<SlotMeta> = Array::with_max_entries(MAX_SLOTS, 0);
+static STEER_SLOTS: HashMap<u32, SlotMeta> = HashMap::with_max_entries(MAX_SLOTS, 0);
 
 /// ABI version of whoever created the pinned state.
 #[map(name = "STEER_INFO")]

@@ -25,8 +25,9 @@ enum Command {
     Setup,
     /// Run setup, then rustfmt, clippy (host and eBPF) and every test, stopping at the first failure.
     Test(test::Options),
-    /// Show steer keeping every connection through server reloads.
-    Demo,
+    /// Show steer keeping every connection through server reloads: the same reloads
+    /// under load without and with steer, side by side (needs root).
+    Demo(demo::Options),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +44,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Command::Test(options) => test::run(&options).map(|()| ExitCode::SUCCESS),
-        Command::Demo => demo::run(),
+        Command::Demo(options) => demo::run(&options),
     }
 }

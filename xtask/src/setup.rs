@@ -19,7 +19,7 @@ const APT_PACKAGES: &[&str] =
 /// LLVM install prefix of the llvm-22-dev package.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-const BPFFS: &str = "/sys/fs/bpf";
+pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Checks every item in turn and installs what is missing.
 pub fn run() -> Result<()> {
@@ -34,7 +34,7 @@ pub fn run() -> Result<()> {
 }
 
 /// Whether we run with effective uid 0 (from `/proc/self/status`).
-fn is_root() -> Result<bool> {
+pub fn is_root() -> Result<bool> {
     let status = fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
     let euid = status
         .lines()
@@ -148,7 +148,7 @@ fn bpf_linker() -> Result<()> {
 }
 
 /// Whether a bpf filesystem is mounted on `dir`, per `/proc/mounts`.
-fn bpffs_mounted(dir: &str) -> Result<bool> {
+pub fn bpffs_mounted(dir: &str) -> Result<bool> {
     let mounts = fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
     Ok(mounts.lines().any(|line| {
         let mut fields = line.split_whitespace().skip(1);

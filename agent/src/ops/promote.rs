@@ -7,7 +7,7 @@ use steer_abi::{GroupConfig, GroupKey, SlotMeta, SlotRange, WEIGHT_SCALE};
 
 use super::OpError;
 use crate::{
-    policy::{self, Outcome},
+    policy::{self, Outcome, Slots},
     preflight,
     proc::Process,
     sockets::{self, Candidate},
@@ -22,6 +22,9 @@ pub struct Request {
     pub ports: Vec<u16>,
     /// Percent of new connections, 1..=100.
     pub weight: u32,
+    /// Take over sockets that another sockarray holds (another state
+    /// directory, or one removed without `steer detach`).
+    pub take_over: bool,
 }
 
 /// What happened to one group.
@@ -91,7 +94,7 @@ pub fn run(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpError> {
 
     let mut changes = Vec::with_capacity(plans.len());
     for plan in plans {
-        changes.push(apply(&mut instance, &process, plan)?);
+        changes.push(apply(&mut instance, &process, plan, req.take_over)?);
     }
     release_unreferenced(&mut instance)?;
     // Every duplicate was dropped inside apply(): none outlives this call.
@@ -100,7 +103,7 @@ pub fn run(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpError> {
 
 fn plan(
     instance: &Instance,
-    metas: &mut [SlotMeta],
+    metas: &mut Slots,
     key: GroupKey,
     sockets: Vec<Candidate>,
     weight: u32,
@@ -112,14 +115,15 @@ fn plan(
         Some(range) => (range, false, Vec::new()),
         None => {
             let stale: Vec<u32> =
-                (0..metas.len() as u32).filter(|s| cookies.contains(&metas[*s as usize].cookie)).collect();
+                metas.iter().filter(|(_, m)| cookies.contains(&m.cookie)).map(|(s, _)| *s).collect();
             for s in &stale {
-                metas[*s as usize] = SlotMeta::default();
+                metas.remove(s);
             }
-            let range = policy::allocate(metas, sockets.len() as u32).map_err(OpError::policy(&key))?;
+            let range = policy::allocate(metas, instance.info.max_slots, sockets.len() as u32)
+                .map_err(OpError::policy(&key))?;
             for s in range.first..range.first + range.count {
                 // Reserve the slots so the next group's plan does not take them.
-                metas[s as usize].cookie = u64::MAX;
+                metas.insert(s, SlotMeta { cookie: u64::MAX, ..SlotMeta::default() });
             }
             (range, true, stale)
         }
@@ -134,7 +138,7 @@ fn plan(
     Ok(Plan { key, sockets, range, fill, stale, config, outcome, previous_pids })
 }
 
-fn apply(instance: &mut Instance, process: &Process, plan: Plan) -> Result<Change, OpError> {
+fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool) -> Result<Change, OpError> {
     let Plan { key, sockets, range, fill, stale, config, outcome, previous_pids } = plan;
     for slot in stale {
         instance.free_slot(slot)?;
@@ -153,7 +157,7 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan) -> Result<Chang
                 group: key,
                 pad: 0,
             };
-            if let Err(e) = instance.fill_slot(slot, &socket.dup, &meta) {
+            if let Err(e) = instance.fill_slot(slot, &socket.dup, &meta, take_over) {
                 for undo in range.first..slot {
                     let _ = instance.free_slot(undo);
                 }
@@ -191,9 +195,9 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan) -> Result<Chang
 
 /// Distinct pids recorded for the slots of `range`.
 #[must_use]
-pub fn pids_of(metas: &[SlotMeta], range: SlotRange) -> Vec<u32> {
+pub fn pids_of(metas: &Slots, range: SlotRange) -> Vec<u32> {
     let mut pids: Vec<u32> = (range.first..range.first + range.count)
-        .filter_map(|s| metas.get(s as usize))
+        .filter_map(|s| metas.get(&s))
         .filter(|m| m.cookie != 0 && m.cookie != u64::MAX)
         .map(|m| m.pid)
         .collect();

@@ -1,6 +1,7 @@
 //! One network namespace's pinned program and maps, opened from bpffs, with the
 //! few operations the commands need on them.
 use std::{
+    collections::BTreeMap,
     os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
 };
@@ -24,8 +25,7 @@ pub struct Instance {
     pub info: Info,
     sockets: MapData,
     groups: HashMap<MapData, GroupKey, GroupConfig>,
-    slots: Array<MapData, SlotMeta>,
-    slot_meta_fd: MapData,
+    slots: HashMap<MapData, u32, SlotMeta>,
     group_stats: PerCpuHashMap<MapData, GroupKey, Counters>,
     slot_stats: PerCpuArray<MapData, u64>,
     global_stats: PerCpuArray<MapData, Counters>,
@@ -95,7 +95,6 @@ impl Instance {
             sockets: pinned(dir, pins::SOCKETS)?,
             groups: typed(dir, pins::GROUPS)?,
             slots: typed(dir, pins::SLOTS)?,
-            slot_meta_fd: pinned(dir, pins::SLOTS)?,
             group_stats: typed(dir, pins::GROUP_STATS)?,
             slot_stats: typed(dir, pins::SLOT_STATS)?,
             global_stats: typed(dir, pins::GLOBAL_STATS)?,
@@ -169,10 +168,9 @@ impl Instance {
         self.global_stats.get(&0, 0).map(|v| sum(&v)).unwrap_or_default()
     }
 
-    /// All slot records (free ones have cookie 0), in one batch read.
-    pub fn slot_metas(&self) -> Result<Vec<SlotMeta>, StateError> {
-        sockarray::read_array(self.slot_meta_fd.fd().as_fd(), self.info.max_slots)
-            .map_err(StateError::map("slots"))
+    /// The records of the used slots, by slot.
+    pub fn slot_metas(&self) -> Result<BTreeMap<u32, SlotMeta>, StateError> {
+        self.slots.iter().collect::<Result<_, _>>().map_err(StateError::map("slots"))
     }
 
     /// The used slots with liveness and hit counts.
@@ -181,10 +179,7 @@ impl Instance {
         let array = self.sockarray();
         Ok(metas
             .iter()
-            .enumerate()
-            .filter(|(_, m)| m.cookie != 0)
-            .map(|(i, meta)| {
-                let slot = i as u32;
+            .map(|(&slot, meta)| {
                 let live = array.cookie(slot).ok().flatten() == Some(meta.cookie);
                 let hits = self.slot_stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0);
                 SlotView { slot, meta: *meta, live, hits }
@@ -193,11 +188,38 @@ impl Instance {
     }
 
     /// Puts a socket into a slot and records it. Refuses an occupied slot.
-    pub fn fill_slot(&mut self, slot: u32, socket: impl AsFd, meta: &SlotMeta) -> Result<(), StateError> {
+    /// With `take_over`, a socket held by another sockarray is taken over:
+    /// this instance's program is attached to its group first.
+    pub fn fill_slot(
+        &mut self,
+        slot: u32,
+        socket: impl AsFd,
+        meta: &SlotMeta,
+        take_over: bool,
+    ) -> Result<(), StateError> {
         self.reset_hits(slot)?;
-        self.slots.set(slot, meta, 0).map_err(StateError::map("slots"))?;
-        if let Err(e) = self.sockarray().insert(slot, socket, sockarray::BPF_NOEXIST) {
-            let _ = self.slots.set(slot, SlotMeta::default(), 0);
+        self.slots.insert(slot, meta, 0).map_err(StateError::map("slots"))?;
+        let mut result = self.sockarray().insert(slot, socket.as_fd(), sockarray::BPF_NOEXIST);
+        if take_over && result.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EBUSY)) {
+            // The socket sits in another sockarray (kernel/bpf/reuseport_array.c,
+            // `reuseport_array_update_check`): typically a state directory that was
+            // removed without `steer detach`, whose program is still attached and
+            // holds its map. Attaching ours releases that program and its map; the
+            // kernel frees the map after an RCU grace period, so retry briefly.
+            self.attach(socket.as_fd())?;
+            for _ in 0..50 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                result = self.sockarray().insert(slot, socket.as_fd(), sockarray::BPF_NOEXIST);
+                if !result.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EBUSY)) {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            let _ = self.slots.remove(&slot);
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                return Err(StateError::SocketBusy { cookie: meta.cookie, pid: meta.pid, fd: meta.fd });
+            }
             return Err(StateError::map("sockets")(e));
         }
         Ok(())
@@ -206,7 +228,9 @@ impl Instance {
     /// Empties a slot and forgets its record and counts.
     pub fn free_slot(&mut self, slot: u32) -> Result<(), StateError> {
         self.sockarray().clear(slot).map_err(StateError::map("sockets"))?;
-        self.slots.set(slot, SlotMeta::default(), 0).map_err(StateError::map("slots"))?;
+        if self.slots.get(&slot, 0).is_ok() {
+            self.slots.remove(&slot).map_err(StateError::map("slots"))?;
+        }
         self.reset_hits(slot)
     }
 

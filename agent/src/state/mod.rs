@@ -51,6 +51,10 @@ pub enum StateError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "socket fd {fd} of pid {pid} (cookie {cookie}) is held by another steer state directory, or by one removed without `steer detach`; detach it there (`steer --state-dir OTHER detach`), or pass --take-over to make this state steer the group"
+    )]
+    SocketBusy { cookie: u64, pid: u32, fd: u32 },
     #[error("cannot load the steering program into the kernel")]
     Load(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the BPF map {what} rejected an update")]

@@ -10,7 +10,6 @@ use std::{
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Insert only into an empty slot.
 pub const BPF_NOEXIST: u64 = 1;
 
@@ -78,55 +77,4 @@ impl<'a> SockArray<'a> {
             _ => Ok(()),
         }
     }
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// Reads every element of an array map with `len` entries of type `T` in one
-/// `BPF_MAP_LOOKUP_BATCH` call (kernel/bpf/syscall.c, `generic_map_lookup_batch`).
-pub fn read_array<T: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<T>> {
-    let mut keys = vec![0_u32; len as usize];
-    let mut values = vec![T::default(); len as usize];
-    let mut out_batch = 0_u32;
-    let mut attr = BatchAttr {
-        out_batch: std::ptr::from_mut(&mut out_batch) as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: len,
-        map_fd: u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
-        ..BatchAttr::default()
-    };
-    // SAFETY: the buffers hold `len` keys and values of the map's sizes and
-    // outlive the call; attr is a valid bpf_attr prefix for this command.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            std::ptr::from_mut(&mut attr),
-            size_of::<BatchAttr>(),
-        )
-    };
-    // ENOENT means the batch reached the end, which it does on a full read.
-    if ret < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
-        return Err(io::Error::last_os_error());
-    }
-    let n = attr.count as usize;
-    let mut out = vec![T::default(); len as usize];
-    for (k, v) in keys.iter().zip(values).take(n) {
-        if let Some(slot) = out.get_mut(*k as usize) {
-            *slot = v;
-        }
-    }
-    Ok(out)
 }

@@ -135,3 +135,36 @@ fn a_different_abi_version_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("ABI version") && stderr.contains("steer detach"), "{stderr}");
 }
+
+#[test]
+fn a_state_dir_removed_without_detach_is_recovered_and_a_live_one_is_named() {
+    let Some(w) = World::new("busy") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    let b = w.server("b", &["127.0.0.1:8080"]);
+    w.promote(&b);
+    // A second, live state directory cannot take b's socket: say so, change nothing.
+    let other = w.state_dir.with_extension("other").to_string_lossy().replace('.', "-");
+    let other = std::path::PathBuf::from(other);
+    let out = crate::common::steer_cmd(&other, &["promote", &b.pid().to_string()]).output().expect("steer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("held by another steer state directory"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&other);
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(crate::common::answered_by(&r, "b"), 300, "the first state still steers");
+
+    // The state directory removed by hand, program still attached: refused
+    // with the way out named, then taken over when asked to.
+    std::fs::remove_dir_all(&w.state_dir).expect("remove state dir");
+    let out = w.steer(&["promote", &b.pid().to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--take-over"), "{out:?}");
+    w.steer_ok(&["promote", &b.pid().to_string(), "--take-over"]);
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(crate::common::answered_by(&r, "b"), 300);
+    assert_eq!(w.counters(8080).steered_active, 300);
+    // A socket no sockarray holds needs no take-over.
+    w.promote(&a);
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(crate::common::answered_by(&r, "a"), 300);
+}
