@@ -41,16 +41,19 @@ pub enum Outcome {
 }
 
 /// The configuration after promoting the generation in `target` with `weight`
-/// percent (100 = all new connections).
+/// percent (100 = all new connections). `fresh` says the sockets were just put
+/// into `target`: a new generation even when its slots are the ones an exited
+/// generation had.
 pub fn promote(
     current: Option<&GroupConfig>,
     target: SlotRange,
     weight: u32,
+    fresh: bool,
 ) -> Result<(GroupConfig, Outcome), PolicyError> {
     let cur = current.copied().unwrap_or_default();
     let next_gen = cur.generation + 1;
     if weight >= WEIGHT_SCALE {
-        if cur.active == target && cur.canary.is_none() {
+        if cur.active == target && cur.canary.is_none() && !fresh {
             return Ok((cur, Outcome::AlreadyActive));
         }
         let previous = if cur.active == target || cur.active.is_none() { cur.previous } else { cur.active };
@@ -67,10 +70,10 @@ pub fn promote(
     if cur.active.is_none() {
         return Err(PolicyError::NoActiveForCanary);
     }
-    if cur.active == target {
+    if cur.active == target && !fresh {
         return Err(PolicyError::CanaryIsActive);
     }
-    if cur.canary == target && cur.canary_weight == weight {
+    if cur.canary == target && cur.canary_weight == weight && !fresh {
         return Ok((cur, Outcome::AlreadyCanary));
     }
     let config = GroupConfig { generation: next_gen, canary: target, canary_weight: weight, ..cur };

@@ -11,7 +11,7 @@ fn active(r: SlotRange) -> GroupConfig {
 
 #[test]
 fn first_promote_makes_the_generation_active() {
-    let (cfg, out) = promote(None, A, 100).unwrap();
+    let (cfg, out) = promote(None, A, 100, false).unwrap();
     assert_eq!(out, Outcome::Promoted);
     assert_eq!(cfg.active, A);
     assert!(cfg.previous.is_none());
@@ -20,7 +20,7 @@ fn first_promote_makes_the_generation_active() {
 
 #[test]
 fn promote_keeps_the_old_generation_for_rollback() {
-    let (cfg, out) = promote(Some(&active(A)), B, 100).unwrap();
+    let (cfg, out) = promote(Some(&active(A)), B, 100, false).unwrap();
     assert_eq!(out, Outcome::Promoted);
     assert_eq!((cfg.active, cfg.previous, cfg.generation), (B, A, 2));
 }
@@ -28,49 +28,49 @@ fn promote_keeps_the_old_generation_for_rollback() {
 #[test]
 fn promoting_the_active_generation_is_a_no_op() {
     let cur = active(A);
-    let (cfg, out) = promote(Some(&cur), A, 100).unwrap();
+    let (cfg, out) = promote(Some(&cur), A, 100, false).unwrap();
     assert_eq!(out, Outcome::AlreadyActive);
     assert_eq!(cfg, cur);
 }
 
 #[test]
 fn promoting_the_previous_generation_swaps_them() {
-    let (cfg, _) = promote(Some(&active(A)), B, 100).unwrap();
-    let (cfg, out) = promote(Some(&cfg), A, 100).unwrap();
+    let (cfg, _) = promote(Some(&active(A)), B, 100, false).unwrap();
+    let (cfg, out) = promote(Some(&cfg), A, 100, false).unwrap();
     assert_eq!(out, Outcome::Promoted);
     assert_eq!((cfg.active, cfg.previous), (A, B));
 }
 
 #[test]
 fn canary_takes_a_share_and_full_promote_ends_it() {
-    let (cfg, out) = promote(Some(&active(A)), B, 10).unwrap();
+    let (cfg, out) = promote(Some(&active(A)), B, 10, false).unwrap();
     assert_eq!(out, Outcome::Canary { weight: 10 });
     assert_eq!((cfg.active, cfg.canary, cfg.canary_weight), (A, B, 10));
-    let (again, out) = promote(Some(&cfg), B, 10).unwrap();
+    let (again, out) = promote(Some(&cfg), B, 10, false).unwrap();
     assert_eq!(out, Outcome::AlreadyCanary);
     assert_eq!(again, cfg);
-    let (cfg, out) = promote(Some(&cfg), B, 100).unwrap();
+    let (cfg, out) = promote(Some(&cfg), B, 100, false).unwrap();
     assert_eq!(out, Outcome::Promoted);
     assert_eq!((cfg.active, cfg.previous, cfg.canary, cfg.canary_weight), (B, A, SlotRange::NONE, 0));
 }
 
 #[test]
 fn canary_needs_an_active_generation_other_than_itself() {
-    assert_eq!(promote(None, A, 50).unwrap_err(), PolicyError::NoActiveForCanary);
-    assert_eq!(promote(Some(&active(A)), A, 50).unwrap_err(), PolicyError::CanaryIsActive);
+    assert_eq!(promote(None, A, 50, false).unwrap_err(), PolicyError::NoActiveForCanary);
+    assert_eq!(promote(Some(&active(A)), A, 50, false).unwrap_err(), PolicyError::CanaryIsActive);
 }
 
 #[test]
 fn promoting_the_active_generation_while_a_canary_runs_ends_the_canary() {
-    let (cfg, _) = promote(Some(&active(A)), B, 10).unwrap();
-    let (cfg, out) = promote(Some(&cfg), A, 100).unwrap();
+    let (cfg, _) = promote(Some(&active(A)), B, 10, false).unwrap();
+    let (cfg, out) = promote(Some(&cfg), A, 100, false).unwrap();
     assert_eq!(out, Outcome::Promoted);
     assert_eq!((cfg.active, cfg.canary), (A, SlotRange::NONE));
 }
 
 #[test]
 fn rollback_swaps_active_and_previous() {
-    let (cfg, _) = promote(Some(&active(A)), B, 100).unwrap();
+    let (cfg, _) = promote(Some(&active(A)), B, 100, false).unwrap();
     let back = rollback(&cfg, true).unwrap();
     assert_eq!((back.active, back.previous), (A, B));
     assert_eq!(rollback(&active(A), true).unwrap_err(), PolicyError::NoPrevious);
@@ -108,4 +108,13 @@ fn existing_ranges_are_found_by_cookie() {
     assert_eq!(find_range(&cfg, &m, &[10]), Some(A));
     assert_eq!(find_range(&cfg, &m, &[20]), None);
     assert_eq!(find_range(&cfg, &m, &[99]), None);
+}
+
+#[test]
+fn a_new_generation_in_reused_slots_is_promoted_not_already_active() {
+    // The old generation exited, its slot was reclaimed and refilled.
+    let (cfg, out) = promote(Some(&active(A)), A, 100, true).unwrap();
+    assert_eq!(out, Outcome::Promoted);
+    assert_eq!((cfg.active, cfg.generation), (A, 2));
+    assert!(cfg.previous.is_none(), "the exited generation is no rollback target");
 }

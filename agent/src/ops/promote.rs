@@ -128,8 +128,8 @@ fn plan(
             (range, true, stale)
         }
     };
-    let (config, outcome) =
-        policy::promote(current.as_ref(), range, weight.min(WEIGHT_SCALE)).map_err(OpError::policy(&key))?;
+    let (config, outcome) = policy::promote(current.as_ref(), range, weight.min(WEIGHT_SCALE), fill)
+        .map_err(OpError::policy(&key))?;
     // The generation that stops being active (a canary leaves it active).
     let previous_pids = current
         .filter(|c| outcome == Outcome::Promoted && !c.active.is_none() && c.active != range)
