@@ -13,7 +13,9 @@
 //! - [`state`]: the pinned program and maps, the lock, atomic creation.
 //! - [`policy`]: pure rules for promote, canary, rollback and slot allocation.
 //! - [`ops`]: one module per command (check, promote, rollback, status, detach).
+pub mod daemon;
 pub mod diag;
+pub mod metrics;
 pub mod netns;
 pub mod ops;
 pub mod paths;

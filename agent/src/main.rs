@@ -2,8 +2,12 @@
 //! library function per subcommand.
 use std::{path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use steer::{ops, paths};
+use steer::{
+    daemon::{self, Policy, Source},
+    ops, paths,
+};
 
 /// Zero-loss reloads for SO_REUSEPORT servers: choose which process generation
 /// gets new connections.
@@ -61,11 +65,52 @@ enum Command {
         #[arg(long = "port", value_name = "P")]
         ports: Vec<u16>,
     },
+    /// Watch for new listeners and promote per policy (the sidecar)
+    #[command(group(clap::ArgGroup::new("select").args(["comms", "ports"]).required(true).multiple(true)))]
+    Daemon {
+        /// Watch processes with this name (repeatable), e.g. haproxy
+        #[arg(long = "comm", value_name = "NAME")]
+        comms: Vec<String>,
+        /// Watch listeners on this port (repeatable)
+        #[arg(long = "port", value_name = "P")]
+        ports: Vec<u16>,
+        /// Only processes in this network namespace (repeatable), e.g. /proc/PID/ns/net or /run/netns/NAME
+        #[arg(long = "netns", value_name = "PATH")]
+        netns: Vec<PathBuf>,
+        /// newest: promote each new generation as soon as it listens; manual: only re-attach and report
+        #[arg(long, value_enum, default_value_t = Policy::Newest)]
+        policy: Policy,
+        /// Wait this long after a generation listens before promoting it
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        ready_delay: u64,
+        /// Serve Prometheus metrics on /metrics and /healthz at ADDR (e.g. 127.0.0.1:9477); off by default
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Log format on stderr
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// Where listener events come from: the eBPF tracepoint, polling, or the first that works
+        #[arg(long, value_enum, default_value_t = Source::Auto)]
+        source: Source,
+        /// How often the polling source looks for new listeners
+        #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        poll_interval: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let (json, daemon) = match &cli.command {
+        Command::Daemon { log_format, .. } => (*log_format == LogFormat::Json, true),
+        _ => (false, false),
+    };
+    init_logging(cli.verbose, json, daemon);
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -75,15 +120,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
+/// Logs go to stderr; the daemon logs at info by default, commands at warn.
+fn init_logging(verbose: u8, json: bool, daemon: bool) {
+    let default = match (verbose, daemon) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -121,6 +172,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Detach { ports } => {
             ops::detach::run(&state_dir, &ports)?.iter().for_each(|c| println!("{c}"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon {
+            comms, ports, netns, policy, ready_delay, metrics, source, poll_interval, ..
+        } => {
+            let netns = netns
+                .iter()
+                .map(|p| {
+                    std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).with_context(|| {
+                        format!(
+                            "cannot read network namespace {}; pass /proc/PID/ns/net or /run/netns/NAME",
+                            p.display()
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<u64>>>()?;
+            let opts = daemon::Options {
+                filter: daemon::Filter { comms, ports, netns },
+                policy,
+                ready_delay: std::time::Duration::from_millis(ready_delay),
+                source,
+                poll_interval: std::time::Duration::from_millis(poll_interval),
+            };
+            daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -172,6 +247,9 @@ mod tests {
             vec!["steer", "promote", "1", "--weight", "101"],
             vec!["steer", "promote", "1", "--port", "70000"],
             vec!["steer", "frobnicate"],
+            vec!["steer", "daemon"],
+            vec!["steer", "daemon", "--comm", "haproxy", "--policy", "sometimes"],
+            vec!["steer", "daemon", "--port", "80", "--metrics", "not-an-address"],
         ] {
             let err = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

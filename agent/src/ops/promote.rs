@@ -35,6 +35,10 @@ pub struct Change {
     pub sockets: usize,
     pub first_slot: u32,
     pub outcome: String,
+    /// Whether the configuration changed (false for "already active").
+    pub changed: bool,
+    /// The group's configuration generation after the change.
+    pub generation: u64,
     /// Pids of the generation that was active before, if any.
     pub previous_pids: Vec<u32>,
 }
@@ -174,6 +178,7 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
     if let Some(first) = sockets.first() {
         instance.attach(first.dup.as_fd())?;
     }
+    let plan_outcome = outcome;
     let outcome = match outcome {
         Outcome::AlreadyActive => "already active".to_owned(),
         Outcome::AlreadyCanary => format!("already canary at {}%", config.canary_weight),
@@ -186,6 +191,8 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
         pid: process.pid,
         sockets: sockets.len(),
         first_slot: range.first,
+        changed: !matches!(plan_outcome, Outcome::AlreadyActive | Outcome::AlreadyCanary),
+        generation: config.generation,
         outcome,
         previous_pids,
     };

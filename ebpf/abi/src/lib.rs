@@ -38,6 +38,22 @@ pub mod map_names {
 /// Name of the program inside the eBPF object.
 pub const PROGRAM_NAME: &str = "steer";
 
+/// The listener watcher (a second object, `steer-watch`, loaded by the daemon).
+pub mod watch {
+    /// Program name: a tracepoint on `sock:inet_sock_set_state`.
+    pub const PROGRAM_NAME: &str = "steer_watch";
+    /// The ring buffer of [`super::ListenEvent`]s.
+    pub const EVENTS: &str = "STEER_EVENTS";
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
+    /// `TCP_LISTEN` (include/net/tcp_states.h).
+    pub const TCP_LISTEN: i32 = 10;
+    /// [`super::ListenEvent::kind`]: a socket started listening.
+    pub const KIND_LISTEN: u32 = 1;
+    /// [`super::ListenEvent::kind`]: a listening socket closed.
+    pub const KIND_CLOSE: u32 = 2;
+}
+
 /// Counter indices. Every invocation of the program increments exactly one of
 /// them, so their sum is the number of invocations.
 pub mod counter {
@@ -168,6 +184,29 @@ pub struct Info {
     pub pad: u32,
 }
 
+/// One listener event from the watcher, written to the ring buffer from the
+/// `sock:inet_sock_set_state` tracepoint in the context of the process that
+/// called listen() or closed the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenEvent {
+    /// `bpf_ktime_get_ns()` when the state changed (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// Process id (tgid) of the caller.
+    pub pid: u32,
+    /// [`watch::KIND_LISTEN`] or [`watch::KIND_CLOSE`].
+    pub kind: u32,
+    /// Local port, host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Always zero.
+    pub pad: u32,
+    /// `bpf_get_current_comm()`: the calling thread's name.
+    pub comm: [u8; 16],
+}
+
+const _: () = assert!(size_of::<ListenEvent>() == 40);
 const _: () = assert!(size_of::<GroupKey>() == 28);
 const _: () = assert!(size_of::<SlotRange>() == 8);
 const _: () = assert!(size_of::<GroupConfig>() == 40);
@@ -185,6 +224,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::SlotMeta {}
     unsafe impl aya::Pod for super::Info {}
+    unsafe impl aya::Pod for super::ListenEvent {}
 }
 
 #[cfg(test)]

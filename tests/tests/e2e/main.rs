@@ -3,6 +3,7 @@
 //! path ran (counters, which generation answered), not just that nothing failed.
 //! Without privileges they skip with a printed reason; with `CI=true` they fail.
 mod common;
+mod daemon;
 mod errors;
 mod handover;
 mod steering;

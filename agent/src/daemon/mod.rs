@@ -1,0 +1,299 @@
+//! `steer daemon`: the sidecar. It watches for new listening sockets of matching
+//! processes and, under the `newest` policy, promotes the newest generation of
+//! each group as soon as it listens. It only automates what the CLI does: all
+//! state stays pinned, so stopping or killing the daemon changes nothing for
+//! traffic, and a restarted daemon adopts what it finds.
+mod scan;
+mod service;
+mod tracepoint;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, RecvTimeoutError},
+    },
+    time::{Duration, Instant},
+};
+
+pub use scan::{Filter, start_time};
+pub use service::serve;
+
+use crate::{
+    metrics::DaemonStats,
+    ops::{OpError, attach, promote},
+    proc::Process,
+    sockets::{self, SocketError},
+};
+
+/// What to do when a new generation listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Promote the newest generation of each group as soon as it listens.
+    Newest,
+    /// Only re-attach the program to groups that formed again, and report.
+    Manual,
+}
+
+/// Where listener events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The tracepoint if it can be loaded, otherwise polling.
+    Auto,
+    /// The eBPF tracepoint on sock:inet_sock_set_state only.
+    Tracepoint,
+    /// Poll sock_diag and /proc.
+    Poll,
+}
+
+/// The daemon's settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub filter: Filter,
+    pub policy: Policy,
+    pub ready_delay: Duration,
+    pub source: Source,
+    pub poll_interval: Duration,
+}
+
+/// A listener event.
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    /// A socket started listening on `port` in process `pid` (which may already
+    /// have exited: daemonising servers listen, then fork).
+    Listen { pid: u32, port: u16, ktime_ns: u64 },
+    /// A listening socket closed.
+    Closed,
+}
+
+/// How often closed sockets' slots are reclaimed.
+const MAINTENANCE: Duration = Duration::from_secs(1);
+
+/// Runs until `stop` is set. Events are handled one batch at a time.
+pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicBool) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    let watcher = match opts.source {
+        Source::Poll => None,
+        Source::Tracepoint => Some(tracepoint::Watcher::start(tx)?),
+        Source::Auto => match tracepoint::Watcher::start(tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "tracepoint source unavailable; polling instead");
+                None
+            }
+        },
+    };
+    let source = if watcher.is_some() { "tracepoint" } else { "poll" };
+    tracing::info!(source, poll_interval_ms = opts.poll_interval.as_millis() as u64, "event source");
+    adopt(state_dir, opts, stats);
+    let mut poller = scan::Poller::default();
+    if watcher.is_none() {
+        poller.poll(&opts.filter);
+    }
+    tracing::info!(policy = ?opts.policy, comm = ?opts.filter.comms, port = ?opts.filter.ports, "watching");
+
+    // Ports with a new listener: when to handle them, the earliest event time,
+    // and the latest listening pid.
+    let mut pending: BTreeMap<u16, (Instant, u64, u32)> = BTreeMap::new();
+    let mut next_poll = Instant::now() + opts.poll_interval;
+    let mut next_maintenance = Instant::now() + MAINTENANCE;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let mut wake = next_maintenance.min(now + Duration::from_millis(200));
+        if watcher.is_none() {
+            wake = wake.min(next_poll);
+        }
+        if let Some((due, _, _)) = pending.values().min_by_key(|(d, _, _)| *d) {
+            wake = wake.min(*due);
+        }
+        let first = rx.recv_timeout(wake.saturating_duration_since(now));
+        let events = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
+        for event in events {
+            match event {
+                Event::Listen { pid, port, ktime_ns }
+                    if opts.filter.port_matches(port) && pid != std::process::id() =>
+                {
+                    // The listening pid may have exited already (daemon mode forks
+                    // after listen()); then the port decides, in handle().
+                    let process = Process::open(pid).ok();
+                    if process.is_none_or(|p| {
+                        opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns)
+                    }) {
+                        let due = Instant::now() + opts.ready_delay;
+                        pending.entry(port).and_modify(|p| p.2 = pid).or_insert((due, ktime_ns, pid));
+                    }
+                }
+                Event::Listen { .. } => {}
+                Event::Closed => {
+                    next_maintenance = next_maintenance.min(Instant::now() + Duration::from_millis(200));
+                }
+            }
+        }
+        if matches!(first, Err(RecvTimeoutError::Disconnected)) && watcher.is_some() {
+            anyhow::bail!("the tracepoint reader stopped");
+        }
+        let now = Instant::now();
+        if watcher.is_none() && now >= next_poll {
+            for (pid, port) in poller.poll(&opts.filter) {
+                let due = now + opts.ready_delay;
+                pending.entry(port).and_modify(|p| p.2 = p.2.max(pid)).or_insert((due, monotonic_ns(), pid));
+            }
+            next_poll = now + opts.poll_interval;
+        }
+        let due: Vec<(u16, u64, u32)> = pending
+            .iter()
+            .filter(|(_, (d, _, _))| *d <= now)
+            .map(|(port, (_, k, pid))| (*port, *k, *pid))
+            .collect();
+        if !due.is_empty() {
+            for (port, _, _) in &due {
+                pending.remove(port);
+            }
+            handle(state_dir, opts, stats, &due);
+        }
+        if Instant::now() >= next_maintenance {
+            match attach::maintain(state_dir) {
+                Ok(0) => {}
+                Ok(freed) => tracing::debug!(freed, "reclaimed slots"),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "slot upkeep failed"),
+            }
+            next_maintenance = Instant::now() + MAINTENANCE;
+        }
+    }
+    tracing::info!("stopping; steering stays in place");
+    drop(watcher);
+    Ok(())
+}
+
+/// Promotes (or, under `manual`, re-attaches) the process that listened on
+/// each port in `due`; when it is gone, the newest matching holder of the port.
+fn handle(state_dir: &Path, opts: &Options, stats: &DaemonStats, due: &[(u16, u64, u32)]) {
+    let mut targets: BTreeMap<u32, (Vec<u16>, u64)> = BTreeMap::new();
+    for &(port, ktime, pid) in due {
+        let alive = Process::open(pid)
+            .is_ok_and(|p| opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns));
+        let Some(pid) = (if alive { Some(pid) } else { newest_listener(&opts.filter, port) }) else {
+            tracing::debug!(port, "new listener gone before it could be handled");
+            continue;
+        };
+        let t = targets.entry(pid).or_insert((Vec::new(), ktime));
+        t.0.push(port);
+        t.1 = t.1.min(ktime);
+    }
+    for (pid, (ports, ktime)) in targets {
+        let scope = if opts.filter.ports.is_empty() { Vec::new() } else { ports.clone() };
+        match opts.policy {
+            Policy::Newest => {
+                promote_one(state_dir, &opts.filter, stats, pid, scope, ports.first().copied(), ktime);
+            }
+            Policy::Manual => match attach::reattach(state_dir, pid, &scope) {
+                Ok(groups) => {
+                    tracing::info!(pid, ?ports, reattached = ?groups, "new generation listening; not promoted (policy manual)");
+                }
+                Err(e) => tracing::warn!(pid, error = format!("{e:#}"), "re-attach failed"),
+            },
+        }
+    }
+}
+
+/// Promotes `pid` for `scope` (empty: all its ports). `trigger` is the port
+/// whose new listener led here: if the process is gone by now (daemonising
+/// servers listen, then fork and exit), the newest holder of that port is
+/// promoted instead, a few times at most.
+fn promote_one(
+    state_dir: &Path,
+    filter: &Filter,
+    stats: &DaemonStats,
+    pid: u32,
+    scope: Vec<u16>,
+    trigger: Option<u16>,
+    ktime: u64,
+) {
+    let mut pid = pid;
+    for attempt in 0..4 {
+        let request = promote::Request { pid, ports: scope.clone(), weight: 100, take_over: false };
+        match promote::run(state_dir, &request) {
+            Ok(changes) => {
+                let latency_us = monotonic_ns().saturating_sub(ktime) / 1000;
+                for c in changes {
+                    if c.changed {
+                        stats.record_promotion(&c.group);
+                        tracing::info!(pid, group = %c.group, slot = c.first_slot, generation = c.generation, latency_us, previous = ?c.previous_pids, "promoted");
+                    } else {
+                        tracing::debug!(pid, group = %c.group, "already active");
+                    }
+                }
+                return;
+            }
+            Err(
+                OpError::Proc(_)
+                | OpError::Socket(SocketError::Vanished { .. } | SocketError::NoListeners { .. }),
+            ) if attempt < 3 => {
+                let next = trigger.and_then(|port| newest_listener(filter, port)).filter(|p| *p != pid);
+                let Some(next) = next else {
+                    tracing::debug!(pid, "listener's process left and no other holds the port");
+                    return;
+                };
+                tracing::debug!(pid, next, "listener's process left; promoting the port's newest holder");
+                pid = next;
+            }
+            Err(e) => {
+                tracing::warn!(pid, error = format!("{e:#}"), "promote failed");
+                return;
+            }
+        }
+    }
+}
+
+/// The newest matching process holding a listener on `port`, newest first so
+/// the scan usually stops at a fresh process with few descriptors.
+fn newest_listener(filter: &Filter, port: u16) -> Option<u32> {
+    // Start times tick every 10 ms: break ties by pid, the later fork.
+    let mut procs: Vec<((u64, u32), Process)> =
+        scan::candidates(filter).into_iter().filter_map(|p| Some(((start_time(p.pid)?, p.pid), p))).collect();
+    procs.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+    let mut listeners_by_ns: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for (_, p) in procs {
+        let inodes = listeners_by_ns.entry(p.netns).or_insert_with(|| {
+            sockets::namespace_listeners(&p)
+                .map(|ls| ls.into_iter().filter(|l| l.addr.port() == port).map(|l| l.inode).collect())
+                .unwrap_or_default()
+        });
+        if inodes.is_empty() {
+            continue;
+        }
+        if p.socket_fds().is_ok_and(|fds| fds.keys().any(|i| inodes.contains(i))) {
+            return Some(p.pid);
+        }
+    }
+    None
+}
+
+/// At start: promote the newest matching process of each group (policy
+/// `newest`) or re-attach (policy `manual`). Groups whose newest generation
+/// is already active are left alone.
+fn adopt(state_dir: &Path, opts: &Options, stats: &DaemonStats) {
+    let mut by_pid: BTreeMap<u32, BTreeSet<u16>> = BTreeMap::new();
+    for (_, (pid, port)) in scan::newest_per_group(&opts.filter) {
+        by_pid.entry(pid).or_default().insert(port);
+    }
+    for (pid, ports) in by_pid {
+        let ports: Vec<u16> = ports.into_iter().collect();
+        tracing::info!(pid, ?ports, "adopting");
+        match opts.policy {
+            Policy::Newest => promote_one(state_dir, &opts.filter, stats, pid, ports, None, monotonic_ns()),
+            Policy::Manual => {
+                if let Err(e) = attach::reattach(state_dir, pid, &ports) {
+                    tracing::warn!(pid, error = format!("{e:#}"), "re-attach failed");
+                }
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}

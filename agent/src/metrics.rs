@@ -1,0 +1,212 @@
+//! Prometheus metrics for `steer daemon --metrics ADDR`: the program's counters,
+//! the sockets of each group, the daemon's own figures and the kernel's
+//! request-migration counters, encoded by `prometheus-client` and served by [`serve`].
+//!
+//! Each scrape builds a fresh registry from a fresh [`Status`], so counters carry
+//! the values read from the kernel maps instead of being incremented here.
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, PoisonError},
+    time::Instant,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+use crate::ops::status::{Counters, Status};
+
+mod http;
+
+pub use http::serve;
+
+/// Where `steer daemon --metrics` listens when given no address of its own.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9477";
+
+/// What the daemon counts itself.
+#[derive(Debug)]
+pub struct DaemonStats {
+    /// When the daemon started; the uptime gauge counts from here.
+    pub started: Instant,
+    /// Promotions per group label (e.g. `127.0.0.1:8080`).
+    promotions: Mutex<BTreeMap<String, u64>>,
+}
+
+impl DaemonStats {
+    #[must_use]
+    pub fn new() -> Self {
+        Self { started: Instant::now(), promotions: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Counts one promotion of `group` (its address label, e.g. `127.0.0.1:8080`).
+    pub fn record_promotion(&self, group: &str) {
+        let mut promotions = self.promotions.lock().unwrap_or_else(PoisonError::into_inner);
+        *promotions.entry(group.to_owned()).or_default() += 1;
+    }
+
+    /// Promotions so far, per group label.
+    #[must_use]
+    pub fn promotions(&self) -> BTreeMap<String, u64> {
+        self.promotions.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl Default for DaemonStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    netns: u64,
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    netns: u64,
+    group: String,
+    path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SocketLabels {
+    netns: u64,
+    group: String,
+    pid: u32,
+    fd: u32,
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PromotionLabels {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The program's counters as (`path` label, value).
+fn paths(c: &Counters) -> [(&'static str, u64); 6] {
+    [
+        ("steered_active", c.steered_active),
+        ("steered_canary", c.steered_canary),
+        ("migrated", c.migrated),
+        ("fallback_no_config", c.fallback_no_config),
+        ("fallback_empty_slot", c.fallback_empty_slot),
+        ("helper_error", c.helper_error),
+    ]
+}
+
+/// Renders the OpenMetrics exposition text for one scrape.
+///
+/// `netstat` is the text of `/proc/net/netstat`; an empty string reads as zeros.
+///
+/// # Errors
+/// Only when the encoder fails to write, which a `String` never does.
+pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<String, std::fmt::Error> {
+    let connections = Family::<PathLabels, Counter>::default();
+    let active_pid = Family::<GroupLabels, Gauge>::default();
+    let accept_queue = Family::<SocketLabels, Gauge>::default();
+    let selected = Family::<SocketLabels, Counter>::default();
+    let mut groups: i64 = 0;
+
+    for ns in &status.namespaces {
+        for g in &ns.groups {
+            groups += 1;
+            for (path, value) in paths(&g.counters) {
+                let labels = PathLabels { netns: ns.netns, group: g.address.clone(), path };
+                connections.get_or_create(&labels).inc_by(value);
+            }
+            if let Some(active) = g.sockets.iter().find(|s| s.role == "active") {
+                let labels = GroupLabels { netns: ns.netns, group: g.address.clone() };
+                active_pid.get_or_create(&labels).set(i64::from(active.pid));
+            }
+            for s in &g.sockets {
+                let labels = SocketLabels {
+                    netns: ns.netns,
+                    group: g.address.clone(),
+                    pid: s.pid,
+                    fd: s.fd,
+                    role: s.role.clone(),
+                };
+                if let Some(queue) = s.accept_queue {
+                    accept_queue.get_or_create(&labels).set(i64::from(queue));
+                }
+                selected.get_or_create(&labels).inc_by(s.selected);
+            }
+        }
+    }
+
+    let promotions = Family::<PromotionLabels, Counter>::default();
+    for (group, count) in stats.promotions() {
+        promotions.get_or_create(&PromotionLabels { group }).inc_by(count);
+    }
+
+    let migrate = Family::<ResultLabels, Counter>::default();
+    let (success, failure) = migrate_req_counters(netstat);
+    migrate.get_or_create(&ResultLabels { result: "success" }).inc_by(success);
+    migrate.get_or_create(&ResultLabels { result: "failure" }).inc_by(failure);
+
+    let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    uptime.set(stats.started.elapsed().as_secs_f64());
+    let group_count = Gauge::<i64>::default();
+    group_count.set(groups);
+
+    let mut registry = Registry::with_prefix("steer");
+    registry.register(
+        "connections",
+        "New connections the reuseport program handled, by the path each took",
+        connections,
+    );
+    registry.register("promotions", "Promotions made by this daemon, per group", promotions);
+    registry.register(
+        "active_pid",
+        "Pid of the process whose sockets receive the group's new connections",
+        active_pid,
+    );
+    registry.register(
+        "socket_accept_queue",
+        "Connections waiting to be accepted on a steered socket",
+        accept_queue,
+    );
+    registry.register("socket_selected", "New connections the program sent to a socket", selected);
+    registry.register(
+        "kernel_tcp_migrate_req",
+        "Requests the kernel migrated from a closing listener, this daemon's netns (TcpExt TCPMigrateReq*)",
+        migrate,
+    );
+    registry.register_with_unit("daemon_uptime", "Time since the daemon started", Unit::Seconds, uptime);
+    registry.register("groups", "Steered reuseport groups", group_count);
+
+    let mut out = String::new();
+    text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// `(TCPMigrateReqSuccess, TCPMigrateReqFailure)` from the text of `/proc/net/netstat`,
+/// where the `TcpExt:` line of names is followed by the `TcpExt:` line of values.
+/// A counter that is missing (an older kernel) reads as zero.
+#[must_use]
+pub fn migrate_req_counters(netstat: &str) -> (u64, u64) {
+    let mut lines = netstat.lines().filter_map(|l| l.strip_prefix("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return (0, 0) };
+    let mut success = 0;
+    let mut failure = 0;
+    for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+        match name {
+            "TCPMigrateReqSuccess" => success = value.parse().unwrap_or(0),
+            "TCPMigrateReqFailure" => failure = value.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    (success, failure)
+}
+
+#[cfg(test)]
+mod tests;
