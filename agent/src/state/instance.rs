@@ -53,7 +53,7 @@ pub struct SlotView {
 
 fn pinned(dir: &Path, pin: &'static str) -> Result<MapData, StateError> {
     let path = dir.join(pin);
-    MapData::from_pin(&path).map_err(|e| StateError::Pin { what: "map", path, source: Box::new(e) })
+    MapData::from_pin(&path).map_err(|e| StateError::pin("map", path, e))
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
@@ -87,7 +87,7 @@ impl Instance {
         }
         let prog_path = dir.join(pins::PROGRAM);
         let program = SkReuseport::from_pin(&prog_path, SkReuseportAttachType::SelectOrMigrate)
-            .map_err(|e| StateError::Pin { what: "program", path: prog_path, source: Box::new(e) })?;
+            .map_err(|e| StateError::pin("program", prog_path, e))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             netns,

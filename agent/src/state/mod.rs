@@ -55,6 +55,8 @@ pub enum StateError {
         "socket fd {fd} of pid {pid} (cookie {cookie}) is held by another steer state directory, or by one removed without `steer detach`; detach it there (`steer --state-dir OTHER detach`), or pass --take-over to make this state steer the group"
     )]
     SocketBusy { cookie: u64, pid: u32, fd: u32 },
+    #[error("cannot read the pinned state at {path}: permission denied; run steer as root or with CAP_BPF")]
+    Permission { path: PathBuf },
     #[error("cannot load the steering program into the kernel")]
     Load(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the BPF map {what} rejected an update")]
@@ -66,6 +68,23 @@ pub enum StateError {
 }
 
 impl StateError {
+    /// A pin that could not be opened: a permission problem says so, anything
+    /// else means the state is damaged.
+    pub(crate) fn pin(
+        what: &'static str,
+        path: PathBuf,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+        while let Some(e) = cause {
+            if e.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::PermissionDenied) {
+                return Self::Permission { path };
+            }
+            cause = e.source();
+        }
+        Self::Pin { what, path, source: Box::new(source) }
+    }
+
     pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
         let path = path.to_path_buf();
         move |source| Self::Io { what, path, source }

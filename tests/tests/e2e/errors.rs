@@ -57,6 +57,16 @@ fn bad_inputs_are_refused_without_changing_state() {
         .output()
         .expect("setpriv");
     refused(&w, &out, 1, "CAP_SYS_PTRACE", &before);
+    // Reading needs privileges too, and says so rather than calling the state damaged.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(steer_bin())
+        .arg("--state-dir")
+        .arg(&w.state_dir)
+        .args(["status"])
+        .output()
+        .expect("setpriv");
+    refused(&w, &out, 1, "permission denied; run steer as root", &before);
 
     for args in [vec!["promote"], vec!["promote", "x"], vec!["promote", &pid, "--weight", "0"], vec!["bogus"]]
     {
