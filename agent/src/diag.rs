@@ -173,8 +173,17 @@ pub fn listeners_from_proc(pid: u32) -> Result<Vec<Listener>, DiagError> {
     let mut out = Vec::new();
     for file in ["tcp", "tcp6"] {
         let path = format!("/proc/{pid}/net/{file}");
-        let text = std::fs::read_to_string(&path).map_err(|source| DiagError::Proc { path, source })?;
-        out.extend(text.lines().skip(1).filter_map(parse_proc_line));
+        let file = std::fs::File::open(&path).map_err(|source| DiagError::Proc { path, source })?;
+        // The kernel lists listening sockets first (net/ipv4/tcp_ipv4.c,
+        // `tcp_seq_start`: the listening hash, then the established one), so
+        // reading stops at the first other socket and a busy server's
+        // connections are neither generated nor parsed.
+        out.extend(
+            std::io::BufRead::lines(std::io::BufReader::new(file))
+                .skip(1)
+                .map_while(Result::ok)
+                .map_while(|l| parse_proc_line(&l)),
+        );
     }
     Ok(out)
 }

@@ -92,7 +92,7 @@ struct ResultLabels {
 }
 
 /// The program's counters as (`path` label, value).
-fn paths(c: &Counters) -> [(&'static str, u64); 6] {
+fn paths(c: &Counters) -> [(&'static str, u64); 7] {
     [
         ("steered_active", c.steered_active),
         ("steered_canary", c.steered_canary),
@@ -100,6 +100,7 @@ fn paths(c: &Counters) -> [(&'static str, u64); 6] {
         ("fallback_no_config", c.fallback_no_config),
         ("fallback_empty_slot", c.fallback_empty_slot),
         ("helper_error", c.helper_error),
+        ("migrated_by_kernel", c.migrated_by_kernel),
     ]
 }
 

@@ -106,7 +106,7 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
 
     let (range, path) = choose(config, migrating, ctx.hash());
     if range.is_none() {
-        count(&key, counter::EMPTY_SLOT);
+        count(&key, if migrating { counter::MIGRATED_BY_KERNEL } else { counter::EMPTY_SLOT });
         return Err(SK_PASS);
     }
     let slot = range.first + ctx.hash() % range.count;
@@ -118,6 +118,12 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
                 unsafe { *hits += 1 };
             }
             Ok(SK_PASS)
+        }
+        // A migration the program cannot place: the kernel picks another
+        // live member (net/core/sock_reuseport.c, `reuseport_migrate_sock`).
+        _ if migrating => {
+            count(&key, counter::MIGRATED_BY_KERNEL);
+            Err(SK_PASS)
         }
         err if err == -ENOENT => {
             count(&key, counter::EMPTY_SLOT);

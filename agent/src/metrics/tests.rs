@@ -114,7 +114,7 @@ fn render_shows_every_family_with_the_maps_values() {
     assert_eq!(value(&text, total, &[ns, web, r#"path="helper_error""#]), "0");
     assert_eq!(value(&text, total, &[ns, api, r#"path="steered_canary""#]), "25");
     assert_eq!(value(&text, total, &[ns, api, r#"path="migrated""#]), "4");
-    assert_eq!(text.lines().filter(|l| l.starts_with("steer_connections_total{")).count(), 12);
+    assert_eq!(text.lines().filter(|l| l.starts_with("steer_connections_total{")).count(), 14);
 
     assert_eq!(value(&text, "steer_promotions_total", &[web]), "2");
     assert_eq!(value(&text, "steer_promotions_total", &[api]), "1");

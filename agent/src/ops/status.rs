@@ -71,6 +71,10 @@ pub struct Counters {
     pub fallback_no_config: u64,
     pub fallback_empty_slot: u64,
     pub helper_error: u64,
+    /// Queued connections of a closing listener that the kernel moved to another
+    /// member because the program could not place them (the closing socket was
+    /// the active one).
+    pub migrated_by_kernel: u64,
 }
 
 impl From<[u64; counter::COUNT]> for Counters {
@@ -82,6 +86,7 @@ impl From<[u64; counter::COUNT]> for Counters {
             fallback_no_config: v[counter::NO_CONFIG],
             fallback_empty_slot: v[counter::EMPTY_SLOT],
             helper_error: v[counter::HELPER_ERROR],
+            migrated_by_kernel: v[counter::MIGRATED_BY_KERNEL],
         }
     }
 }
@@ -185,10 +190,11 @@ pub fn render(status: &Status) -> String {
             let c = &g.counters;
             let _ = writeln!(
                 out,
-                "  counters: active {} canary {} migrated {} fallback(no config {} empty slot {}) helper errors {}",
+                "  counters: active {} canary {} migrated {} (by kernel {}) fallback(no config {} empty slot {}) helper errors {}",
                 c.steered_active,
                 c.steered_canary,
                 c.migrated,
+                c.migrated_by_kernel,
                 c.fallback_no_config,
                 c.fallback_empty_slot,
                 c.helper_error

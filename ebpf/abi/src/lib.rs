@@ -69,8 +69,13 @@ pub mod counter {
     pub const EMPTY_SLOT: usize = 4;
     /// `bpf_sk_select_reuseport` failed for another reason; the kernel chose.
     pub const HELPER_ERROR: usize = 5;
+    /// A queued connection of a closing listener could not go to the active
+    /// generation (typically because the closing socket was the active one, and
+    /// it leaves the sockarray before its queue migrates); the kernel moved it
+    /// to another live member of the group.
+    pub const MIGRATED_BY_KERNEL: usize = 6;
     /// How many counters are in use.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Names used by `steer status` and the metrics, in index order.
     pub const NAMES: [&str; COUNT] = [
         "steered_active",
@@ -79,6 +84,7 @@ pub mod counter {
         "fallback_no_config",
         "fallback_empty_slot",
         "helper_error",
+        "migrated_by_kernel",
     ];
 }
 
