@@ -23,7 +23,7 @@ pub enum PolicyError {
     CanaryIsActive,
     #[error("has no previous generation to roll back to")]
     NoPrevious,
-    #[error("its previous generation no longer listens, so there is nothing to roll back to")]
+    #[error("has no previous generation still listening, so there is nothing to roll back to")]
     PreviousGone,
 }
 

@@ -11,6 +11,7 @@ pub const MIN_KERNEL: (u32, u32) = (5, 14);
 pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
 /// Why steering cannot work here.
@@ -72,6 +73,12 @@ pub fn missing_caps(caps: u64) -> Vec<&'static str> {
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_BPF");
     }
+    // The verifier allows the program's counter indexing and the watcher's
+    // tracepoint only with CAP_PERFMON (kernel/bpf/verifier.c, `bpf_allow_ptr_leaks`
+    // and `env->bypass_spec_v1`).
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
     }
@@ -114,8 +121,10 @@ mod tests {
         let nobody = "CapEff:\t0000000000000000\n";
         assert_eq!(
             missing_caps(parse_cap_eff(nobody).unwrap()),
-            vec!["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"]
+            vec!["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"]
         );
+        let no_perfmon = 1_u64 << CAP_BPF | 1 << CAP_NET_ADMIN | 1 << CAP_SYS_PTRACE;
+        assert_eq!(missing_caps(no_perfmon), vec!["CAP_PERFMON"]);
         let only_admin = 1_u64 << CAP_SYS_ADMIN | 1 << CAP_NET_ADMIN;
         assert_eq!(missing_caps(only_admin), vec!["CAP_SYS_PTRACE"]);
     }

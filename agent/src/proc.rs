@@ -7,6 +7,10 @@ use std::{collections::HashMap, fs, io, path::PathBuf};
 pub enum ProcError {
     #[error("no process with pid {pid}; pass the pid of a running server (for example `pidof haproxy`)")]
     NoSuchProcess { pid: u32 },
+    #[error(
+        "cannot read {path}: permission denied; run steer as root, or grant CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE"
+    )]
+    Denied { path: PathBuf },
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -75,6 +79,8 @@ pub fn holds_socket(pid: u32, fd: u32, inode: u64) -> bool {
 fn read_error(pid: u32, path: PathBuf, source: io::Error) -> ProcError {
     if source.kind() == io::ErrorKind::NotFound {
         ProcError::NoSuchProcess { pid }
+    } else if source.kind() == io::ErrorKind::PermissionDenied {
+        ProcError::Denied { path }
     } else {
         ProcError::Read { path, source }
     }

@@ -10,10 +10,16 @@
 //!   driver tests use to spawn and steer it.
 //! - [`load`]: the closed-loop load generator behind `steer-load`, with failure classes
 //!   and a latency histogram.
+//! - [`haproxy`], [`nginx`]: drivers that run the real servers in a namespace, write
+//!   their configs, reload them, and find which process holds the listeners.
+//! - [`procfs`]: the `/proc` reading, signalling and bounded polling those drivers share.
 //! - [`require_privileges`]: decide whether a privileged test runs, skips, or fails.
 
+pub mod haproxy;
 pub mod load;
 pub mod netns;
+pub mod nginx;
+pub mod procfs;
 pub mod server;
 
 use std::path::Path;

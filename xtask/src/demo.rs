@@ -8,15 +8,14 @@
 //! connections go to the new generation and the queued ones migrate to it.
 //!
 //! The harness (`steer-tests`) is used as a library; the `steer` agent only as a built
-//! binary, so xtask itself builds without the eBPF toolchain.
+//! binary (see `release.rs`), so xtask itself builds without the eBPF toolchain.
 
 mod report;
 
 use std::{
-    env,
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    path::PathBuf,
+    process::ExitCode,
     time::{Duration, Instant},
 };
 
@@ -29,8 +28,8 @@ use steer_harness::{
 };
 
 use crate::{
-    setup,
-    util::{self, cmd},
+    release::{self, Steer},
+    util,
 };
 
 /// Where every generation listens, inside its run's namespace.
@@ -41,10 +40,6 @@ const LOAD_MAX_DURATION: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Load before the first handover and after the last, so both ends are steady.
 const SETTLE: Duration = Duration::from_millis(200);
-/// Where the harness's `server::bin_path` looks for the built binaries.
-const BIN_DIR_ENV: &str = "STEER_TEST_BIN_DIR";
-/// Variables that change what `steer` does (test overrides); the demo runs it plain.
-const STEER_ENV: &[&str] = &["STEER_STATE_DIR", "STEER_KERNEL_RELEASE", "STEER_MAX_SLOTS"];
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -83,22 +78,7 @@ pub struct Outcome {
 /// the steered run lost any request.
 pub fn run(options: &Options) -> Result<ExitCode> {
     let started = Instant::now();
-    if options.no_setup {
-        println!("== setup: skipped (--no-setup)");
-    } else {
-        println!("== setup: installing only what is missing");
-        setup::run().context("setup failed")?;
-    }
-    if !setup::is_root()? {
-        bail!("the demo creates network namespaces and loads an eBPF program: run it as root");
-    }
-    if !setup::bpffs_mounted(setup::BPFFS)? {
-        bail!("{} is not a bpf filesystem; run `cargo xtask setup` first", setup::BPFFS);
-    }
-    let bin_dir = build()?;
-    // SAFETY: xtask is single-threaded up to here (setup and build only ran child
-    // processes), so nothing reads the environment while it changes.
-    unsafe { env::set_var(BIN_DIR_ENV, &bin_dir) };
+    let bin_dir = release::prepare(options.no_setup, "demo")?;
     let steer_bin = bin_dir.join("steer");
     let listen: SocketAddr = LISTEN.parse().context("the demo's listen address")?;
 
@@ -143,32 +123,6 @@ pub fn run(options: &Options) -> Result<ExitCode> {
         );
         Ok(ExitCode::FAILURE)
     }
-}
-
-/// Builds the agent and the harness binaries in release mode; returns their directory.
-fn build() -> Result<PathBuf> {
-    println!("== build: the steer agent and the test server, release mode (meaningful timings)");
-    let mut command = cmd("cargo");
-    command.current_dir(util::workspace_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "steer",
-        "--bin",
-        "steer",
-        "-p",
-        "steer-tests",
-        "--bins",
-    ]);
-    util::run(&mut command).context("could not build the demo's binaries")?;
-    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    let dir = util::workspace_root().join(target).join("release");
-    for name in ["steer", "steer-testserver"] {
-        if !dir.join(name).is_file() {
-            bail!("the build succeeded but {} is missing", dir.join(name).display());
-        }
-    }
-    Ok(dir)
 }
 
 /// One run: generation g0 under load, then `handovers` reloads, each in its own netns.
@@ -230,32 +184,12 @@ fn summary(load: &LoadReport) -> String {
     )
 }
 
-/// The built `steer` binary with a state directory of the demo's own, removed on drop.
-struct Steer {
-    bin: PathBuf,
-    state_dir: PathBuf,
-}
-
+/// The demo's uses of the built `steer`.
 impl Steer {
-    fn new(bin: PathBuf, state_dir: PathBuf) -> Result<Steer> {
-        remove_state_dir(&state_dir)?;
-        Ok(Steer { bin, state_dir })
-    }
-
-    /// `steer --state-dir DIR ARGS`.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = cmd(&self.bin);
-        command.arg("--state-dir").arg(&self.state_dir).args(args);
-        for key in STEER_ENV {
-            command.env_remove(key);
-        }
-        command
-    }
-
     /// Promotes the server's sockets; returns the command's wall time.
     fn promote(&self, server: &TestServer) -> Result<Duration> {
         let started = Instant::now();
-        util::output(&mut self.command(&["promote", &server.pid().to_string()])).with_context(|| {
+        util::output(&mut self.command(["promote", &server.pid().to_string()])).with_context(|| {
             format!("could not promote generation {} (pid {})", server.generation(), server.pid())
         })?;
         Ok(started.elapsed())
@@ -263,40 +197,15 @@ impl Steer {
 
     /// The counters of the steered group on `port`, from `steer status --json`.
     fn counters(&self, port: u16) -> Result<Value> {
-        let text = util::output(&mut self.command(&["status", "--json"]))?;
-        let status: Value = serde_json::from_str(&text).context("parsing `steer status --json`")?;
-        let groups = status["namespaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|ns| ns["groups"].as_array().into_iter().flatten());
-        groups
-            .filter(|group| group["port"].as_u64() == Some(u64::from(port)))
+        let status = self.status_json()?;
+        release::groups(&status)
+            .find(|group| group["port"].as_u64() == Some(u64::from(port)))
             .map(|group| group["counters"].clone())
-            .next()
-            .with_context(|| format!("`steer status --json` shows no group on port {port}: {text}"))
+            .with_context(|| format!("`steer status --json` shows no group on port {port}: {status}"))
     }
 
     /// `steer status`, the table for people.
     fn status_text(&self) -> Result<String> {
-        util::output(&mut self.command(&["status"]))
-    }
-}
-
-impl Drop for Steer {
-    fn drop(&mut self) {
-        if let Err(err) = remove_state_dir(&self.state_dir) {
-            eprintln!("warning: {err:#}");
-        }
-    }
-}
-
-/// Removes a state directory (its pins) if it exists.
-fn remove_state_dir(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(err).with_context(|| format!("could not remove the state directory {}", dir.display()))
-        }
-        _ => Ok(()),
+        util::output(&mut self.command(["status"]))
     }
 }

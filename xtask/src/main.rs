@@ -1,9 +1,14 @@
-//! `cargo xtask`: the project's setup, test and demo steps, the same for developers and CI.
+//! `cargo xtask`: the project's setup, test, demo and bench steps, the same for developers
+//! and CI.
 //!
 //! Layout: `setup.rs` installs what building and testing need, `test.rs` runs the checks
-//! and tests in CI's order, `demo.rs` shows steer at work, and `util.rs` runs commands.
+//! and tests in CI's order, `demo.rs` shows steer at work, `bench.rs` measures it,
+//! `release.rs` holds what demo and bench share (preflight, release build, the `steer`
+//! binary), and `util.rs` runs commands.
 
+mod bench;
 mod demo;
+mod release;
 mod setup;
 mod test;
 mod util;
@@ -28,6 +33,9 @@ enum Command {
     /// Show steer keeping every connection through server reloads: the same reloads
     /// under load without and with steer, side by side (needs root).
     Demo(demo::Options),
+    /// Measure steer: the daemon's detection-to-promotion latency under HAProxy reloads and
+    /// its memory over many reloads; writes target/bench/bench.{json,md} (needs root).
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +53,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Command::Test(options) => test::run(&options).map(|()| ExitCode::SUCCESS),
         Command::Demo(options) => demo::run(&options),
+        Command::Bench(options) => bench::run(&options),
     }
 }

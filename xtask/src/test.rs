@@ -35,6 +35,7 @@ pub fn run(options: &Options) -> Result<()> {
         ("clippy (host)", host_clippy()),
         ("clippy (eBPF)", ebpf_clippy()),
         ("tests", tests(options)),
+        ("real-server tests", server_tests()),
     ];
     if options.no_setup {
         println!("== setup: skipped (--no-setup)");
@@ -115,10 +116,23 @@ fn ebpf_clippy() -> Command {
 /// Every unit and integration test of the host crates. The environment (`CI`,
 /// `STEER_*`) passes through: the privileged tests read it to decide whether a
 /// missing capability is a skip or a failure.
+/// The real-server end-to-end tests (`servers::`) run in a step of their own.
 fn tests(options: &Options) -> Command {
     let mut command = cargo(["test", "--workspace", "--exclude", EBPF_CRATE, "--no-fail-fast"]);
+    command.args(["--", "--skip", SERVER_TESTS]);
     if let Some(threads) = options.test_threads {
-        command.args(["--", "--test-threads", &threads.to_string()]);
+        command.args(["--test-threads", &threads.to_string()]);
     }
+    command
+}
+
+/// End-to-end tests that reload real HAProxy and nginx under load. They run one
+/// at a time after the others: each saturates this 2-core machine by itself,
+/// and HAProxy's reload time (and so the test's length) grows with contention.
+const SERVER_TESTS: &str = "servers::";
+
+fn server_tests() -> Command {
+    let mut command = cargo(["test", "-p", "steer-tests", "--test", "e2e", "--no-fail-fast"]);
+    command.args(["--", SERVER_TESTS, "--test-threads", "1"]);
     command
 }

@@ -1,4 +1,5 @@
-//! Running external commands: echoed before they run, failures reported with their status.
+//! Running external commands: echoed before they run, failures reported with their status;
+//! and the one unit conversion the reports share.
 
 use std::{
     env,
@@ -96,4 +97,10 @@ pub fn output(command: &mut Command) -> Result<String> {
 /// Like [`output`], but `None` when the program is missing or exits non-zero.
 pub fn probe(command: &mut Command) -> Option<String> {
     output(command).ok()
+}
+
+/// Microseconds as milliseconds, for printing.
+#[expect(clippy::cast_precision_loss, reason = "microseconds shown as milliseconds")]
+pub fn ms(us: u64) -> f64 {
+    us as f64 / 1e3
 }

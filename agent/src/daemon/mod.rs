@@ -63,8 +63,9 @@ pub enum Event {
     /// A socket started listening on `port` in process `pid` (which may already
     /// have exited: daemonising servers listen, then fork).
     Listen { pid: u32, port: u16, ktime_ns: u64 },
-    /// A listening socket closed.
-    Closed,
+    /// A listening socket on `port` closed (its pid is the old process's, so
+    /// it is never promoted itself).
+    Closed { port: u16, ktime_ns: u64 },
 }
 
 /// How often closed sockets' slots are reclaimed.
@@ -125,8 +126,15 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                     }
                 }
                 Event::Listen { .. } => {}
-                Event::Closed => {
+                Event::Closed { port, ktime_ns } => {
                     next_maintenance = next_maintenance.min(Instant::now() + Duration::from_millis(200));
+                    // The active generation may have lost sockets (nginx with fewer
+                    // workers): promote the port's newest holder again, which is a
+                    // no-op when its sockets are unchanged.
+                    if opts.policy == Policy::Newest && opts.filter.port_matches(port) {
+                        let due = Instant::now() + opts.ready_delay;
+                        pending.entry(port).or_insert((due, ktime_ns, 0));
+                    }
                 }
             }
         }
@@ -135,9 +143,19 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
         }
         let now = Instant::now();
         if watcher.is_none() && now >= next_poll {
+            // Several new listeners on one port in one poll: the newest process
+            // wins (start time, then pid; pids wrap, so start time comes first).
+            let newest = |pid: u32| (start_time(pid).unwrap_or(0), pid);
             for (pid, port) in poller.poll(&opts.filter) {
                 let due = now + opts.ready_delay;
-                pending.entry(port).and_modify(|p| p.2 = p.2.max(pid)).or_insert((due, monotonic_ns(), pid));
+                pending
+                    .entry(port)
+                    .and_modify(|p| {
+                        if newest(pid) > newest(p.2) {
+                            p.2 = pid;
+                        }
+                    })
+                    .or_insert((due, monotonic_ns(), pid));
             }
             next_poll = now + opts.poll_interval;
         }
@@ -153,7 +171,7 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
             handle(state_dir, opts, stats, &due);
         }
         if Instant::now() >= next_maintenance {
-            match attach::maintain(state_dir) {
+            match attach::maintain(state_dir, &scan::candidates(&opts.filter)) {
                 Ok(0) => {}
                 Ok(freed) => tracing::debug!(freed, "reclaimed slots"),
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "slot upkeep failed"),
@@ -171,9 +189,13 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
 fn handle(state_dir: &Path, opts: &Options, stats: &DaemonStats, due: &[(u16, u64, u32)]) {
     let mut targets: BTreeMap<u32, (Vec<u16>, u64)> = BTreeMap::new();
     for &(port, ktime, pid) in due {
-        let alive = Process::open(pid)
-            .is_ok_and(|p| opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns));
-        let Some(pid) = (if alive { Some(pid) } else { newest_listener(&opts.filter, port) }) else {
+        // pid 0: only a close was seen on the port; look for its newest holder.
+        let alive = pid != 0
+            && Process::open(pid)
+                .is_ok_and(|p| opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns));
+        let found =
+            if alive { Some(forked_child(pid).unwrap_or(pid)) } else { newest_listener(&opts.filter, port) };
+        let Some(pid) = found else {
             tracing::debug!(port, "new listener gone before it could be handled");
             continue;
         };
@@ -228,7 +250,12 @@ fn promote_one(
             }
             Err(
                 OpError::Proc(_)
-                | OpError::Socket(SocketError::Vanished { .. } | SocketError::NoListeners { .. }),
+                | OpError::Socket(
+                    SocketError::Proc(_)
+                    | SocketError::Diag(_)
+                    | SocketError::Vanished { .. }
+                    | SocketError::NoListeners { .. },
+                ),
             ) if attempt < 3 => {
                 let next = trigger.and_then(|port| newest_listener(filter, port)).filter(|p| *p != pid);
                 let Some(next) = next else {
@@ -290,6 +317,19 @@ fn adopt(state_dir: &Path, opts: &Options, stats: &DaemonStats) {
             }
         }
     }
+}
+
+/// The youngest child of `pid` with the same name: a daemonising server
+/// (HAProxy `-D`) listens, then forks the process that serves and exits.
+/// Read from `/proc/PID/task/PID/children`, so it costs one small read.
+fn forked_child(pid: u32) -> Option<u32> {
+    let comm = crate::proc::comm(pid)?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .filter(|c| crate::proc::comm(*c).as_deref() == Some(comm.as_str()))
+        .max()
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.

@@ -13,10 +13,7 @@ pub fn reattach(state_dir: &Path, pid: u32, ports: &[u16]) -> Result<Vec<String>
     let process = Process::open(pid)?;
     let listening = sockets::listening_sockets(&process, ports)?;
     let candidates = sockets::duplicate(&process, &listening)?;
-    if StateDir::open_for_read(state_dir).is_none() {
-        return Ok(Vec::new());
-    }
-    let state = StateDir::open_for_write(state_dir)?;
+    let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(Vec::new()) };
     let Some(instance) = state.instance(process.netns)? else { return Ok(Vec::new()) };
     let mut done = BTreeSet::new();
     for c in &candidates {
@@ -29,11 +26,10 @@ pub fn reattach(state_dir: &Path, pid: u32, ports: &[u16]) -> Result<Vec<String>
 
 /// Frees the slots of closed sockets and of generations no configuration
 /// refers to, in every namespace; returns how many slots were freed.
-pub fn maintain(state_dir: &Path) -> Result<usize, OpError> {
-    if StateDir::open_for_read(state_dir).is_none() {
-        return Ok(0);
-    }
-    let state = StateDir::open_for_write(state_dir)?;
+/// `candidates` are the processes that may have inherited a recorded socket
+/// whose recorded process exited; their records are updated (no traffic effect).
+pub fn maintain(state_dir: &Path, candidates: &[Process]) -> Result<usize, OpError> {
+    let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(0) };
     let mut freed = 0;
     for netns in state.namespaces() {
         let Some(mut instance) = state.instance(netns)? else { continue };
@@ -41,6 +37,41 @@ pub fn maintain(state_dir: &Path) -> Result<usize, OpError> {
         instance.reclaim()?;
         release_unreferenced(&mut instance)?;
         freed += before - instance.slot_metas()?.len();
+        refresh_owners(&mut instance, candidates)?;
     }
     Ok(freed)
+}
+
+/// Points the records of live sockets whose recorded process has exited at a
+/// candidate that holds the same socket (by inode): a daemonising server
+/// listens in a process that forks and exits, and HAProxy master-worker
+/// hands the same socket to each new worker. Status and metrics then name the
+/// process that serves.
+fn refresh_owners(instance: &mut crate::state::Instance, candidates: &[Process]) -> Result<(), OpError> {
+    let orphans: Vec<_> = instance
+        .slots()?
+        .into_iter()
+        .filter(|s| s.live && !crate::proc::holds_socket(s.meta.pid, s.meta.fd, s.meta.inode))
+        .collect();
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    let held: Vec<(u32, std::collections::HashMap<u64, u32>)> = candidates
+        .iter()
+        .filter(|p| p.netns == instance.netns)
+        .filter_map(|p| Some((p.pid, p.socket_fds().ok()?)))
+        .collect();
+    for orphan in orphans {
+        // The newest holder wins (highest pid among equals is good enough here).
+        if let Some((pid, fd)) = held
+            .iter()
+            .filter_map(|(pid, fds)| fds.get(&orphan.meta.inode).map(|fd| (*pid, *fd)))
+            .max_by_key(|(pid, _)| *pid)
+        {
+            let meta = steer_abi::SlotMeta { pid, fd, ..orphan.meta };
+            instance.update_slot_meta(orphan.slot, &meta)?;
+            tracing::debug!(slot = orphan.slot, pid, fd, "socket's recorded owner updated");
+        }
+    }
+    Ok(())
 }

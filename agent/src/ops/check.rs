@@ -33,7 +33,7 @@ pub fn run(state_dir: &Path) -> Vec<Item> {
         Ok(()) => Item {
             name: "privileges",
             ok: true,
-            detail: "CAP_BPF, CAP_NET_ADMIN and CAP_SYS_PTRACE are effective".to_owned(),
+            detail: "CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_PTRACE are effective".to_owned(),
         },
         Err(e) => Item { name: "privileges", ok: false, detail: e.to_string() },
     });

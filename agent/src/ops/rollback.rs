@@ -33,9 +33,7 @@ impl std::fmt::Display for Change {
 pub fn run(state_dir: &Path, ports: &[u16]) -> Result<Vec<Change>, OpError> {
     preflight::all()?;
     let no_groups = || OpError::NoGroups { ports: ports_phrase(ports) };
-    let Some(state) =
-        StateDir::open_for_read(state_dir).map(|_| StateDir::open_for_write(state_dir)).transpose()?
-    else {
+    let Some(state) = StateDir::open_existing_for_write(state_dir)? else {
         return Err(no_groups());
     };
     let mut plans: Vec<(u64, GroupKey, GroupConfig, Change)> = Vec::new();

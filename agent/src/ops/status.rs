@@ -174,7 +174,7 @@ pub fn render(status: &Status) -> String {
             let _ = writeln!(out, "{} (netns {}, generation {}{canary})", g.address, ns.netns, g.generation);
             let _ = writeln!(
                 out,
-                "  {:<6} {:<12} {:>8} {:<16} {:>5} {:>20} {:>7} {:>10}",
+                "  {:<6} {:<21} {:>8} {:<16} {:>5} {:>20} {:>7} {:>10}",
                 "slot", "role", "pid", "comm", "fd", "cookie", "queue", "selected"
             );
             for s in &g.sockets {
@@ -183,7 +183,7 @@ pub fn render(status: &Status) -> String {
                 let comm = s.comm.clone().unwrap_or_else(|| "-".to_owned());
                 let _ = writeln!(
                     out,
-                    "  {:<6} {:<12} {:>8} {:<16} {:>5} {:>20} {:>7} {:>10}",
+                    "  {:<6} {:<21} {:>8} {:<16} {:>5} {:>20} {:>7} {:>10}",
                     s.slot, role, s.pid, comm, s.fd, s.cookie, queue, s.selected
                 );
             }

@@ -225,6 +225,11 @@ impl Instance {
         Ok(())
     }
 
+    /// Replaces the record of a used slot (its socket stays where it is).
+    pub fn update_slot_meta(&mut self, slot: u32, meta: &SlotMeta) -> Result<(), StateError> {
+        self.slots.insert(slot, meta, 0).map_err(StateError::map("slots"))
+    }
+
     /// Empties a slot and forgets its record and counts.
     pub fn free_slot(&mut self, slot: u32) -> Result<(), StateError> {
         self.sockarray().clear(slot).map_err(StateError::map("sockets"))?;

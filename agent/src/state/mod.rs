@@ -115,6 +115,12 @@ impl StateDir {
         Ok(Self { path: path.to_path_buf(), _lock: Some(lock) })
     }
 
+    /// Opens an existing state directory for a write; `None` when there is no
+    /// state at all (nothing is mounted or created then).
+    pub fn open_existing_for_write(path: &Path) -> Result<Option<Self>, StateError> {
+        Self::open_for_read(path).map(|_| Self::open_for_write(path)).transpose()
+    }
+
     /// Opens the state directory for reading, without a lock and without
     /// creating or mounting anything. `None` when there is no state at all.
     #[must_use]

@@ -1,10 +1,12 @@
 //! Shared set-up for the end-to-end tests: a namespace, a state directory, the
 //! `steer` binary, test servers and load runs.
 use std::{
-    net::SocketAddr,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Output},
-    time::Duration,
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use steer::ops::status::{Counters, Group, Status};
@@ -144,4 +146,109 @@ pub fn assert_no_failures(report: &LoadReport, what: &str) {
 /// Requests answered by generation `g`.
 pub fn answered_by(report: &LoadReport, g: &str) -> u64 {
     report.by_generation.get(g).copied().unwrap_or(0)
+}
+
+/// A running `steer daemon` whose JSON log is collected.
+pub struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn spawn(w: &World, args: &[&str]) -> Daemon {
+        let ns = w.ns.path();
+        let mut full = vec!["daemon", "--log-format", "json", "--netns", ns.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        let mut child = steer_cmd(&w.state_dir, &full)
+            .env("RUST_LOG", "steer=debug")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn steer daemon");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push_str(&(line + "\n"));
+            }
+        });
+        let d = Daemon { child, log };
+        d.wait_for(&["\"message\":\"watching\""], "the daemon to start watching");
+        d
+    }
+
+    /// Waits (10 s at most) for a log line containing every needle.
+    pub fn wait_for(&self, needles: &[&str], what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) =
+                self.log.lock().expect("log lock").lines().find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn promoted(&self, server: &TestServer) -> String {
+        self.promoted_pid(server.pid())
+    }
+
+    pub fn promoted_pid(&self, pid: u32) -> String {
+        let needle = format!("\"pid\":{pid}");
+        self.wait_for(&["\"message\":\"promoted\"", &needle], &format!("promotion of pid {pid}"))
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait daemon") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free port on 127.0.0.1 of the test's own namespace (the daemon's).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// One HTTP GET to the metrics endpoint; the whole response.
+pub fn scrape(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
+}
+
+/// The value of the first sample line starting with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}")) as u64
 }

@@ -2,92 +2,11 @@
 //! steering in place when stopped, adopts state when restarted, re-attaches a
 //! group that formed again, reclaims slots, and serves metrics that agree with
 //! `steer status --json`. Each daemon is scoped to its test's namespace.
-use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
-    process::{Child, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use steer_harness::{load, server::TestServer};
+use steer_harness::load;
 
-use crate::common::{World, answered_by, assert_no_failures, steer_cmd};
-
-/// A running `steer daemon` whose JSON log is collected.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn spawn(w: &World, args: &[&str]) -> Daemon {
-        let ns = w.ns.path();
-        let mut full = vec!["daemon", "--log-format", "json", "--netns", ns.to_str().expect("utf-8 path")];
-        full.extend_from_slice(args);
-        let mut child = steer_cmd(&w.state_dir, &full)
-            .env("RUST_LOG", "steer=debug")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn steer daemon");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        let stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log lock").push_str(&(line + "\n"));
-            }
-        });
-        let d = Daemon { child, log };
-        d.wait_for(&["\"message\":\"watching\""], "the daemon to start watching");
-        d
-    }
-
-    /// Waits (10 s at most) for a log line containing every needle.
-    fn wait_for(&self, needles: &[&str], what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(line) =
-                self.log.lock().expect("log lock").lines().find(|l| needles.iter().all(|n| l.contains(n)))
-            {
-                return line.to_owned();
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn promoted(&self, server: &TestServer) -> String {
-        let pid = format!("\"pid\":{}", server.pid());
-        self.wait_for(&["\"message\":\"promoted\"", &pid], &format!("promotion of {}", server.generation()))
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait daemon") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::{Daemon, World, answered_by, assert_no_failures, free_port, metric, scrape};
 
 #[test]
 fn daemon_promotes_each_new_generation_and_survives_a_restart() {
@@ -171,36 +90,14 @@ fn a_group_that_forms_again_is_steered_again() {
     drop(a); // stop: the group dies with its last member
     std::thread::sleep(Duration::from_millis(100));
     let b = w.server("b", &["127.0.0.1:8080"]);
+    // Process start times tick every 10 ms; keep c unmistakably the newer one.
+    std::thread::sleep(Duration::from_millis(30));
     let c = w.server("c", &["127.0.0.1:8080"]);
     d.promoted(&c);
     let r = w.requests("127.0.0.1:8080", 500);
     assert_eq!(answered_by(&r, "c"), 500, "the new group has the program and c is active");
     assert!(w.counters(8080).steered_active >= 500);
     drop(b);
-}
-
-/// A free port on 127.0.0.1 of the test's own namespace (the daemon's).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn scrape(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out
-}
-
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in\n{text}")) as u64
 }
 
 #[test]

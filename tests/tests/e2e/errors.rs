@@ -18,6 +18,18 @@ fn refused(w: &World, out: &Output, code: i32, needle: &str, before: &str) {
     assert_eq!(w.status_json(), before, "state changed");
 }
 
+/// `steer --state-dir DIR ARGS` as user nobody, without capabilities.
+fn as_nobody(w: &World, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(steer_bin())
+        .arg("--state-dir")
+        .arg(&w.state_dir)
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
 #[test]
 fn bad_inputs_are_refused_without_changing_state() {
     let Some(w) = World::new("errors") else { return };
@@ -48,24 +60,10 @@ fn bad_inputs_are_refused_without_changing_state() {
     refused(&w, &out, 1, "older than 5.14", &before);
 
     // No privileges: an unprivileged user.
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(steer_bin())
-        .arg("--state-dir")
-        .arg(&w.state_dir)
-        .args(["promote", &pid])
-        .output()
-        .expect("setpriv");
+    let out = as_nobody(&w, &["promote", &pid]);
     refused(&w, &out, 1, "CAP_SYS_PTRACE", &before);
     // Reading needs privileges too, and says so rather than calling the state damaged.
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(steer_bin())
-        .arg("--state-dir")
-        .arg(&w.state_dir)
-        .args(["status"])
-        .output()
-        .expect("setpriv");
+    let out = as_nobody(&w, &["status"]);
     refused(&w, &out, 1, "permission denied; run steer as root", &before);
 
     for args in [vec!["promote"], vec!["promote", "x"], vec!["promote", &pid, "--weight", "0"], vec!["bogus"]]

@@ -6,4 +6,5 @@ mod common;
 mod daemon;
 mod errors;
 mod handover;
+mod servers;
 mod steering;

@@ -7,6 +7,7 @@ use serde_json::Value;
 use steer_harness::load::LoadReport;
 
 use super::Outcome;
+use crate::util::ms;
 
 /// Width of the row labels.
 const LABEL: usize = 24;
@@ -20,6 +21,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ("fallback_no_config", "left to the kernel: group not configured"),
     ("fallback_empty_slot", "left to the kernel: promoted socket gone"),
     ("helper_error", "left to the kernel: selection failed"),
+    ("migrated_by_kernel", "queued connections the kernel moved (closing socket was active)"),
 ];
 
 /// Prints the comparison table, the steered run's counters, timings and status.
@@ -94,11 +96,6 @@ fn print_counters(counters: &Value) {
     for (name, value) in map.iter().filter(|(name, _)| !COUNTERS.iter().any(|(known, _)| known == name)) {
         println!("  {name:20}{:>10}", value.to_string());
     }
-}
-
-#[expect(clippy::cast_precision_loss, reason = "microseconds shown as milliseconds")]
-fn ms(us: u64) -> f64 {
-    us as f64 / 1e3
 }
 
 fn millis_of(time: Duration) -> f64 {

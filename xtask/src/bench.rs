@@ -1,0 +1,201 @@
+//! `cargo xtask bench`: steer measured, one [`Section`] per figure, each in a fresh network
+//! namespace. Every number goes to `target/bench/bench.json`, a summary to
+//! `target/bench/bench.md`, and the same summary is printed as a table.
+//!
+//! Sections now: the daemon's detection-to-promotion latency under HAProxy reloads
+//! (`bench/latency.rs`) and its memory over many generations (`bench/memory.rs`). A new
+//! measurement is one more entry in [`SECTIONS`]. Targets are reported, not enforced; a
+//! section fails the bench only when it cannot run or a hard check (`failures`) fails.
+
+mod daemon;
+mod latency;
+mod memory;
+mod report;
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Map, Value};
+
+use crate::release::{self, Steer};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Fewer iterations (20 reloads, 100 generations), and no request may fail.
+    #[arg(long)]
+    quick: bool,
+    /// Skip `setup` (for quick loops on a machine already set up).
+    #[arg(long)]
+    no_setup: bool,
+}
+
+/// Every measurement, in the order they run.
+const SECTIONS: &[Section] = &[latency::SECTION, memory::SECTION];
+
+/// One measurement: where its numbers go in `bench.json`, its title, and how it runs.
+pub struct Section {
+    /// Key under `sections` in `bench.json`.
+    pub key: &'static str,
+    pub title: &'static str,
+    pub run: fn(&Ctx) -> Result<Findings>,
+}
+
+/// What every section gets.
+pub struct Ctx {
+    /// `--quick`: fewer iterations, stricter checks.
+    pub quick: bool,
+    /// The built `steer`.
+    steer_bin: PathBuf,
+    /// `target/bench`: the outputs and the daemons' logs.
+    pub out_dir: PathBuf,
+}
+
+impl Ctx {
+    /// The built `steer` with a fresh state directory of the bench's own, removed on drop.
+    pub fn steer(&self) -> Result<Steer> {
+        let state_dir = PathBuf::from(format!("/sys/fs/bpf/steer-bench-{}", std::process::id()));
+        Steer::new(self.steer_bin.clone(), state_dir)
+    }
+}
+
+/// What a section measured.
+#[derive(Default)]
+pub struct Findings {
+    /// One line on what ran (server, iterations, load).
+    pub setup: String,
+    /// The summary, in order.
+    pub rows: Vec<Row>,
+    /// Every number, for `bench.json`.
+    pub data: Map<String, Value>,
+    /// Hard checks that failed; each fails the bench (targets missed do not).
+    pub failures: Vec<String>,
+}
+
+/// One line of the summary: a figure, and the target it is held to, if any.
+pub struct Row {
+    pub metric: String,
+    pub value: String,
+    pub target: Option<Target>,
+}
+
+/// A target and whether the figure met it (`None`: not judged this run).
+pub struct Target {
+    pub text: String,
+    pub met: Option<bool>,
+}
+
+impl Row {
+    pub fn new(metric: impl Into<String>, value: impl ToString) -> Row {
+        Row { metric: metric.into(), value: value.to_string(), target: None }
+    }
+
+    /// The same row, held to `text`.
+    pub fn target(mut self, text: impl Into<String>, met: Option<bool>) -> Row {
+        self.target = Some(Target { text: text.into(), met });
+        self
+    }
+}
+
+/// Nearest-rank percentiles of a sample.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub count: usize,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Summary {
+    pub fn of(values: &[u64]) -> Summary {
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        // The smallest value with at least `ppm` millionths of the sample at or below it.
+        let rank = |ppm: usize| {
+            let index = (sorted.len() * ppm).div_ceil(1_000_000).saturating_sub(1);
+            sorted.get(index).copied().unwrap_or(0)
+        };
+        Summary {
+            count: sorted.len(),
+            p50: rank(500_000),
+            p99: rank(990_000),
+            max: sorted.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A section's outcome, as the report needs it.
+pub struct Done {
+    pub section: &'static Section,
+    pub wall: Duration,
+    pub outcome: Result<Findings>,
+}
+
+/// Runs setup, builds, runs every section, writes the outputs and prints the table; fails
+/// (exit 1) when a section could not run or a hard check failed.
+pub fn run(options: &Options) -> Result<ExitCode> {
+    let started = Instant::now();
+    let bin_dir = release::prepare(options.no_setup, "bench")?;
+    let out_dir = bin_dir.parent().context("the release directory has a parent")?.join("bench");
+    fs::create_dir_all(&out_dir).with_context(|| format!("could not create {}", out_dir.display()))?;
+    let ctx = Ctx { quick: options.quick, steer_bin: bin_dir.join("steer"), out_dir };
+    let mode = if ctx.quick { "quick" } else { "full" };
+    println!("== bench ({mode}): {} sections, outputs in {}", SECTIONS.len(), ctx.out_dir.display());
+
+    let mut done = Vec::new();
+    for section in SECTIONS {
+        println!("== {}: {}", section.key, section.title);
+        let section_started = Instant::now();
+        let outcome = (section.run)(&ctx);
+        let wall = section_started.elapsed();
+        match &outcome {
+            Ok(_) => println!("== {}: done in {:.1} s", section.key, wall.as_secs_f64()),
+            Err(err) => println!("== {}: FAILED after {:.1} s: {err:#}", section.key, wall.as_secs_f64()),
+        }
+        done.push(Done { section, wall, outcome });
+    }
+
+    let wall = started.elapsed();
+    let env = report::environment();
+    let json = report::json(&done, ctx.quick, wall, &env);
+    let json_path = ctx.out_dir.join("bench.json");
+    let text = serde_json::to_string_pretty(&json).context("serializing bench.json")?;
+    fs::write(&json_path, text + "\n").with_context(|| format!("could not write {}", json_path.display()))?;
+    let md_path = ctx.out_dir.join("bench.md");
+    fs::write(&md_path, report::markdown(&done, ctx.quick, wall, &env))
+        .with_context(|| format!("could not write {}", md_path.display()))?;
+
+    println!();
+    report::print(&done);
+    println!();
+    println!("wrote {} and {}", json_path.display(), md_path.display());
+    println!("bench ({mode}) finished in {:.1} s (setup and build included)", wall.as_secs_f64());
+    let problems = report::problems(&done);
+    if problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for problem in &problems {
+            println!("FAIL: {problem}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Summary;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<u64> = (1..=200).rev().collect();
+        let s = Summary::of(&values);
+        assert_eq!((s.count, s.p50, s.p99, s.max), (200, 100, 198, 200));
+        let s = Summary::of(&[7]);
+        assert_eq!((s.p50, s.p99, s.max), (7, 7, 7));
+        assert_eq!(Summary::of(&[]).count, 0);
+    }
+}

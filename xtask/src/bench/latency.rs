@@ -1,0 +1,219 @@
+//! Section "daemon detection-to-promotion latency": HAProxy 2.6 in daemon mode, reloaded
+//! with `-sf` every 50 ms under a light HTTP load, while `steer daemon --comm haproxy`
+//! promotes each new process. The figure is the daemon's own `latency_us` per promotion:
+//! from the tracepoint seeing `listen()` to the promote being done.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+use steer_harness::{
+    load::{self, LoadConfig, Protocol},
+    netns::NetNs,
+};
+
+use super::{
+    Ctx, Findings, Row, Section, Summary,
+    daemon::{self, Daemon},
+};
+use crate::util::{self, ms};
+
+pub const SECTION: Section =
+    Section { key: "daemon_latency", title: "daemon detection-to-promotion latency", run };
+
+/// HAProxy's frontend, inside the section's namespace.
+const LISTEN: &str = "127.0.0.1:8080";
+/// Time between the starts of two reloads.
+const INTERVAL: Duration = Duration::from_millis(50);
+/// Load workers, each with one request (one connection) in flight.
+const CONCURRENCY: usize = 8;
+/// Load after the last reload, so its promotion and the old process's exit are covered.
+const SETTLE: Duration = Duration::from_millis(500);
+/// A reload starting later than its slot by more than this counts as behind schedule.
+const SLACK: Duration = Duration::from_millis(1);
+/// The target for the 99th percentile, microseconds.
+const TARGET_P99_US: u64 = 5_000;
+
+/// HAProxy answers every request itself with its pid: `gen=<PID>`.
+const CONFIG: &str = "# written by cargo xtask bench
+global
+    maxconn 4000
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 10s
+    timeout server 10s
+
+frontend fe
+    bind 127.0.0.1:8080
+    http-request return status 200 content-type text/plain lf-string \"gen=%pid\\n\"
+";
+
+fn run(ctx: &Ctx) -> Result<Findings> {
+    let reloads: u32 = if ctx.quick { 20 } else { 200 };
+    let version =
+        util::output(util::cmd("haproxy").arg("-v")).context("HAProxy is needed (cargo xtask setup)")?;
+    // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"
+    let version = format!("HAProxy {}", version.split_whitespace().nth(2).unwrap_or("(version unknown)"));
+    let scratch = Scratch::new("haproxy")?;
+    let (cfg, pidfile) = (scratch.0.join("haproxy.cfg"), scratch.0.join("haproxy.pid"));
+    fs::write(&cfg, CONFIG).with_context(|| format!("could not write {}", cfg.display()))?;
+
+    let steer = ctx.steer()?;
+    let ns = NetNs::new("benchlat")?;
+    haproxy(&ns, &cfg, &pidfile, None).context("starting HAProxy")?;
+    // The pidfile's pid after the start and after each reload.
+    let mut pids = vec![read_pid(&pidfile)?];
+    let netns = ns.path();
+    let args = ["--comm".as_ref(), "haproxy".as_ref(), "--netns".as_ref(), netns.as_os_str()];
+    let mut daemon = Daemon::spawn(&steer, args, &ctx.out_dir.join("daemon-latency.log"))?;
+
+    let mut load_cfg = LoadConfig::new(LISTEN.parse().context("the bench's listen address")?);
+    load_cfg.protocol = Protocol::Http;
+    load_cfg.concurrency = CONCURRENCY;
+    load_cfg.max_duration = INTERVAL * reloads + Duration::from_secs(60);
+    load_cfg.netns = Some(netns.clone());
+    // On an error below, dropping the handle stops and joins the workers.
+    let running = load::start(load_cfg).context("starting the load")?;
+
+    // Reload i starts at (i - 1) * INTERVAL, or as soon as reload i - 1 is done if that
+    // is later: `haproxy -D` returns only once the new process has daemonized.
+    let started = Instant::now();
+    let mut late = 0_u32;
+    for i in 1..=reloads {
+        let due = started + INTERVAL * (i - 1);
+        let now = Instant::now();
+        if let Some(wait) = due.checked_duration_since(now) {
+            std::thread::sleep(wait);
+        } else if now > due + SLACK {
+            late += 1;
+        }
+        let old = read_pid(&pidfile)?;
+        haproxy(&ns, &cfg, &pidfile, Some(old)).with_context(|| format!("reload {i} of HAProxy"))?;
+        let new = read_pid(&pidfile)?;
+        if new == old {
+            bail!("after reload {i}, the pidfile still names the old HAProxy {old}");
+        }
+        pids.push(new);
+        if i % 50 == 0 || i == reloads {
+            let seen = daemon.lines()?.iter().filter(|line| daemon::is_promoted(line)).count();
+            println!("   {i}/{reloads} reloads, {seen} promotions logged so far (adoption included)");
+        }
+    }
+    let reloading = started.elapsed();
+    let mean_interval = reloading / reloads;
+    std::thread::sleep(SETTLE);
+    let load = running.stop();
+    daemon.stop()?;
+    drop(ns);
+
+    let lines = daemon.lines()?;
+    // The promotions logged before `watching` adopted the HAProxy running at start.
+    let watching = lines.iter().position(|line| daemon::message(line) == Some("watching")).unwrap_or(0);
+    let latencies: Vec<u64> = lines[watching..]
+        .iter()
+        .filter(|line| daemon::is_promoted(line))
+        .filter_map(|line| daemon::field_u64(line, "latency_us"))
+        .collect();
+    let adopted = lines[..watching].iter().filter(|line| daemon::is_promoted(line)).count();
+    let failed_promotes = daemon::failed_promotes(lines);
+    let s = Summary::of(&latencies);
+    let met = s.count > 0 && s.p99 <= TARGET_P99_US;
+
+    let mut findings = Findings {
+        setup: format!(
+            "{version} in daemon mode; {reloads} reloads (`-sf`), one every {} ms or as soon as \
+             the previous one is done, under {CONCURRENCY} HTTP clients",
+            INTERVAL.as_millis()
+        ),
+        ..Findings::default()
+    };
+    findings.rows = vec![
+        Row::new("reloads done", reloads),
+        Row::new("reload interval, mean (ms)", format!("{:.0}", mean_interval.as_secs_f64() * 1e3))
+            .target(format!("{} ms (schedule)", INTERVAL.as_millis()), Some(late == 0)),
+        Row::new("promotions seen", s.count),
+        Row::new("promote failed warnings", failed_promotes),
+        Row::new("latency p50 (ms)", format!("{:.2}", ms(s.p50))),
+        Row::new("latency p99 (ms)", format!("{:.2}", ms(s.p99)))
+            .target(format!("<= {:.0} ms", ms(TARGET_P99_US)), Some(met)),
+        Row::new("latency max (ms)", format!("{:.2}", ms(s.max))),
+        Row::new("requests (load)", load.requests),
+        Row::new("failed requests", load.failed()).target("0", Some(load.failed() == 0)),
+    ];
+    if ctx.quick && load.failed() > 0 {
+        findings.failures.push(format!(
+            "{} of {} requests failed over {reloads} HAProxy reloads; first errors: {:?}",
+            load.failed(),
+            load.requests,
+            load.first_errors
+        ));
+    }
+    if load.requests == 0 {
+        findings.failures.push(format!("the load made no request; first errors: {:?}", load.first_errors));
+    }
+    let data = json!({
+        "haproxy": version,
+        "reloads": reloads,
+        "interval_ms": INTERVAL.as_millis(),
+        "reloading_secs": reloading.as_secs_f64(),
+        "mean_interval_ms": mean_interval.as_secs_f64() * 1e3,
+        "reloads_behind_schedule": late,
+        "haproxy_pids": pids,
+        "adoption_promotions": adopted,
+        "promotions": s.count,
+        "promote_failed": failed_promotes,
+        "latency_us": { "p50": s.p50, "p99": s.p99, "max": s.max, "all": latencies },
+        "target_p99_us": TARGET_P99_US,
+        "target_met": met,
+        "load": load,
+        "daemon_log": ctx.out_dir.join("daemon-latency.log"),
+    });
+    findings.data = data.as_object().cloned().unwrap_or_default();
+    Ok(findings)
+}
+
+/// `haproxy -D -f CFG -p PIDFILE [-sf OLD]` in `ns`; returns once it has daemonized.
+fn haproxy(ns: &NetNs, cfg: &Path, pidfile: &Path, old: Option<u32>) -> Result<()> {
+    let mut command = ns.command("haproxy");
+    command.arg("-D").arg("-f").arg(cfg).arg("-p").arg(pidfile).stdin(Stdio::null());
+    if let Some(old) = old {
+        command.arg("-sf").arg(old.to_string());
+    }
+    util::output(&mut command).map(drop)
+}
+
+/// The pid HAProxy wrote to its pidfile.
+fn read_pid(pidfile: &Path) -> Result<u32> {
+    let text =
+        fs::read_to_string(pidfile).with_context(|| format!("could not read {}", pidfile.display()))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .with_context(|| format!("{} holds no pid: {text:?}", pidfile.display()))
+}
+
+/// A scratch directory under the system's temporary directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("steer-bench-{}-{name}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            eprintln!("warning: could not remove {}: {err}", self.0.display());
+        }
+    }
+}
