@@ -223,6 +223,12 @@ global
 
 defaults
     mode http
+    # At a soft stop HAProxy closes idle frontend connections, and a connection it
+    # accepted a moment before the stop, whose first request is still on the way,
+    # counts as idle: the client then gets a reset or an empty reply (seen here as
+    # TcpExt TCPAbortOnData). No listener is involved, so steer cannot help; this
+    # option keeps such connections until they are answered.
+    option idle-close-on-response
     timeout connect 5s
     timeout client 10s
     timeout server 10s

@@ -63,9 +63,8 @@ pub enum Event {
     /// A socket started listening on `port` in process `pid` (which may already
     /// have exited: daemonising servers listen, then fork).
     Listen { pid: u32, port: u16, ktime_ns: u64 },
-    /// A listening socket on `port` closed (its pid is the old process's, so
-    /// it is never promoted itself).
-    Closed { port: u16, ktime_ns: u64 },
+    /// A listening socket closed (slot upkeep runs soon).
+    Closed,
 }
 
 /// How often closed sockets' slots are reclaimed.
@@ -126,15 +125,8 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                     }
                 }
                 Event::Listen { .. } => {}
-                Event::Closed { port, ktime_ns } => {
+                Event::Closed => {
                     next_maintenance = next_maintenance.min(Instant::now() + Duration::from_millis(200));
-                    // The active generation may have lost sockets (nginx with fewer
-                    // workers): promote the port's newest holder again, which is a
-                    // no-op when its sockets are unchanged.
-                    if opts.policy == Policy::Newest && opts.filter.port_matches(port) {
-                        let due = Instant::now() + opts.ready_delay;
-                        pending.entry(port).or_insert((due, ktime_ns, 0));
-                    }
                 }
             }
         }
@@ -172,8 +164,20 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
         }
         if Instant::now() >= next_maintenance {
             match attach::maintain(state_dir, &scan::candidates(&opts.filter)) {
-                Ok(0) => {}
-                Ok(freed) => tracing::debug!(freed, "reclaimed slots"),
+                Ok(upkeep) => {
+                    if upkeep.freed > 0 {
+                        tracing::debug!(freed = upkeep.freed, "reclaimed slots");
+                    }
+                    // An active generation that lost sockets (nginx with fewer
+                    // workers): promote the port's newest holder again. Done here,
+                    // off the event path, so reloads are not slowed down.
+                    if opts.policy == Policy::Newest {
+                        let now = Instant::now();
+                        for port in upkeep.shrunk.into_iter().filter(|p| opts.filter.port_matches(*p)) {
+                            pending.entry(port).or_insert((now, monotonic_ns(), 0));
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "slot upkeep failed"),
             }
             next_maintenance = Instant::now() + MAINTENANCE;

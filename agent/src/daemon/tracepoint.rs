@@ -109,7 +109,7 @@ fn read_loop(mut ring: RingBuf<MapData>, tx: &Sender<Event>, stop: &AtomicBool) 
             let ev: ListenEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             let event = match ev.kind {
                 watch::KIND_LISTEN => Event::Listen { pid: ev.pid, port: ev.port, ktime_ns: ev.ktime_ns },
-                watch::KIND_CLOSE => Event::Closed { port: ev.port, ktime_ns: ev.ktime_ns },
+                watch::KIND_CLOSE => Event::Closed,
                 _ => continue,
             };
             if tx.send(event).is_err() {

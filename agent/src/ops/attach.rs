@@ -24,22 +24,41 @@ pub fn reattach(state_dir: &Path, pid: u32, ports: &[u16]) -> Result<Vec<String>
     Ok(done.iter().map(sockets::key_label).collect())
 }
 
+/// What [`maintain`] did.
+#[derive(Debug, Default)]
+pub struct Upkeep {
+    /// Slots freed.
+    pub freed: usize,
+    /// Ports of groups whose active generation lost sockets (some of its slots
+    /// were freed), so a fresh promote of the port's holder would change it.
+    pub shrunk: Vec<u16>,
+}
+
 /// Frees the slots of closed sockets and of generations no configuration
-/// refers to, in every namespace; returns how many slots were freed.
-/// `candidates` are the processes that may have inherited a recorded socket
-/// whose recorded process exited; their records are updated (no traffic effect).
-pub fn maintain(state_dir: &Path, candidates: &[Process]) -> Result<usize, OpError> {
-    let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(0) };
-    let mut freed = 0;
+/// refers to, in every namespace, and points records of inherited sockets at
+/// their live holders. `candidates` are the processes that may have inherited
+/// a recorded socket whose recorded process exited.
+pub fn maintain(state_dir: &Path, candidates: &[Process]) -> Result<Upkeep, OpError> {
+    let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(Upkeep::default()) };
+    let mut upkeep = Upkeep::default();
     for netns in state.namespaces() {
         let Some(mut instance) = state.instance(netns)? else { continue };
         let before = instance.slot_metas()?.len();
         instance.reclaim()?;
         release_unreferenced(&mut instance)?;
-        freed += before - instance.slot_metas()?.len();
+        let metas = instance.slot_metas()?;
+        upkeep.freed += before - metas.len();
+        for group in instance.groups() {
+            let active = group.config.active;
+            if !active.is_none()
+                && (active.first..active.first + active.count).any(|s| !metas.contains_key(&s))
+            {
+                upkeep.shrunk.push(group.key.port);
+            }
+        }
         refresh_owners(&mut instance, candidates)?;
     }
-    Ok(freed)
+    Ok(upkeep)
 }
 
 /// Points the records of live sockets whose recorded process has exited at a
