@@ -119,8 +119,19 @@ fn spread(durations: &mut [Duration]) -> String {
 
 /// HAProxy in daemon mode reloaded [`DAEMON_RELOADS`] times under load, with a
 /// `steer daemon --comm haproxy` (serving metrics on `metrics`) when given.
-/// Returns the report, the last generation and the daemon (still running).
-fn daemon_reloads(test: &str, w: &World, metrics: Option<u16>) -> (LoadReport, String, Option<Daemon>) {
+/// The namespace's TcpExt counters that would show a lost queued connection.
+struct QueueLoss {
+    migrate_failures: Option<u64>,
+    listen_overflows: Option<u64>,
+}
+
+/// Returns the report, the last generation, the daemon (still running) and the
+/// namespace's queue-loss counters.
+fn daemon_reloads(
+    test: &str,
+    w: &World,
+    metrics: Option<u16>,
+) -> (LoadReport, String, Option<Daemon>, QueueLoss) {
     let dir = Scratch::new(w);
     let mut hap = Haproxy::start(&w.ns, dir.path(), Mode::Daemon, PORT).expect("start haproxy -D");
     let daemon = metrics.map(|port| {
@@ -163,7 +174,11 @@ fn daemon_reloads(test: &str, w: &World, metrics: Option<u16>) -> (LoadReport, S
         }
         assert!(promoted as u32 >= count / 2, "the daemon followed the reloads: {promoted}");
     }
-    (report, hap.generation(), daemon)
+    let loss = QueueLoss {
+        migrate_failures: tcp_ext(hap.pid(), "TCPMigrateReqFailure"),
+        listen_overflows: tcp_ext(hap.pid(), "ListenOverflows"),
+    };
+    (report, hap.generation(), daemon, loss)
 }
 
 #[test]
@@ -171,7 +186,7 @@ fn haproxy_daemon_reloads_under_load_lose_nothing_with_steer() {
     let test = "haproxy_daemon_reloads_under_load_lose_nothing_with_steer";
     let Some(w) = World::new("hapsteer") else { return };
     let port = free_port();
-    let (report, last, _daemon) = daemon_reloads(test, &w, Some(port));
+    let (report, last, _daemon, loss) = daemon_reloads(test, &w, Some(port));
     // The metrics endpoint and status agree (no traffic now, so the figures hold still).
     let text = scrape(port, "/metrics");
     let status = w.status();
@@ -189,9 +204,8 @@ fn haproxy_daemon_reloads_under_load_lose_nothing_with_steer() {
     // The test holds what is established: no queued connection is lost to a
     // failed migration or an overflowing listener, and the residue stays far
     // below the no-steer baseline. See docs/haproxy.md, "Measured here".
-    let pid = haproxy_netns_pid(&w);
-    assert_eq!(tcp_ext(pid, "TCPMigrateReqFailure"), Some(0), "a queued connection failed to migrate");
-    assert_eq!(tcp_ext(pid, "ListenOverflows"), Some(0), "a listener overflowed");
+    assert_eq!(loss.migrate_failures, Some(0), "a queued connection failed to migrate");
+    assert_eq!(loss.listen_overflows, Some(0), "a listener overflowed");
     assert!(
         report.failed() <= RESIDUE_BOUND,
         "{} failed requests, more than the known residue ({RESIDUE_BOUND}): {report:#?}",
@@ -218,7 +232,7 @@ fn haproxy_daemon_reloads_under_load_lose_nothing_with_steer() {
 fn haproxy_daemon_reloads_without_steer_baseline() {
     let test = "haproxy_daemon_reloads_without_steer_baseline";
     let Some(w) = World::new("hapbase") else { return };
-    let (report, _, _) = daemon_reloads(test, &w, None);
+    let (report, _, _, _) = daemon_reloads(test, &w, None);
     print_figures(test, &report, None);
     assert!(report.ok > 1_000, "the load ran: {report:#?}");
 }
@@ -320,9 +334,4 @@ fn wait_active_sockets(w: &World, n: usize) {
         assert!(Instant::now() < deadline, "the active generation never had {n} sockets: {:?}", g.sockets);
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A process in the world's namespace (for its `/proc/PID/net/netstat`).
-fn haproxy_netns_pid(w: &World) -> u32 {
-    w.ns.pids().ok().and_then(|p| p.first().copied()).expect("a process in the test namespace")
 }
