@@ -15,7 +15,7 @@ pub const MAX_SLOTS_ENV: &str = "STEER_MAX_SLOTS";
 /// old-kernel refusal can be tested on a new kernel.
 pub const KERNEL_RELEASE_ENV: &str = "STEER_KERNEL_RELEASE";
 
-/// Name of the lock file's directory entry: the state directory itself is locked.
+/// Instance directories are named `net-<netns inode>`.
 pub const INSTANCE_PREFIX: &str = "net-";
 
 /// Pin names inside one instance directory.

@@ -163,7 +163,7 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
             handle(state_dir, opts, stats, &due);
         }
         if Instant::now() >= next_maintenance {
-            match attach::maintain(state_dir, &scan::candidates(&opts.filter)) {
+            match attach::maintain(state_dir, || scan::candidates(&opts.filter)) {
                 Ok(upkeep) => {
                     if upkeep.freed > 0 {
                         tracing::debug!(freed = upkeep.freed, "reclaimed slots");

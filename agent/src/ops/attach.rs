@@ -36,9 +36,10 @@ pub struct Upkeep {
 
 /// Frees the slots of closed sockets and of generations no configuration
 /// refers to, in every namespace, and points records of inherited sockets at
-/// their live holders. `candidates` are the processes that may have inherited
-/// a recorded socket whose recorded process exited.
-pub fn maintain(state_dir: &Path, candidates: &[Process]) -> Result<Upkeep, OpError> {
+/// their live holders. `candidates` lists the processes that may have inherited
+/// a recorded socket whose recorded process exited; it is only called when
+/// such a socket exists.
+pub fn maintain(state_dir: &Path, candidates: impl Fn() -> Vec<Process>) -> Result<Upkeep, OpError> {
     let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(Upkeep::default()) };
     let mut upkeep = Upkeep::default();
     for netns in state.namespaces() {
@@ -56,7 +57,7 @@ pub fn maintain(state_dir: &Path, candidates: &[Process]) -> Result<Upkeep, OpEr
                 upkeep.shrunk.push(group.key.port);
             }
         }
-        refresh_owners(&mut instance, candidates)?;
+        refresh_owners(&mut instance, &candidates)?;
     }
     Ok(upkeep)
 }
@@ -66,7 +67,10 @@ pub fn maintain(state_dir: &Path, candidates: &[Process]) -> Result<Upkeep, OpEr
 /// listens in a process that forks and exits, and HAProxy master-worker
 /// hands the same socket to each new worker. Status and metrics then name the
 /// process that serves.
-fn refresh_owners(instance: &mut crate::state::Instance, candidates: &[Process]) -> Result<(), OpError> {
+fn refresh_owners(
+    instance: &mut crate::state::Instance,
+    candidates: &impl Fn() -> Vec<Process>,
+) -> Result<(), OpError> {
     let orphans: Vec<_> = instance
         .slots()?
         .into_iter()
@@ -75,7 +79,7 @@ fn refresh_owners(instance: &mut crate::state::Instance, candidates: &[Process])
     if orphans.is_empty() {
         return Ok(());
     }
-    let held: Vec<(u32, std::collections::HashMap<u64, u32>)> = candidates
+    let held: Vec<(u32, std::collections::HashMap<u64, u32>)> = candidates()
         .iter()
         .filter(|p| p.netns == instance.netns)
         .filter_map(|p| Some((p.pid, p.socket_fds().ok()?)))

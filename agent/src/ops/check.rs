@@ -3,7 +3,7 @@
 //! pinned or attached).
 use std::path::Path;
 
-use aya::{EbpfLoader, programs::SkReuseport};
+use aya::EbpfLoader;
 
 use crate::{paths, preflight, program, state};
 
@@ -85,10 +85,6 @@ fn bpffs_item(state_dir: &Path) -> Item {
 
 fn load_program() -> anyhow::Result<()> {
     let mut ebpf = EbpfLoader::new().load(program::OBJECT)?;
-    let prog: &mut SkReuseport = ebpf
-        .program_mut(steer_abi::PROGRAM_NAME)
-        .ok_or_else(|| anyhow::anyhow!("program missing from the object"))?
-        .try_into()?;
-    prog.load()?;
+    state::load_program(&mut ebpf)?;
     Ok(())
 }

@@ -2,13 +2,10 @@
 //! temporary directory, write the ABI info, then rename the directory into
 //! place. A failure at any step removes the temporary directory, so a
 //! half-made instance is never seen.
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::SkReuseport,
 };
@@ -58,11 +55,7 @@ fn fill(dir: &Path) -> Result<(), StateError> {
             path: dir.join(pin),
             source: format!("map {name} missing from the object").into(),
         })?;
-        map.pin(dir.join(pin)).map_err(|e| StateError::Pin {
-            what: "map",
-            path: dir.join(pin),
-            source: Box::new(e),
-        })?;
+        map.pin(dir.join(pin)).map_err(|e| StateError::pin("map", dir.join(pin), e))?;
     }
     let info_map =
         ebpf.take_map(map_names::INFO).ok_or_else(|| StateError::Load("info map missing".into()))?;
@@ -73,19 +66,22 @@ fn fill(dir: &Path) -> Result<(), StateError> {
         0,
     )
     .map_err(StateError::map("info"))?;
+    let prog = load_program(&mut ebpf)?;
+    let prog_pin = dir.join(pins::PROGRAM);
+    prog.pin(&prog_pin).map_err(|e| StateError::pin("program", prog_pin, e))?;
+    Ok(())
+}
+
+/// Loads the steering program of an object through the verifier (nothing is
+/// pinned or attached): instance creation and `steer check` both use it.
+pub fn load_program(ebpf: &mut Ebpf) -> Result<&mut SkReuseport, StateError> {
     let prog: &mut SkReuseport = ebpf
         .program_mut(PROGRAM_NAME)
         .ok_or_else(|| StateError::Load("program missing from the object".into()))?
         .try_into()
         .map_err(|e| StateError::Load(Box::new(e)))?;
     prog.load().map_err(|e| StateError::Load(Box::new(e)))?;
-    let prog_pin = dir.join(pins::PROGRAM);
-    prog.pin(&prog_pin).map_err(|e| StateError::Pin {
-        what: "program",
-        path: prog_pin,
-        source: Box::new(e),
-    })?;
-    Ok(())
+    Ok(prog)
 }
 
 /// Sockarray size for a new instance: `STEER_MAX_SLOTS` or the default.
@@ -98,7 +94,7 @@ fn max_slots() -> u32 {
 }
 
 /// Unpins everything in an instance directory and removes it.
-pub fn remove_pins(dir: &PathBuf) -> std::io::Result<()> {
+pub fn remove_pins(dir: &Path) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)?.flatten() {
         fs::remove_file(entry.path())?;
     }

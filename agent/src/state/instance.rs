@@ -61,23 +61,15 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
     pin: &'static str,
 ) -> Result<T, StateError> {
     let data = pinned(dir, pin)?;
-    let map = Map::from_map_data(data).map_err(|e| StateError::Pin {
-        what: "map",
-        path: dir.join(pin),
-        source: Box::new(e),
-    })?;
-    T::try_from(map).map_err(|e| StateError::Pin { what: "map", path: dir.join(pin), source: Box::new(e) })
+    let map = Map::from_map_data(data).map_err(|e| StateError::pin("map", dir.join(pin), e))?;
+    T::try_from(map).map_err(|e| StateError::pin("map", dir.join(pin), e))
 }
 
 impl Instance {
     /// Opens the pins in `dir` and checks the ABI version.
     pub fn open(dir: &Path, netns: u64) -> Result<Self, StateError> {
         let info_map: Array<MapData, Info> = typed(dir, pins::INFO)?;
-        let info = info_map.get(&0, 0).map_err(|e| StateError::Pin {
-            what: "info",
-            path: dir.join(pins::INFO),
-            source: Box::new(e),
-        })?;
+        let info = info_map.get(&0, 0).map_err(|e| StateError::pin("info", dir.join(pins::INFO), e))?;
         if info.abi_version != steer_abi::ABI_VERSION {
             return Err(StateError::AbiMismatch {
                 path: dir.to_path_buf(),

@@ -14,6 +14,7 @@ use std::{
 };
 
 pub use bpffs::{BPF_FS_MAGIC, ensure_bpffs, is_bpffs};
+pub use create::load_program;
 pub use instance::{GroupView, Instance, SlotView};
 
 use crate::paths;
