@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde_json::{Map, Value};
 
 use crate::release::{self, Steer};
@@ -32,6 +32,9 @@ pub struct Options {
     /// Skip `setup` (for quick loops on a machine already set up).
     #[arg(long)]
     no_setup: bool,
+    /// Run only these sections (their keys in `bench.json`); repeat for more.
+    #[arg(long, value_name = "KEY")]
+    only: Vec<String>,
 }
 
 /// Every measurement, in the order they run.
@@ -139,15 +142,23 @@ pub struct Done {
 /// (exit 1) when a section could not run or a hard check failed.
 pub fn run(options: &Options) -> Result<ExitCode> {
     let started = Instant::now();
+    if let Some(unknown) = options.only.iter().find(|key| !SECTIONS.iter().any(|s| s.key == key.as_str())) {
+        let keys: Vec<&str> = SECTIONS.iter().map(|s| s.key).collect();
+        bail!("there is no bench section `{unknown}`; the sections are {}", keys.join(", "));
+    }
+    let sections: Vec<&Section> = SECTIONS
+        .iter()
+        .filter(|s| options.only.is_empty() || options.only.iter().any(|k| k == s.key))
+        .collect();
     let bin_dir = release::prepare(options.no_setup, "bench")?;
     let out_dir = bin_dir.parent().context("the release directory has a parent")?.join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("could not create {}", out_dir.display()))?;
     let ctx = Ctx { quick: options.quick, steer_bin: bin_dir.join("steer"), out_dir };
     let mode = if ctx.quick { "quick" } else { "full" };
-    println!("== bench ({mode}): {} sections, outputs in {}", SECTIONS.len(), ctx.out_dir.display());
+    println!("== bench ({mode}): {} sections, outputs in {}", sections.len(), ctx.out_dir.display());
 
     let mut done = Vec::new();
-    for section in SECTIONS {
+    for section in sections {
         println!("== {}: {}", section.key, section.title);
         let section_started = Instant::now();
         let outcome = (section.run)(&ctx);
