@@ -28,7 +28,8 @@ pub enum DiagError {
 pub struct Listener {
     pub addr: SocketAddr,
     pub inode: u64,
-    pub uid: u32,
+    /// Owner uid, when known (sock_diag and /proc).
+    pub uid: Option<u32>,
     /// Connections waiting in the accept queue.
     pub accept_queue: u32,
     /// The listen() backlog, when known (sock_diag only).
@@ -162,7 +163,7 @@ fn parse_msg(b: &[u8]) -> Result<Option<Listener>, DiagError> {
         addr: SocketAddr::new(ip, port),
         accept_queue: u32_at(56),
         backlog: Some(u32_at(60)),
-        uid: u32_at(64),
+        uid: Some(u32_at(64)),
         inode: u64::from(u32_at(68)),
         cookie: Some(cookie),
     }))
@@ -224,7 +225,7 @@ pub fn parse_proc_line(line: &str) -> Option<Listener> {
     Some(Listener {
         addr: SocketAddr::new(ip, port),
         inode,
-        uid,
+        uid: Some(uid),
         accept_queue: u32::from_str_radix(rx, 16).ok()?,
         backlog: None,
         cookie: None,

@@ -51,7 +51,7 @@ fn parses_ipv4_and_ipv6_listeners() {
     assert_eq!(out[0].addr, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(out[0].accept_queue, 3);
     assert_eq!(out[0].backlog, Some(1024));
-    assert_eq!(out[0].uid, 998);
+    assert_eq!(out[0].uid, Some(998));
     assert_eq!(out[0].inode, 777);
     assert_eq!(out[0].cookie, Some((1_u64 << 32) | 0xdead_beef));
     assert_eq!(out[1].addr, "[::1]:443".parse().unwrap());
@@ -93,6 +93,6 @@ fn parses_proc_net_tcp() {
     let v6 = "   0: 00000000000000000000000001000000:01BB 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000   998        0 42 1 0000000000000000 100 0 0 10 0";
     let l = parse_proc_line(v6).unwrap();
     assert_eq!(l.addr, "[::1]:443".parse().unwrap());
-    assert_eq!(l.uid, 998);
+    assert_eq!(l.uid, Some(998));
     assert!(parse_proc_line("  sl  local_address rem_address   st").is_none());
 }

@@ -95,6 +95,10 @@ enum Command {
         /// How often the polling source looks for new listeners
         #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
         poll_interval: u64,
+        /// Scheduling niceness (-20..19): a reload keeps the CPU busy, and a promotion waits for it
+        #[arg(long, value_name = "N", default_value_t = -10, allow_negative_numbers = true,
+              value_parser = clap::value_parser!(i32).range(-20..=19))]
+        nice: i32,
     },
 }
 
@@ -175,7 +179,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon {
-            comms, ports, netns, policy, ready_delay, metrics, source, poll_interval, ..
+            comms,
+            ports,
+            netns,
+            policy,
+            ready_delay,
+            metrics,
+            source,
+            poll_interval,
+            nice,
+            ..
         } => {
             let netns = netns
                 .iter()
@@ -194,6 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ready_delay: std::time::Duration::from_millis(ready_delay),
                 source,
                 poll_interval: std::time::Duration::from_millis(poll_interval),
+                nice,
             };
             daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)
@@ -236,6 +250,13 @@ mod tests {
             Cli::try_parse_from(["steer", "-v", "rollback"]).unwrap().command,
             Command::Rollback { .. }
         ));
+        let nice = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Daemon { nice, .. } => nice,
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(nice(&["steer", "daemon", "--comm", "haproxy"]), -10);
+        assert_eq!(nice(&["steer", "daemon", "--comm", "haproxy", "--nice", "-5"]), -5);
+        assert_eq!(nice(&["steer", "daemon", "--comm", "haproxy", "--nice", "0"]), 0);
     }
 
     #[test]
@@ -250,6 +271,8 @@ mod tests {
             vec!["steer", "daemon"],
             vec!["steer", "daemon", "--comm", "haproxy", "--policy", "sometimes"],
             vec!["steer", "daemon", "--port", "80", "--metrics", "not-an-address"],
+            vec!["steer", "daemon", "--port", "80", "--nice", "-21"],
+            vec!["steer", "daemon", "--port", "80", "--nice", "20"],
         ] {
             let err = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

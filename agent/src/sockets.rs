@@ -2,6 +2,7 @@
 //! with `pidfd_getfd`. A duplicate keeps the socket open, so callers must drop
 //! every [`Candidate`] as soon as the map insert and attach are done.
 use std::{
+    collections::HashMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
@@ -64,8 +65,12 @@ pub struct Candidate {
 /// Lists the process's listening TCP sockets, optionally only on `ports`.
 /// Sockets on other ports are never touched.
 pub fn listening_sockets(process: &Process, ports: &[u16]) -> Result<Vec<(u32, Listener)>, SocketError> {
-    let listeners = namespace_listeners(process)?;
     let fds = process.socket_fds()?;
+    let listeners = if fds.len() <= DIRECT_MAX_SOCKETS {
+        held_listeners(process, &fds)?
+    } else {
+        namespace_listeners(process)?
+    };
     let mut out: Vec<(u32, Listener)> = listeners
         .into_iter()
         .filter(|l| ports.is_empty() || ports.contains(&l.addr.port()))
@@ -78,6 +83,43 @@ pub fn listening_sockets(process: &Process, ports: &[u16]) -> Result<Vec<(u32, L
             comm: process.comm.clone(),
             ports: crate::ops::ports_phrase(ports),
         });
+    }
+    Ok(out)
+}
+
+/// Up to this many sockets, a process's listeners are found by looking at each
+/// of its sockets directly (a fresh server generation holds a handful); beyond
+/// it, sock_diag lists only the namespace's listeners, so a draining process's
+/// thousands of connections are never touched.
+const DIRECT_MAX_SOCKETS: usize = 64;
+
+/// The process's listening TCP sockets, found by duplicating each of its
+/// sockets and asking it: no namespace to enter and no netlink dump, which
+/// keeps the daemon's promote fast.
+fn held_listeners(process: &Process, fds: &HashMap<u64, u32>) -> Result<Vec<Listener>, SocketError> {
+    let pid = process.pid;
+    let pidfd = open_pidfd(pid)?;
+    let mut out = Vec::new();
+    for (&inode, &fd) in fds {
+        let dup = match pidfd_getfd(&pidfd, fd as i32, PidfdGetfdFlags::empty()) {
+            Ok(dup) => dup,
+            Err(e) if e == rustix::io::Errno::PERM || e == rustix::io::Errno::ACCESS => {
+                return Err(SocketError::NoPtrace { pid });
+            }
+            Err(e) if e == rustix::io::Errno::SRCH => return Err(SocketError::Vanished { pid }),
+            Err(_) => continue, // closed since /proc was read
+        };
+        let tcp = getsockopt_u32(dup.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL)
+            .is_ok_and(|p| p == libc::IPPROTO_TCP as u32);
+        if !tcp || !rustix::net::sockopt::socket_acceptconn(&dup).unwrap_or(false) {
+            continue;
+        }
+        let (Ok(addr), Ok(cookie)) = (local_addr(dup.as_fd()), rustix::net::sockopt::socket_cookie(&dup))
+        else {
+            continue;
+        };
+        let accept_queue = accept_queue(&dup).unwrap_or(0);
+        out.push(Listener { addr, inode, uid: None, accept_queue, backlog: None, cookie: Some(cookie) });
     }
     Ok(out)
 }

@@ -55,6 +55,8 @@ pub struct Options {
     pub ready_delay: Duration,
     pub source: Source,
     pub poll_interval: Duration,
+    /// The niceness to run at (see [`service::serve`]).
+    pub nice: i32,
 }
 
 /// A listener event.
