@@ -27,9 +27,23 @@ pub struct Status {
 pub struct Namespace {
     pub netns: u64,
     pub max_slots: u32,
+    /// The namespace's program, as the kernel reports it; `None` when it cannot say.
+    #[serde(default)]
+    pub program: Option<Program>,
     /// Counters over every group of the namespace, configured or not.
     pub counters: Counters,
     pub groups: Vec<Group>,
+}
+
+/// The kernel's figures for a loaded program (`bpf_prog_info`).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Program {
+    /// The kernel's program id (as in `bpftool prog show id ID`).
+    pub id: u32,
+    /// Time spent in the program, counted only while `kernel.bpf_stats_enabled` is 1.
+    pub run_time_ns: u64,
+    /// Runs of the program, counted only while `kernel.bpf_stats_enabled` is 1.
+    pub run_count: u64,
 }
 
 /// One steered reuseport group.
@@ -151,6 +165,11 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
         status.namespaces.push(Namespace {
             netns,
             max_slots: instance.info.max_slots,
+            program: instance.program_info().map(|info| Program {
+                id: info.id(),
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                run_count: info.run_count(),
+            }),
             counters: instance.global_counters().into(),
             groups,
         });

@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::{SkReuseport, sk_reuseport::SkReuseportAttachType},
+    programs::{ProgramInfo, SkReuseport, sk_reuseport::SkReuseportAttachType},
 };
 use steer_abi::{Counters, GroupConfig, GroupKey, Info, SlotMeta, counter};
 
@@ -107,6 +107,12 @@ impl Instance {
     /// Removes whatever program the group of `socket` has.
     pub fn detach(socket: BorrowedFd<'_>) -> Result<(), StateError> {
         SkReuseport::detach(socket).map_err(StateError::map("detach (SO_DETACH_REUSEPORT_BPF)"))
+    }
+
+    /// The kernel's information on the pinned program (id, run time and count), or
+    /// `None` when the kernel refuses it.
+    pub fn program_info(&self) -> Option<ProgramInfo> {
+        self.program.info().ok()
     }
 
     pub fn config(&self, key: &GroupKey) -> Option<GroupConfig> {

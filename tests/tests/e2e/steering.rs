@@ -39,6 +39,30 @@ fn promote_sends_every_new_connection_to_the_promoted_generation() {
     assert_eq!(w.group(8080).generation, g.generation);
 }
 
+/// `status --json` names the program and, while the kernel's run-time statistics are on
+/// (held by a descriptor, so they end with the test), counts each connection as a run.
+#[test]
+fn status_reports_the_programs_run_count_and_time() {
+    let Some(w) = World::new("progstats") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    w.promote(&a);
+    let program = || {
+        let status = w.status();
+        status.namespaces[0].program.clone().expect("status --json has the program's figures")
+    };
+    let before = program();
+    assert!(before.id > 0, "{before:?}");
+
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF run-time statistics");
+    let r = w.requests("127.0.0.1:8080", N);
+    let after = program();
+    drop(stats);
+    assert_no_failures(&r, "with run-time statistics on");
+    assert_eq!(after.id, before.id);
+    assert!(after.run_count - before.run_count >= N, "{before:?} -> {after:?}");
+    assert!(after.run_time_ns > before.run_time_ns, "{before:?} -> {after:?}");
+}
+
 #[test]
 fn rollback_restores_the_previous_generation() {
     let Some(w) = World::new("rollback") else { return };
