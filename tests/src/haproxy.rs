@@ -38,6 +38,8 @@ pub struct Haproxy<'ns> {
     dir: PathBuf,
     mode: Mode,
     port: u16,
+    /// HAProxy's global `grace`, if set.
+    grace: Option<Duration>,
     /// Reloads done; the current generation is `g<reloads>`.
     reloads: u32,
     /// The process serving now (daemon: the pidfile's; master-worker: the newest worker).
@@ -57,8 +59,34 @@ impl<'ns> Haproxy<'ns> {
     ///
     /// When the config cannot be written, HAProxy fails to start, or is not ready in 10 s.
     pub fn start(ns: &'ns NetNs, dir: &Path, mode: Mode, port: u16) -> anyhow::Result<Haproxy<'ns>> {
-        let mut hap =
-            Haproxy { ns, dir: dir.to_owned(), mode, port, reloads: 0, pid: 0, master: 0, seen: Vec::new() };
+        Haproxy::start_with_grace(ns, dir, mode, port, None)
+    }
+
+    /// [`Haproxy::start`] with HAProxy's global `grace` set: after a reload's signal the
+    /// old process keeps accepting for that long before it soft-stops (see
+    /// [`render_config`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Haproxy::start`].
+    pub fn start_with_grace(
+        ns: &'ns NetNs,
+        dir: &Path,
+        mode: Mode,
+        port: u16,
+        grace: Option<Duration>,
+    ) -> anyhow::Result<Haproxy<'ns>> {
+        let mut hap = Haproxy {
+            ns,
+            dir: dir.to_owned(),
+            mode,
+            port,
+            grace,
+            reloads: 0,
+            pid: 0,
+            master: 0,
+            seen: Vec::new(),
+        };
         hap.write_config()?;
         let mut cmd = hap.haproxy_command();
         if mode == Mode::MasterWorker {
@@ -149,7 +177,7 @@ impl<'ns> Haproxy<'ns> {
 
     /// Writes the config for the current generation (to a temporary file, then renamed).
     fn write_config(&self) -> anyhow::Result<()> {
-        let text = render_config(&self.dir, self.port, &self.generation());
+        let text = render_config(&self.dir, self.port, &self.generation(), self.grace);
         let tmp = self.dir.join("haproxy.cfg.tmp");
         std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, self.config_path())
@@ -211,24 +239,26 @@ pub fn generation_name(n: u32) -> String {
 /// The HAProxy config: a frontend on `127.0.0.1:port` that answers every request itself
 /// with `gen=<generation> pid=<PID>`, and an admin socket in `dir` that exposes the
 /// listeners' descriptors.
+///
+/// `grace`: at a soft stop HAProxy closes its idle frontend connections, and a connection
+/// it accepted a moment before, whose request is still on the way, counts as idle: its
+/// client gets a reset (TcpExt TCPAbortOnData). No listener is involved, so steer cannot
+/// prevent it by itself. With `grace`, the old process keeps accepting for that long after
+/// the reload's signal, while steer sends new connections to the new process; when the
+/// old one stops, nothing it holds is that fresh. See docs/haproxy.md.
 #[must_use]
-pub fn render_config(dir: &Path, port: u16, generation: &str) -> String {
+pub fn render_config(dir: &Path, port: u16, generation: &str, grace: Option<Duration>) -> String {
     let admin = dir.join("admin.sock");
+    let grace = grace.map(|g| format!("    grace {}ms\n", g.as_millis())).unwrap_or_default();
     format!(
         "# written by steer-tests
 global
     # The default maxconn would raise RLIMIT_NOFILE above what a test environment allows.
     maxconn 4000
     stats socket {admin} mode 600 level admin expose-fd listeners
-
+{grace}
 defaults
     mode http
-    # At a soft stop HAProxy closes idle frontend connections, and a connection it
-    # accepted a moment before the stop, whose first request is still on the way,
-    # counts as idle: the client then gets a reset or an empty reply (seen here as
-    # TcpExt TCPAbortOnData). No listener is involved, so steer cannot help; this
-    # option keeps such connections until they are answered.
-    option idle-close-on-response
     timeout connect 5s
     timeout client 10s
     timeout server 10s
@@ -244,16 +274,20 @@ frontend steer_test
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::Duration;
 
     use super::{generation_name, render_config};
 
     #[test]
     fn config_answers_with_the_generation_and_limits_maxconn() {
-        let cfg = render_config(Path::new("/tmp/x"), 8080, &generation_name(3));
+        let cfg = render_config(Path::new("/tmp/x"), 8080, &generation_name(3), None);
         assert!(cfg.contains("\n    maxconn 4000\n"), "{cfg}");
         assert!(cfg.contains("stats socket /tmp/x/admin.sock mode 600 level admin expose-fd listeners"));
         assert!(cfg.contains("\n    bind 127.0.0.1:8080\n"), "{cfg}");
         assert!(cfg.contains(r#"lf-string "gen=g3 pid=%pid\n""#), "{cfg}");
         assert!(!cfg.contains("noreuseport"));
+        assert!(!cfg.contains("grace"), "{cfg}");
+        let cfg = render_config(Path::new("/tmp/x"), 8080, "g0", Some(Duration::from_millis(100)));
+        assert!(cfg.contains("\n    grace 100ms\n"), "{cfg}");
     }
 }
