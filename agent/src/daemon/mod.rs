@@ -96,8 +96,8 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
     tracing::info!(policy = ?opts.policy, comm = ?opts.filter.comms, port = ?opts.filter.ports, "watching");
 
     // Ports with a new listener: when to handle them, the earliest event time,
-    // and the latest listening pid.
-    let mut pending: BTreeMap<u16, (Instant, u64, u32)> = BTreeMap::new();
+    // the latest listening pid, and how many times it was tried.
+    let mut pending: BTreeMap<u16, Pending> = BTreeMap::new();
     let mut next_poll = Instant::now() + opts.poll_interval;
     let mut next_maintenance = Instant::now() + MAINTENANCE;
     while !stop.load(Ordering::Relaxed) {
@@ -106,8 +106,8 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
         if watcher.is_none() {
             wake = wake.min(next_poll);
         }
-        if let Some((due, _, _)) = pending.values().min_by_key(|(d, _, _)| *d) {
-            wake = wake.min(*due);
+        if let Some(p) = pending.values().min_by_key(|p| p.due) {
+            wake = wake.min(p.due);
         }
         let first = rx.recv_timeout(wake.saturating_duration_since(now));
         let events = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
@@ -123,7 +123,13 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                         opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns)
                     }) {
                         let due = Instant::now() + opts.ready_delay;
-                        pending.entry(port).and_modify(|p| p.2 = pid).or_insert((due, ktime_ns, pid));
+                        pending
+                            .entry(port)
+                            .and_modify(|p| {
+                                p.pid = pid;
+                                p.tries = 0;
+                            })
+                            .or_insert(Pending { due, ktime: ktime_ns, pid, tries: 0 });
                     }
                 }
                 Event::Listen { .. } => {}
@@ -145,24 +151,24 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                 pending
                     .entry(port)
                     .and_modify(|p| {
-                        if newest(pid) > newest(p.2) {
-                            p.2 = pid;
+                        if newest(pid) > newest(p.pid) {
+                            p.pid = pid;
                         }
                     })
-                    .or_insert((due, monotonic_ns(), pid));
+                    .or_insert(Pending { due, ktime: monotonic_ns(), pid, tries: 0 });
             }
             next_poll = now + opts.poll_interval;
         }
-        let due: Vec<(u16, u64, u32)> = pending
-            .iter()
-            .filter(|(_, (d, _, _))| *d <= now)
-            .map(|(port, (_, k, pid))| (*port, *k, *pid))
-            .collect();
+        let due: Vec<(u16, Pending)> =
+            pending.iter().filter(|(_, p)| p.due <= now).map(|(port, p)| (*port, *p)).collect();
         if !due.is_empty() {
-            for (port, _, _) in &due {
+            for (port, _) in &due {
                 pending.remove(port);
             }
-            handle(state_dir, opts, stats, &due);
+            for (port, retry) in handle(state_dir, opts, stats, &due) {
+                // A newer event for the port since then wins.
+                pending.entry(port).or_insert(retry);
+            }
         }
         if Instant::now() >= next_maintenance {
             match attach::maintain(state_dir, || scan::candidates(&opts.filter)) {
@@ -176,7 +182,12 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                     if opts.policy == Policy::Newest {
                         let now = Instant::now();
                         for port in upkeep.shrunk.into_iter().filter(|p| opts.filter.port_matches(*p)) {
-                            pending.entry(port).or_insert((now, monotonic_ns(), 0));
+                            pending.entry(port).or_insert(Pending {
+                                due: now,
+                                ktime: monotonic_ns(),
+                                pid: 0,
+                                tries: 0,
+                            });
                         }
                     }
                 }
@@ -190,39 +201,101 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
     Ok(())
 }
 
+/// A port with a new listener, waiting to be handled.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// When to handle it (after `--ready-delay`, or a retry's backoff).
+    due: Instant,
+    /// The earliest event's time (CLOCK_MONOTONIC ns), for `latency_us`.
+    ktime: u64,
+    /// The latest listening pid (0: only a close was seen; find the port's newest holder).
+    pid: u32,
+    /// Attempts so far that found no listener to promote.
+    tries: u32,
+}
+
+/// Attempts for a new listener whose socket the promote did not find, while its
+/// process lives: the event can arrive before the socket is fully set up.
+const MAX_TRIES: u32 = 5;
+/// The first retry's delay; each next one waits twice as long (10 ms to 160 ms).
+const RETRY_AFTER: Duration = Duration::from_millis(10);
+
 /// Promotes (or, under `manual`, re-attaches) the process that listened on
 /// each port in `due`; when it is gone, the newest matching holder of the port.
-fn handle(state_dir: &Path, opts: &Options, stats: &DaemonStats, due: &[(u16, u64, u32)]) {
-    let mut targets: BTreeMap<u32, (Vec<u16>, u64)> = BTreeMap::new();
-    for &(port, ktime, pid) in due {
+/// Returns the ports to try again: a live listener whose socket was not found.
+fn handle(
+    state_dir: &Path,
+    opts: &Options,
+    stats: &DaemonStats,
+    due: &[(u16, Pending)],
+) -> Vec<(u16, Pending)> {
+    let mut targets: BTreeMap<u32, (Vec<(u16, Pending)>, u64)> = BTreeMap::new();
+    for &(port, p) in due {
         // pid 0: only a close was seen on the port; look for its newest holder.
-        let alive = pid != 0
-            && Process::open(pid)
+        let alive = p.pid != 0
+            && Process::open(p.pid)
                 .is_ok_and(|p| opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns));
-        let found =
-            if alive { Some(forked_child(pid).unwrap_or(pid)) } else { newest_listener(&opts.filter, port) };
+        let found = if alive {
+            Some(forked_child(p.pid).unwrap_or(p.pid))
+        } else {
+            newest_listener(&opts.filter, port)
+        };
         let Some(pid) = found else {
             tracing::debug!(port, "new listener gone before it could be handled");
             continue;
         };
-        let t = targets.entry(pid).or_insert((Vec::new(), ktime));
-        t.0.push(port);
-        t.1 = t.1.min(ktime);
+        let t = targets.entry(pid).or_insert((Vec::new(), p.ktime));
+        t.0.push((port, p));
+        t.1 = t.1.min(p.ktime);
     }
-    for (pid, (ports, ktime)) in targets {
+    let mut retries = Vec::new();
+    for (pid, (entries, ktime)) in targets {
+        let ports: Vec<u16> = entries.iter().map(|(port, _)| *port).collect();
         let scope = if opts.filter.ports.is_empty() { Vec::new() } else { ports.clone() };
-        match opts.policy {
+        let done = match opts.policy {
             Policy::Newest => {
-                promote_one(state_dir, &opts.filter, stats, pid, scope, ports.first().copied(), ktime);
+                promote_one(state_dir, &opts.filter, stats, pid, scope, ports.first().copied(), ktime)
             }
             Policy::Manual => match attach::reattach(state_dir, pid, &scope) {
                 Ok(groups) => {
                     tracing::info!(pid, ?ports, reattached = ?groups, "new generation listening; not promoted (policy manual)");
+                    Done::Yes
                 }
-                Err(e) => tracing::warn!(pid, error = format!("{e:#}"), "re-attach failed"),
+                Err(e) => {
+                    tracing::warn!(pid, error = format!("{e:#}"), "re-attach failed");
+                    Done::Failed
+                }
             },
+        };
+        if done != Done::NotFound || Process::open(pid).is_err() {
+            continue;
+        }
+        for (port, p) in entries {
+            if p.tries + 1 < MAX_TRIES {
+                let due = Instant::now() + RETRY_AFTER * 2_u32.pow(p.tries);
+                tracing::debug!(pid, port, tries = p.tries + 1, "no listener found yet; trying again");
+                retries.push((port, Pending { due, tries: p.tries + 1, ..p }));
+            } else {
+                tracing::warn!(
+                    pid,
+                    port,
+                    tries = MAX_TRIES,
+                    "a new listener was seen but its socket was never found; not promoted"
+                );
+            }
         }
     }
+    retries
+}
+
+/// How handling a new listener ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Yes,
+    /// No listener to promote was found (the process may still be setting it up).
+    NotFound,
+    /// Refused or failed; logged.
+    Failed,
 }
 
 /// Promotes `pid` for `scope` (empty: all its ports). `trigger` is the port
@@ -237,7 +310,7 @@ fn promote_one(
     scope: Vec<u16>,
     trigger: Option<u16>,
     ktime: u64,
-) {
+) -> Done {
     let mut pid = pid;
     for attempt in 0..4 {
         let request = promote::Request { pid, ports: scope.clone(), weight: 100, take_over: false };
@@ -252,7 +325,7 @@ fn promote_one(
                         tracing::debug!(pid, group = %c.group, "already active");
                     }
                 }
-                return;
+                return Done::Yes;
             }
             Err(
                 OpError::Proc(_)
@@ -265,18 +338,22 @@ fn promote_one(
             ) if attempt < 3 => {
                 let next = trigger.and_then(|port| newest_listener(filter, port)).filter(|p| *p != pid);
                 let Some(next) = next else {
-                    tracing::debug!(pid, "listener's process left and no other holds the port");
-                    return;
+                    tracing::debug!(
+                        pid,
+                        "no listener to promote: the process left, or has not finished listening"
+                    );
+                    return Done::NotFound;
                 };
                 tracing::debug!(pid, next, "listener's process left; promoting the port's newest holder");
                 pid = next;
             }
             Err(e) => {
                 tracing::warn!(pid, error = format!("{e:#}"), "promote failed");
-                return;
+                return Done::Failed;
             }
         }
     }
+    Done::NotFound
 }
 
 /// The newest matching process holding a listener on `port`, newest first so
@@ -315,7 +392,9 @@ fn adopt(state_dir: &Path, opts: &Options, stats: &DaemonStats) {
         let ports: Vec<u16> = ports.into_iter().collect();
         tracing::info!(pid, ?ports, "adopting");
         match opts.policy {
-            Policy::Newest => promote_one(state_dir, &opts.filter, stats, pid, ports, None, monotonic_ns()),
+            Policy::Newest => {
+                promote_one(state_dir, &opts.filter, stats, pid, ports, None, monotonic_ns());
+            }
             Policy::Manual => {
                 if let Err(e) = attach::reattach(state_dir, pid, &ports) {
                     tracing::warn!(pid, error = format!("{e:#}"), "re-attach failed");
