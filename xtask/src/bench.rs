@@ -2,15 +2,27 @@
 //! namespace. Every number goes to `target/bench/bench.json`, a summary to
 //! `target/bench/bench.md`, and the same summary is printed as a table.
 //!
-//! Sections now: the daemon's detection-to-promotion latency under HAProxy reloads
-//! (`bench/latency.rs`) and its memory over many generations (`bench/memory.rs`). A new
-//! measurement is one more entry in [`SECTIONS`]. Targets are reported, not enforced; a
-//! section fails the bench only when it cannot run or a hard check (`failures`) fails.
+//! Sections, in order: the reload matrix, every HAProxy reload method side by side under
+//! the same load (`bench/matrix.rs`, which also writes `matrix.md` and `matrix.png`); the
+//! daemon's detection-to-promotion latency (`bench/latency.rs`) and memory over many
+//! generations (`bench/memory.rs`); the program's overhead on HAProxy's connection rate
+//! and its cost per run (`bench/overhead.rs`); `steer promote` wall time for 1 and 100
+//! ports (`bench/promote.rs`); and 1,000 groups and 64 generations (`bench/scale.rs`). A
+//! new measurement is one more entry in [`SECTIONS`]. Targets are reported, not enforced;
+//! a section fails the bench only when it cannot run or a hard check (`failures`) fails.
+//! `--quick` runs every section briefly, and `cargo xtask test` runs it.
 
+mod chart;
+mod cli;
 mod daemon;
+mod haproxy;
 mod latency;
+mod matrix;
 mod memory;
+mod overhead;
+mod promote;
 mod report;
+mod scale;
 
 use std::{
     fs,
@@ -26,7 +38,8 @@ use crate::release::{self, Steer};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Fewer iterations (20 reloads, 100 generations), and no request may fail.
+    /// Every section briefly (a few seconds per reload mode, 20 reloads, 100 generations),
+    /// with the checks that are stable: steer and socket-transfer modes lose no request.
     #[arg(long)]
     quick: bool,
     /// Skip `setup` (for quick loops on a machine already set up).
@@ -38,7 +51,14 @@ pub struct Options {
 }
 
 /// Every measurement, in the order they run.
-const SECTIONS: &[Section] = &[latency::SECTION, memory::SECTION];
+const SECTIONS: &[Section] = &[
+    matrix::SECTION,
+    latency::SECTION,
+    memory::SECTION,
+    overhead::SECTION,
+    promote::SECTION,
+    scale::SECTION,
+];
 
 /// One measurement: where its numbers go in `bench.json`, its title, and how it runs.
 pub struct Section {
@@ -77,6 +97,9 @@ pub struct Findings {
     pub data: Map<String, Value>,
     /// Hard checks that failed; each fails the bench (targets missed do not).
     pub failures: Vec<String>,
+    /// More Markdown (a table of its own, say), shown after the summary in `bench.md` and
+    /// on stdout.
+    pub markdown: Option<String>,
 }
 
 /// One line of the summary: a figure, and the target it is held to, if any.
@@ -193,6 +216,17 @@ pub fn run(options: &Options) -> Result<ExitCode> {
             println!("FAIL: {problem}");
         }
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `bench --quick` with setup already done, as a step of `cargo xtask test`: every
+/// section runs briefly, so the bench cannot rot, and quick mode's checks must hold.
+pub fn run_quick() -> Result<()> {
+    let options = Options { quick: true, no_setup: true, only: Vec::new() };
+    if run(&options)? == ExitCode::SUCCESS {
+        Ok(())
+    } else {
+        bail!("`cargo xtask bench --quick` failed; its FAIL lines above say which check")
     }
 }
 

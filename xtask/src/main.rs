@@ -33,8 +33,8 @@ enum Command {
     /// Show steer keeping every connection through server reloads: the same reloads
     /// under load without and with steer, side by side (needs root).
     Demo(demo::Options),
-    /// Measure steer: the daemon's detection-to-promotion latency under HAProxy reloads and
-    /// its memory over many reloads; writes target/bench/bench.{json,md} (needs root).
+    /// Measure steer: HAProxy's reload methods side by side, the daemon's latency and memory,
+    /// the program's overhead, promote speed and scale; writes target/bench/ (needs root).
     Bench(bench::Options),
 }
 

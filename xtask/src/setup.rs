@@ -10,11 +10,19 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{self, cmd};
 
 /// Debian packages: LLVM 22 for bpf-linker, the servers and load generators the
-/// end-to-end tests drive, and the `ip`/`ps` tools they use. bpf-linker links
-/// `libLLVM.so` dynamically, which needs nothing beyond llvm-22-dev (the static
-/// link would also need libzstd-dev, zlib1g-dev and libpolly-22-dev).
-const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "haproxy", "nginx-light", "apache2-utils", "wrk", "iproute2", "procps"];
+/// end-to-end tests drive, the `ip`/`ps` tools they use, and the font the bench's charts
+/// are drawn with. bpf-linker links `libLLVM.so` dynamically, which needs nothing beyond
+/// llvm-22-dev (the static link would also need libzstd-dev, zlib1g-dev and libpolly-22-dev).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "haproxy",
+    "nginx-light",
+    "apache2-utils",
+    "wrk",
+    "iproute2",
+    "procps",
+    "fonts-dejavu-core",
+];
 
 /// LLVM install prefix of the llvm-22-dev package.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: what CI runs: setup, rustfmt, clippy on the host crates and on
-//! the eBPF crate, then every test, stopping at the first failure.
+//! the eBPF crate, every test, then `bench --quick`, stopping at the first failure.
 
 use std::{
     env,
@@ -22,6 +22,10 @@ pub struct Options {
     /// Skip `setup` (for quick loops on a machine already set up).
     #[arg(long)]
     no_setup: bool,
+    /// Skip the last step, `bench --quick` (it builds in release mode and runs every
+    /// bench section briefly).
+    #[arg(long)]
+    no_bench: bool,
     /// Passed to the test harness as `--test-threads N`.
     #[arg(long, value_name = "N")]
     test_threads: Option<usize>,
@@ -52,9 +56,20 @@ pub fn run(options: &Options) -> Result<()> {
     for (name, command) in &mut steps {
         step(name, || util::run(command))?;
     }
+    let ci = env::var("CI").is_ok_and(|v| v == "true");
+    let mut ran_bench = false;
+    if options.no_bench {
+        println!("== bench (quick): skipped (--no-bench)");
+    } else if !ci && !setup::is_root()? {
+        // As the privileged tests do outside CI; with CI=true it must run, and fails.
+        println!("== bench (quick): skipped: not running as root (it needs network namespaces and eBPF)");
+    } else {
+        step("bench (quick)", crate::bench::run_quick)?;
+        ran_bench = true;
+    }
     println!(
         "xtask test: all {} steps passed in {}",
-        steps.len() + usize::from(!options.no_setup),
+        steps.len() + usize::from(!options.no_setup) + usize::from(ran_bench),
         minutes(start.elapsed())
     );
     Ok(())

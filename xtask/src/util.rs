@@ -1,5 +1,5 @@
 //! Running external commands: echoed before they run, failures reported with their status;
-//! and the one unit conversion the reports share.
+//! and the unit conversions the reports share.
 
 use std::{
     env,
@@ -103,4 +103,10 @@ pub fn probe(command: &mut Command) -> Option<String> {
 #[expect(clippy::cast_precision_loss, reason = "microseconds shown as milliseconds")]
 pub fn ms(us: u64) -> f64 {
     us as f64 / 1e3
+}
+
+/// KiB as MiB, for printing.
+#[expect(clippy::cast_precision_loss, reason = "KiB shown as MiB")]
+pub fn mib(kb: u64) -> f64 {
+    kb as f64 / 1024.0
 }

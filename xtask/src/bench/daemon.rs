@@ -125,6 +125,36 @@ impl Daemon {
             .with_context(|| format!("no VmRSS in {path}"))
     }
 
+    /// `(run_time_ns, run_count)` summed over the daemon's tracepoint programs (its
+    /// listener watcher), from `/proc/PID/fdinfo` of its program descriptors. They grow
+    /// only while `kernel.bpf_stats_enabled=1`.
+    pub fn tracepoint_stats(&self) -> Result<(u64, u64)> {
+        const TRACEPOINT: &str = "5"; // BPF_PROG_TYPE_TRACEPOINT
+        let dir = format!("/proc/{}/fd", self.pid);
+        let mut total = (0, 0);
+        for entry in fs::read_dir(&dir).with_context(|| format!("could not list {dir}"))?.flatten() {
+            if fs::read_link(entry.path()).ok().and_then(|l| l.to_str().map(|l| l == "anon_inode:bpf-prog"))
+                != Some(true)
+            {
+                continue;
+            }
+            let info = format!("/proc/{}/fdinfo/{}", self.pid, entry.file_name().to_string_lossy());
+            let Ok(text) = fs::read_to_string(&info) else { continue };
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().trim_start_matches(':').trim())
+            };
+            if field("prog_type") != Some(TRACEPOINT) {
+                continue;
+            }
+            let num = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total.0 += num("run_time_ns");
+            total.1 += num("run_cnt");
+        }
+        Ok(total)
+    }
+
     /// Open descriptors (entries of `/proc/PID/fd`).
     pub fn open_fds(&self) -> Result<usize> {
         let path = format!("/proc/{}/fd", self.pid);

@@ -3,14 +3,9 @@
 //! promotes each new process. The figure is the daemon's own `latency_us` per promotion:
 //! from the tracepoint seeing `listen()` to the promote being done.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde_json::json;
 use steer_harness::{
     load::{self, LoadConfig, Protocol},
@@ -20,14 +15,15 @@ use steer_harness::{
 use super::{
     Ctx, Findings, Row, Section, Summary,
     daemon::{self, Daemon},
+    haproxy::{self, Haproxy, Reload},
 };
-use crate::util::{self, ms};
+use crate::util::ms;
 
 pub const SECTION: Section =
     Section { key: "daemon_latency", title: "daemon detection-to-promotion latency", run };
 
-/// HAProxy's frontend, inside the section's namespace.
-const LISTEN: &str = "127.0.0.1:8080";
+/// HAProxy's frontend port (on 127.0.0.1), inside the section's namespace.
+const PORT: u16 = 8080;
 /// Time between the starts of two reloads.
 const INTERVAL: Duration = Duration::from_millis(50);
 /// Load workers, each with one request (one connection) in flight.
@@ -39,42 +35,23 @@ const SLACK: Duration = Duration::from_millis(1);
 /// The target for the 99th percentile, microseconds.
 const TARGET_P99_US: u64 = 5_000;
 
-/// HAProxy answers every request itself with its pid: `gen=<PID>`.
-const CONFIG: &str = "# written by cargo xtask bench
-global
-    maxconn 4000
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 10s
-    timeout server 10s
-
-frontend fe
-    bind 127.0.0.1:8080
-    http-request return status 200 content-type text/plain lf-string \"gen=%pid\\n\"
-";
-
 fn run(ctx: &Ctx) -> Result<Findings> {
     let reloads: u32 = if ctx.quick { 20 } else { 200 };
-    let version =
-        util::output(util::cmd("haproxy").arg("-v")).context("HAProxy is needed (cargo xtask setup)")?;
-    // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"
-    let version = format!("HAProxy {}", version.split_whitespace().nth(2).unwrap_or("(version unknown)"));
-    let scratch = Scratch::new("haproxy")?;
-    let (cfg, pidfile) = (scratch.0.join("haproxy.cfg"), scratch.0.join("haproxy.pid"));
-    fs::write(&cfg, CONFIG).with_context(|| format!("could not write {}", cfg.display()))?;
-
+    let version = haproxy::version()?;
     let steer = ctx.steer()?;
     let ns = NetNs::new("benchlat")?;
-    haproxy(&ns, &cfg, &pidfile, None).context("starting HAProxy")?;
-    // The pidfile's pid after the start and after each reload.
-    let mut pids = vec![read_pid(&pidfile)?];
+    let mut hap = Haproxy::start(&ns, "latency", PORT, Reload::Soft, |_| {
+        // Unloaded CA files start HAProxy faster; `grace` as docs/haproxy.md recommends,
+        // so that quick mode's zero-failure check holds.
+        haproxy::config(PORT, &["httpclient.ssl.verify none", "grace 100ms"])
+    })?;
+    // The serving pid after the start and after each reload.
+    let mut pids = vec![hap.pid()];
     let netns = ns.path();
     let args = ["--comm".as_ref(), "haproxy".as_ref(), "--netns".as_ref(), netns.as_os_str()];
     let mut daemon = Daemon::spawn(&steer, args, &ctx.out_dir.join("daemon-latency.log"))?;
 
-    let mut load_cfg = LoadConfig::new(LISTEN.parse().context("the bench's listen address")?);
+    let mut load_cfg = LoadConfig::new(([127, 0, 0, 1], PORT).into());
     load_cfg.protocol = Protocol::Http;
     load_cfg.concurrency = CONCURRENCY;
     load_cfg.max_duration = INTERVAL * reloads + Duration::from_secs(60);
@@ -83,7 +60,7 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     let running = load::start(load_cfg).context("starting the load")?;
 
     // Reload i starts at (i - 1) * INTERVAL, or as soon as reload i - 1 is done if that
-    // is later: `haproxy -D` returns only once the new process has daemonized.
+    // is later: a reload returns only once the new process listens.
     let started = Instant::now();
     let mut late = 0_u32;
     for i in 1..=reloads {
@@ -94,13 +71,7 @@ fn run(ctx: &Ctx) -> Result<Findings> {
         } else if now > due + SLACK {
             late += 1;
         }
-        let old = read_pid(&pidfile)?;
-        haproxy(&ns, &cfg, &pidfile, Some(old)).with_context(|| format!("reload {i} of HAProxy"))?;
-        let new = read_pid(&pidfile)?;
-        if new == old {
-            bail!("after reload {i}, the pidfile still names the old HAProxy {old}");
-        }
-        pids.push(new);
+        pids.push(hap.reload().with_context(|| format!("reload {i} of HAProxy"))?);
         if i % 50 == 0 || i == reloads {
             let seen = daemon.lines()?.iter().filter(|line| daemon::is_promoted(line)).count();
             println!("   {i}/{reloads} reloads, {seen} promotions logged so far (adoption included)");
@@ -111,6 +82,7 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     std::thread::sleep(SETTLE);
     let load = running.stop();
     daemon.stop()?;
+    drop(hap);
     drop(ns);
 
     let lines = daemon.lines()?;
@@ -177,43 +149,4 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     });
     findings.data = data.as_object().cloned().unwrap_or_default();
     Ok(findings)
-}
-
-/// `haproxy -D -f CFG -p PIDFILE [-sf OLD]` in `ns`; returns once it has daemonized.
-fn haproxy(ns: &NetNs, cfg: &Path, pidfile: &Path, old: Option<u32>) -> Result<()> {
-    let mut command = ns.command("haproxy");
-    command.arg("-D").arg("-f").arg(cfg).arg("-p").arg(pidfile).stdin(Stdio::null());
-    if let Some(old) = old {
-        command.arg("-sf").arg(old.to_string());
-    }
-    util::output(&mut command).map(drop)
-}
-
-/// The pid HAProxy wrote to its pidfile.
-fn read_pid(pidfile: &Path) -> Result<u32> {
-    let text =
-        fs::read_to_string(pidfile).with_context(|| format!("could not read {}", pidfile.display()))?;
-    text.split_whitespace()
-        .next()
-        .and_then(|pid| pid.parse().ok())
-        .with_context(|| format!("{} holds no pid: {text:?}", pidfile.display()))
-}
-
-/// A scratch directory under the system's temporary directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("steer-bench-{}-{name}", std::process::id()));
-        fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.0) {
-            eprintln!("warning: could not remove {}: {err}", self.0.display());
-        }
-    }
 }

@@ -18,7 +18,7 @@ use super::{
     Ctx, Findings, Row, Section,
     daemon::{self, Daemon},
 };
-use crate::release;
+use crate::{release, util::mib};
 
 pub const SECTION: Section = Section { key: "daemon_memory", title: "daemon memory over many reloads", run };
 
@@ -136,11 +136,6 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     });
     findings.data = data.as_object().cloned().unwrap_or_default();
     Ok(findings)
-}
-
-#[expect(clippy::cast_precision_loss, reason = "KiB shown as MiB")]
-fn mib(kb: u64) -> f64 {
-    kb as f64 / 1024.0
 }
 
 #[expect(clippy::cast_precision_loss, reason = "a mean of KiB counts")]

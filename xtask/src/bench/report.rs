@@ -1,6 +1,6 @@
 //! The bench's outputs: `bench.json` (every number, with the machine it ran on),
-//! `bench.md` (the summary tables), the same summary on stdout, and the list of problems
-//! that fail the run.
+//! `bench.md` (the summary tables, and any Markdown of a section's own), the same summary
+//! on stdout, and the list of problems that fail the run.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -36,6 +36,12 @@ pub fn print(done: &[Done]) {
             let (text, met) = target_cells(row);
             println!("  {:metric$}  {:>value$}  {text:target$}  {met}", row.metric, row.value);
         }
+        if let Some(markdown) = &findings.markdown {
+            println!();
+            for line in markdown.lines() {
+                println!("  {line}");
+            }
+        }
         for failure in &findings.failures {
             println!("  FAILED: {failure}");
         }
@@ -68,6 +74,9 @@ pub fn markdown(done: &[Done], quick: bool, wall: Duration, env: &Value) -> Stri
         for row in &findings.rows {
             let (text, met) = target_cells(row);
             let _ = writeln!(md, "| {} | {} | {text} | {met} |", row.metric, row.value);
+        }
+        if let Some(markdown) = &findings.markdown {
+            let _ = write!(md, "\n{markdown}");
         }
         for failure in &findings.failures {
             let _ = write!(md, "\n**Failed:** {failure}\n");

@@ -1,0 +1,245 @@
+//! Section "reload matrix": the same HTTP load against HAProxy 2.6 under the same reload
+//! schedule, once per way of reloading (none, hard restart, `-sf`, `-sf -x`, `-sf` with
+//! `tcp_migrate_req`, `-sf` with `steer daemon`, master-worker with and without the
+//! daemon), each mode in a fresh network namespace. Per mode: requests, failures by
+//! class, successful requests per second, latency percentiles, reloads done (and tried),
+//! and for the steer modes the promotions the daemon logged.
+//!
+//! Besides `bench.json` and `bench.md`, the section writes `target/bench/matrix.md` (one
+//! row per mode) and `target/bench/matrix.png` (failures and latency per mode).
+
+mod mode;
+mod table;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+
+use super::{
+    Ctx, Findings, Row, Section, chart,
+    haproxy::{self, Reload},
+};
+use mode::Outcome;
+
+pub const SECTION: Section =
+    Section { key: "reload_matrix", title: "reload matrix: HAProxy reloads under load", run };
+
+/// How long each mode runs (load and reloads), full run.
+const DURATION: Duration = Duration::from_secs(20);
+/// How long each mode runs with `--quick`.
+const DURATION_QUICK: Duration = Duration::from_secs(4);
+/// Time between the starts of two reloads (10 a second), unless a reload takes longer:
+/// then the next one starts as soon as it is done.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// Load workers, each with one request (one new connection) in flight.
+const CONCURRENCY: usize = 20;
+
+/// One way of running and reloading HAProxy.
+pub struct Mode {
+    /// Its name in the table, `bench.json` and the daemon's log file.
+    pub key: &'static str,
+    /// What it does, for `matrix.md`.
+    pub what: &'static str,
+    /// `None`: no reload at all (the baseline).
+    pub reload: Option<Reload>,
+    /// `net.ipv4.tcp_migrate_req=1` in the mode's namespace.
+    pub migrate_req: bool,
+    /// `steer daemon --comm haproxy` runs through the mode.
+    pub steer: bool,
+    /// `--quick` fails when a request of this mode fails.
+    pub lossless: bool,
+}
+
+/// Every mode, in the order they run.
+const MODES: &[Mode] = &[
+    Mode {
+        key: "no_reload",
+        what: "`haproxy -D`, never reloaded (the baseline)",
+        reload: None,
+        migrate_req: false,
+        steer: false,
+        lossless: false,
+    },
+    Mode {
+        key: "hard_restart",
+        what: "a new `haproxy -D` with `-st OLD`: the old process stops at once",
+        reload: Some(Reload::HardRestart),
+        migrate_req: false,
+        steer: false,
+        lossless: false,
+    },
+    Mode {
+        key: "plain_reload",
+        what: "a new `haproxy -D` with `-sf OLD`: a socket of its own, the old one finishes",
+        reload: Some(Reload::Soft),
+        migrate_req: false,
+        steer: false,
+        lossless: false,
+    },
+    Mode {
+        key: "socket_transfer",
+        what: "`-sf OLD -x ADMIN_SOCK`: the listeners pass over the admin socket",
+        reload: Some(Reload::SocketTransfer),
+        migrate_req: false,
+        steer: false,
+        lossless: true,
+    },
+    Mode {
+        key: "kernel_migration",
+        what: "`-sf OLD` with `net.ipv4.tcp_migrate_req=1` in the namespace",
+        reload: Some(Reload::Soft),
+        migrate_req: true,
+        steer: false,
+        lossless: false,
+    },
+    Mode {
+        key: "steer_daemon",
+        what: "`-sf OLD` with `steer daemon --comm haproxy` promoting each new process",
+        reload: Some(Reload::Soft),
+        migrate_req: false,
+        steer: true,
+        lossless: true,
+    },
+    Mode {
+        key: "master_worker",
+        what: "`haproxy -W -D`, reloaded with SIGUSR2 to the master (a new worker, same sockets)",
+        reload: Some(Reload::MasterWorker),
+        migrate_req: false,
+        steer: false,
+        lossless: false,
+    },
+    Mode {
+        key: "master_worker_steer",
+        what: "master-worker as above, with `steer daemon --comm haproxy`",
+        reload: Some(Reload::MasterWorker),
+        migrate_req: false,
+        steer: true,
+        lossless: true,
+    },
+];
+
+fn run(ctx: &Ctx) -> Result<Findings> {
+    let duration = if ctx.quick { DURATION_QUICK } else { DURATION };
+    let version = haproxy::version()?;
+    let mut findings = Findings {
+        setup: format!(
+            "{version}; {} modes, each in a fresh netns for {} s: {CONCURRENCY} closed-loop HTTP \
+             clients, a new connection per request, and one reload every {} ms (the next waits \
+             for one that takes longer)",
+            MODES.len(),
+            duration.as_secs(),
+            INTERVAL.as_millis()
+        ),
+        ..Findings::default()
+    };
+    let mut outcomes = Vec::new();
+    let mut modes_data = Vec::new();
+    for (index, mode) in MODES.iter().enumerate() {
+        println!("   [{}/{}] {}: {}", index + 1, MODES.len(), mode.key, mode.what);
+        match mode::run(ctx, mode, duration).with_context(|| format!("mode {}", mode.key)) {
+            Ok(outcome) => {
+                println!("   [{}/{}] {}", index + 1, MODES.len(), outcome.summary());
+                modes_data.push(outcome.json());
+                outcomes.push(outcome);
+            }
+            Err(err) => {
+                println!("   [{}/{}] {}: FAILED: {err:#}", index + 1, MODES.len(), mode.key);
+                findings.failures.push(format!("{err:#}"));
+                modes_data.push(json!({ "mode": mode.key, "what": mode.what, "error": format!("{err:#}") }));
+            }
+        }
+    }
+
+    let table = table::markdown(&outcomes);
+    let md_path = ctx.out_dir.join("matrix.md");
+    let md = format!(
+        "# Reload matrix ({})\n\n{}.\n\n{table}{}",
+        if ctx.quick { "quick" } else { "full" },
+        findings.setup,
+        table::legend(MODES)
+    );
+    std::fs::write(&md_path, md).with_context(|| format!("could not write {}", md_path.display()))?;
+    let png_path = ctx.out_dir.join("matrix.png");
+    chart::reload_matrix(&png_path, &outcomes.iter().map(Outcome::bars).collect::<Vec<_>>())
+        .with_context(|| format!("could not draw {}", png_path.display()))?;
+    println!("   wrote {} and {}", md_path.display(), png_path.display());
+
+    for outcome in &outcomes {
+        findings.rows.extend(outcome.rows());
+        if ctx.quick {
+            findings.failures.extend(outcome.quick_failures());
+        }
+    }
+    findings.markdown = Some(table);
+    let data = json!({
+        "haproxy": version,
+        "duration_secs": duration.as_secs_f64(),
+        "interval_ms": INTERVAL.as_millis(),
+        "concurrency": CONCURRENCY,
+        "modes": modes_data,
+        "table": md_path,
+        "chart": png_path,
+    });
+    findings.data = data.as_object().cloned().unwrap_or_default();
+    Ok(findings)
+}
+
+impl Outcome {
+    /// Summary rows: failures of every mode, reloads of the reloading ones.
+    fn rows(&self) -> Vec<Row> {
+        let key = self.mode.key;
+        let failed = self.load.failed();
+        let mut failed_row =
+            Row::new(format!("{key}: failed / requests"), format!("{failed} / {}", self.load.requests));
+        if self.mode.lossless {
+            failed_row = failed_row.target("0", Some(failed == 0));
+        }
+        let mut rows = vec![failed_row];
+        if self.mode.reload.is_some() {
+            rows.push(Row::new(
+                format!("{key}: reloads done / tried"),
+                format!(
+                    "{} / {} ({:.1}/s)",
+                    self.reloads.performed,
+                    self.reloads.attempted,
+                    self.reloads.rate()
+                ),
+            ));
+        }
+        rows
+    }
+
+    /// What `--quick` holds the mode to: requests made, reloads done, and no failure for a
+    /// lossless mode.
+    fn quick_failures(&self) -> Vec<String> {
+        let (key, load) = (self.mode.key, &self.load);
+        let mut failures = Vec::new();
+        if load.requests == 0 {
+            failures.push(format!("{key}: the load made no request; first errors: {:?}", load.first_errors));
+        }
+        if self.mode.reload.is_some() && self.reloads.performed == 0 {
+            failures.push(format!(
+                "{key}: no reload done of {} tried; first errors: {:?}",
+                self.reloads.attempted, self.reloads.first_errors
+            ));
+        }
+        if self.mode.lossless && load.failed() > 0 {
+            failures.push(format!(
+                "{key}: {} of {} requests failed over {} reloads (connect errors {}, resets {}, \
+                 timeouts {}, short replies {}, bad replies {}, other {}); first errors: {:?}",
+                load.failed(),
+                load.requests,
+                self.reloads.performed,
+                load.connect_errors,
+                load.resets,
+                load.timeouts,
+                load.short_replies,
+                load.bad_replies,
+                load.other_errors,
+                load.first_errors
+            ));
+        }
+        failures
+    }
+}

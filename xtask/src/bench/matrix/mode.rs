@@ -1,0 +1,261 @@
+//! One mode of the reload matrix: a fresh namespace, HAProxy (and the daemon, for the steer
+//! modes), the load, and the reload schedule; and what it measured.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+use steer_harness::{
+    load::{self, LoadConfig, LoadHandle, LoadReport, Protocol},
+    netns::NetNs,
+    procfs,
+};
+
+use super::{CONCURRENCY, INTERVAL, Mode};
+use crate::{
+    bench::{
+        Ctx, Summary, chart,
+        daemon::{self, Daemon},
+        haproxy::{self, Haproxy, Reload},
+    },
+    util::ms,
+};
+
+/// HAProxy's frontend port, inside each mode's namespace.
+const PORT: u16 = 8080;
+/// Load after the reload window, so the last reload's old process finishing is covered.
+const SETTLE: Duration = Duration::from_millis(500);
+/// How often a long mode prints how it is going.
+const PROGRESS: Duration = Duration::from_secs(5);
+/// Reload errors kept for the report.
+const FIRST_ERRORS: usize = 5;
+
+/// The config every mode runs ([`haproxy::config`]), with an admin socket that exposes the
+/// listeners for `-x`, old processes stopped 10 s after a reload at the latest, and the
+/// system's CA certificates left unloaded: HAProxy's internal HTTP client (unused here)
+/// loads them by default, which is most of a start's 70 ms of CPU, and a reload competes
+/// with the load for CPU. And `grace 100ms`, which docs/haproxy.md recommends with steer:
+/// an old process keeps accepting that long after its soft-stop signal, so that it does
+/// not close connections it has just accepted. Every mode gets it, so that the modes
+/// differ only in how they reload.
+fn config(admin: &Path) -> String {
+    let socket = format!("stats socket {} mode 600 level admin expose-fd listeners", admin.display());
+    haproxy::config(PORT, &[&socket, "hard-stop-after 10s", "httpclient.ssl.verify none", "grace 100ms"])
+}
+
+/// What one mode measured.
+pub struct Outcome {
+    pub mode: &'static Mode,
+    pub load: LoadReport,
+    pub reloads: Reloads,
+    /// Steer modes: the daemon's `promoted` lines after it started watching, and before.
+    pub promotions: Option<(usize, usize)>,
+    pub promote_failed: usize,
+    /// `TcpExt` `TCPMigrateReqSuccess` and `TCPMigrateReqFailure` of the namespace.
+    pub migrate_req: (Option<u64>, Option<u64>),
+    /// Steer modes: the daemon's log.
+    pub daemon_log: Option<PathBuf>,
+}
+
+/// The reloads of one mode.
+#[derive(Default)]
+pub struct Reloads {
+    pub attempted: u32,
+    pub performed: u32,
+    /// Each reload's duration (command or signal to the new process listening), µs.
+    durations_us: Vec<u64>,
+    pub first_errors: Vec<String>,
+    /// From the first reload's start to the end of the last one.
+    window: Duration,
+}
+
+impl Reloads {
+    /// Reloads done per second of the reload window.
+    pub fn rate(&self) -> f64 {
+        let secs = self.window.as_secs_f64();
+        if secs > 0.0 { f64::from(self.performed) / secs } else { 0.0 }
+    }
+}
+
+/// Runs `mode` for `duration` (and [`SETTLE`]); everything it started is stopped on return.
+pub fn run(ctx: &Ctx, mode: &'static Mode, duration: Duration) -> Result<Outcome> {
+    let ns = NetNs::new("matrix")?;
+    if mode.migrate_req {
+        ns.set_sysctl("net.ipv4.tcp_migrate_req", "1")?;
+    }
+    let mut hap = Haproxy::start(&ns, mode.key, PORT, mode.reload.unwrap_or(Reload::Soft), config)?;
+    let steer = if mode.steer { Some(ctx.steer()?) } else { None };
+    let log_path = ctx.out_dir.join(format!("daemon-matrix-{}.log", mode.key));
+    let mut daemon = match &steer {
+        Some(steer) => {
+            let netns = ns.path();
+            let args = ["--comm".as_ref(), "haproxy".as_ref(), "--netns".as_ref(), netns.as_os_str()];
+            Some(Daemon::spawn(steer, args, &log_path)?)
+        }
+        None => None,
+    };
+
+    let mut load_cfg = LoadConfig::new(([127, 0, 0, 1], PORT).into());
+    load_cfg.protocol = Protocol::Http;
+    load_cfg.concurrency = CONCURRENCY;
+    load_cfg.max_duration = duration + SETTLE + Duration::from_secs(60);
+    load_cfg.netns = Some(ns.path());
+    // On an error below, dropping the handle stops and joins the workers.
+    let running = load::start(load_cfg).context("starting the load")?;
+    let started = Instant::now();
+    let mut progress = Progress { mode: mode.key, started, next: started + PROGRESS };
+    let mut reloads = Reloads::default();
+    // Reload i starts INTERVAL after reload i - 1 started, or when it is done if later.
+    let mut due = started;
+    while due < started + duration {
+        progress.wait_until(due, &running, &reloads);
+        let begun = Instant::now();
+        due = begun + INTERVAL;
+        if mode.reload.is_none() {
+            continue;
+        }
+        reloads.attempted += 1;
+        match hap.reload() {
+            Ok(_) => {
+                reloads.performed += 1;
+                reloads.durations_us.push(u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
+            Err(err) if reloads.first_errors.len() < FIRST_ERRORS => {
+                reloads.first_errors.push(format!("reload {}: {err:#}", reloads.attempted));
+            }
+            Err(_) => {}
+        }
+        reloads.window = started.elapsed();
+    }
+    progress.wait_until(started + duration + SETTLE, &running, &reloads);
+    let load = running.stop();
+    let migrate_req = (
+        procfs::tcp_ext(hap.pid(), "TCPMigrateReqSuccess"),
+        procfs::tcp_ext(hap.pid(), "TCPMigrateReqFailure"),
+    );
+
+    let (mut promotions, mut promote_failed) = (None, 0);
+    if let Some(daemon) = &mut daemon {
+        daemon.stop()?;
+        let lines = daemon.lines()?;
+        // The promotions logged before `watching` adopted the HAProxy running at start.
+        let watching = lines.iter().position(|line| daemon::message(line) == Some("watching")).unwrap_or(0);
+        let count = |lines: &[Value]| lines.iter().filter(|line| daemon::is_promoted(line)).count();
+        promotions = Some((count(&lines[watching..]), count(&lines[..watching])));
+        promote_failed = daemon::failed_promotes(lines);
+    }
+    let daemon_log = mode.steer.then_some(log_path);
+    Ok(Outcome { mode, load, reloads, promotions, promote_failed, migrate_req, daemon_log })
+}
+
+/// Prints a line every [`PROGRESS`] while a mode runs.
+struct Progress {
+    mode: &'static str,
+    started: Instant,
+    next: Instant,
+}
+
+impl Progress {
+    /// Sleeps until `until`, printing progress lines when they are due.
+    fn wait_until(&mut self, until: Instant, running: &LoadHandle, reloads: &Reloads) {
+        loop {
+            let now = Instant::now();
+            if now >= self.next {
+                let load = running.snapshot();
+                println!(
+                    "      {}: {:.0} s, {} requests, {} failed, {} reloads",
+                    self.mode,
+                    self.started.elapsed().as_secs_f64(),
+                    load.requests,
+                    load.failed(),
+                    reloads.performed
+                );
+                self.next += PROGRESS;
+            }
+            if now >= until {
+                return;
+            }
+            std::thread::sleep(until.min(self.next) - now);
+        }
+    }
+}
+
+impl Outcome {
+    /// One line for the console when the mode is done.
+    pub fn summary(&self) -> String {
+        let load = &self.load;
+        let mut line = format!(
+            "{}: {} requests, {} failed (connect {}, resets {}, timeouts {}, short {}), {:.0} req/s, \
+             p99 {:.2} ms",
+            self.mode.key,
+            load.requests,
+            load.failed(),
+            load.connect_errors,
+            load.resets,
+            load.timeouts,
+            load.short_replies,
+            load.rps,
+            ms(load.latency_us.p99)
+        );
+        if self.mode.reload.is_some() {
+            let r = &self.reloads;
+            let took = Summary::of(&r.durations_us);
+            line += &format!(
+                ", {}/{} reloads ({:.1}/s, each {:.0} ms median)",
+                r.performed,
+                r.attempted,
+                r.rate(),
+                ms(took.p50)
+            );
+            for error in &r.first_errors {
+                line += &format!("\n      {error}");
+            }
+        }
+        if let Some((promotions, _)) = self.promotions {
+            line += &format!(", {promotions} promotions");
+        }
+        line
+    }
+
+    /// Every number of the mode, for `bench.json`.
+    pub fn json(&self) -> Value {
+        let (mode, r) = (self.mode, &self.reloads);
+        let took = Summary::of(&r.durations_us);
+        json!({
+            "mode": mode.key,
+            "what": mode.what,
+            "reload": mode.reload.map(|reload| format!("{reload:?}")),
+            "tcp_migrate_req": mode.migrate_req,
+            "steer_daemon": mode.steer,
+            "load": self.load,
+            "failed": self.load.failed(),
+            "reloads": {
+                "attempted": r.attempted,
+                "performed": r.performed,
+                "window_secs": r.window.as_secs_f64(),
+                "per_sec": r.rate(),
+                "duration_us": { "p50": took.p50, "p99": took.p99, "max": took.max },
+                "first_errors": r.first_errors,
+            },
+            "promotions": self.promotions.map(|p| p.0),
+            "adoption_promotions": self.promotions.map(|p| p.1),
+            "promote_failed": mode.steer.then_some(self.promote_failed),
+            "tcp_migrate_req_success": self.migrate_req.0,
+            "tcp_migrate_req_failure": self.migrate_req.1,
+            "daemon_log": self.daemon_log,
+        })
+    }
+
+    /// What the chart shows of the mode.
+    pub fn bars(&self) -> chart::ModeBars {
+        let l = &self.load.latency_us;
+        chart::ModeBars {
+            label: self.mode.key.to_owned(),
+            failed: self.load.failed(),
+            latency_ms: [ms(l.p50), ms(l.p99), ms(l.p999)],
+        }
+    }
+}
