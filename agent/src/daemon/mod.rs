@@ -10,10 +10,7 @@ mod tracepoint;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc::{self, RecvTimeoutError},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -74,11 +71,10 @@ const MAINTENANCE: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` is set. Events are handled one batch at a time.
 pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicBool) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel();
-    let watcher = match opts.source {
+    let mut watcher = match opts.source {
         Source::Poll => None,
-        Source::Tracepoint => Some(tracepoint::Watcher::start(tx)?),
-        Source::Auto => match tracepoint::Watcher::start(tx) {
+        Source::Tracepoint => Some(tracepoint::Watcher::start()?),
+        Source::Auto => match tracepoint::Watcher::start() {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "tracepoint source unavailable; polling instead");
@@ -98,6 +94,7 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
     // Ports with a new listener: when to handle them, the earliest event time,
     // the latest listening pid, and how many times it was tried.
     let mut pending: BTreeMap<u16, Pending> = BTreeMap::new();
+    let mut events = Vec::new();
     let mut next_poll = Instant::now() + opts.poll_interval;
     let mut next_maintenance = Instant::now() + MAINTENANCE;
     while !stop.load(Ordering::Relaxed) {
@@ -109,9 +106,12 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
         if let Some(p) = pending.values().min_by_key(|p| p.due) {
             wake = wake.min(p.due);
         }
-        let first = rx.recv_timeout(wake.saturating_duration_since(now));
-        let events = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
-        for event in events {
+        events.clear();
+        match watcher.as_mut() {
+            Some(w) => w.wait(wake.saturating_duration_since(now), &mut events),
+            None => std::thread::sleep(wake.saturating_duration_since(now)),
+        }
+        for &event in &events {
             match event {
                 Event::Listen { pid, port, ktime_ns }
                     if opts.filter.port_matches(port) && pid != std::process::id() =>
@@ -137,9 +137,6 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                     next_maintenance = next_maintenance.min(Instant::now() + Duration::from_millis(200));
                 }
             }
-        }
-        if matches!(first, Err(RecvTimeoutError::Disconnected)) && watcher.is_some() {
-            anyhow::bail!("the tracepoint reader stopped");
         }
         let now = Instant::now();
         if watcher.is_none() && now >= next_poll {
@@ -356,28 +353,18 @@ fn promote_one(
     Done::NotFound
 }
 
-/// The newest matching process holding a listener on `port`, newest first so
-/// the scan usually stops at a fresh process with few descriptors.
+/// The newest matching process holding a listener on `port`. Newest first, so
+/// the search usually stops at once, at a fresh process with few sockets whose
+/// listeners are read from the sockets themselves (no namespace to enter).
 fn newest_listener(filter: &Filter, port: u16) -> Option<u32> {
     // Start times tick every 10 ms: break ties by pid, the later fork.
     let mut procs: Vec<((u64, u32), Process)> =
         scan::candidates(filter).into_iter().filter_map(|p| Some(((start_time(p.pid)?, p.pid), p))).collect();
     procs.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
-    let mut listeners_by_ns: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-    for (_, p) in procs {
-        let inodes = listeners_by_ns.entry(p.netns).or_insert_with(|| {
-            sockets::namespace_listeners(&p)
-                .map(|ls| ls.into_iter().filter(|l| l.addr.port() == port).map(|l| l.inode).collect())
-                .unwrap_or_default()
-        });
-        if inodes.is_empty() {
-            continue;
-        }
-        if p.socket_fds().is_ok_and(|fds| fds.keys().any(|i| inodes.contains(i))) {
-            return Some(p.pid);
-        }
-    }
-    None
+    procs
+        .into_iter()
+        .find(|(_, p)| sockets::listening_sockets(p, &[port]).is_ok_and(|ls| !ls.is_empty()))
+        .map(|(_, p)| p.pid)
 }
 
 /// At start: promote the newest matching process of each group (policy

@@ -2,12 +2,7 @@
 //! `sock:inet_sock_set_state`, read through its ring buffer on a thread of its own.
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-        mpsc::Sender,
-    },
-    thread::JoinHandle,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -50,16 +45,18 @@ pub fn check_format(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The loaded watcher; dropping it detaches the tracepoint and stops the reader.
+/// The loaded watcher; dropping it detaches the tracepoint. The daemon's own
+/// thread waits on its ring buffer, so an event wakes exactly the thread that
+/// promotes (a reader thread in between cost a second wake-up, and under a
+/// reload's CPU load each wake-up can wait milliseconds).
 pub struct Watcher {
-    stop: Arc<AtomicBool>,
-    reader: Option<JoinHandle<()>>,
+    ring: RingBuf<MapData>,
     _ebpf: Ebpf,
 }
 
 impl Watcher {
-    /// Loads and attaches the watcher; events go to `tx`.
-    pub fn start(tx: Sender<Event>) -> anyhow::Result<Self> {
+    /// Loads and attaches the watcher.
+    pub fn start() -> anyhow::Result<Self> {
         let format = FORMATS
             .iter()
             .find_map(|p| std::fs::read_to_string(p).ok())
@@ -75,45 +72,30 @@ impl Watcher {
         prog.attach("sock", "inet_sock_set_state").context("attach to sock:inet_sock_set_state")?;
         let ring = RingBuf::try_from(ebpf.take_map(watch::EVENTS).context("events map missing")?)
             .context("events map is not a ring buffer")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let reader = std::thread::Builder::new()
-            .name("steer-watch".into())
-            .spawn(move || read_loop(ring, &tx, &flag))
-            .context("spawn the ring buffer reader")?;
-        Ok(Self { stop, reader: Some(reader), _ebpf: ebpf })
+        Ok(Self { ring, _ebpf: ebpf })
     }
-}
 
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-fn read_loop(mut ring: RingBuf<MapData>, tx: &Sender<Event>, stop: &AtomicBool) {
-    let fd = ring.as_fd().as_raw_fd();
-    while !stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd; a 100 ms timeout bounds how long stop waits.
-        unsafe { libc::poll(&raw mut pfd, 1, 100) };
-        while let Some(item) = ring.next() {
+    /// Waits up to `timeout` for events, then appends every event there is to `out`.
+    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<Event>) {
+        // Returns at once when unread events are waiting (the ring buffer's poll
+        // compares the consumer and producer positions).
+        let mut pfd = libc::pollfd { fd: self.ring.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        while let Some(item) = self.ring.next() {
             if item.len() < size_of::<ListenEvent>() {
                 continue;
             }
             // SAFETY: the program writes whole ListenEvents; read_unaligned copes
             // with the ring buffer's 8-byte alignment.
             let ev: ListenEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let event = match ev.kind {
-                watch::KIND_LISTEN => Event::Listen { pid: ev.pid, port: ev.port, ktime_ns: ev.ktime_ns },
-                watch::KIND_CLOSE => Event::Closed,
-                _ => continue,
-            };
-            if tx.send(event).is_err() {
-                return;
+            match ev.kind {
+                watch::KIND_LISTEN => {
+                    out.push(Event::Listen { pid: ev.pid, port: ev.port, ktime_ns: ev.ktime_ns });
+                }
+                watch::KIND_CLOSE => out.push(Event::Closed),
+                _ => {}
             }
         }
     }

@@ -23,7 +23,7 @@ const DAEMON_RELOADS: u32 = 300;
 const NO_GRACE_RELOADS: u32 = 100;
 const RELOAD_EVERY: Duration = Duration::from_millis(100);
 /// HAProxy's `grace`: how long an old process keeps accepting after a reload's signal.
-/// It only has to outlast the daemon's promotion (p99 under 5 ms in `cargo xtask bench`).
+/// It only has to outlast the daemon's promotion (p99 4-9 ms in `cargo xtask bench`).
 const GRACE: Duration = Duration::from_millis(100);
 /// The most failed requests tolerated over the reloads without `grace`: HAProxy closes
 /// connections it accepted just before its soft stop (0 to 3 per 300 reloads measured
@@ -338,10 +338,12 @@ fn nginx_lowering_workers_loses_nothing_with_steer() {
     let c = w.counters(PORT);
     print_figures(test, &report, Some(&c));
     eprintln!("{test}: {}", kernel_migrations(master));
-    // Known residue, not yet explained: one run in about seven saw a single
-    // connect reset (1 in 28,278) with every TcpExt counter at 0, so no queue
-    // migrated or overflowed. The test holds what is established and bounds the
-    // rest; see docs/haproxy.md, "Measured here", and the issue notes.
+    // Known residue: about one run in ten sees a single failed request (a connect
+    // reset once, an empty reply once, in about 20,000) with every TcpExt counter
+    // at 0, so no queue lost it. nginx's old and new workers share each socket, so
+    // steer cannot tell them apart; an old worker closing, as it shuts down, a
+    // connection it had just accepted would look like this (not proven). The test
+    // holds what is established and bounds the rest; see the README's limitations.
     assert_eq!(tcp_ext(master, "TCPMigrateReqFailure"), Some(0), "a queued connection failed to migrate");
     assert_eq!(tcp_ext(master, "ListenOverflows"), Some(0), "a listener overflowed");
     assert!(report.failed() <= NGINX_RESIDUE_BOUND, "{} failed requests: {report:#?}", report.failed());
