@@ -207,12 +207,12 @@ struct Pending {
     ktime: u64,
     /// The latest listening pid (0: only a close was seen; find the port's newest holder).
     pid: u32,
-    /// Attempts so far that found no listener to promote.
+    /// Attempts so far that failed.
     tries: u32,
 }
 
-/// Attempts for a new listener whose socket the promote did not find, while its
-/// process lives: the event can arrive before the socket is fully set up.
+/// Attempts to promote a new listener while its process lives: the event can
+/// arrive before the socket listens or has joined its reuseport group.
 const MAX_TRIES: u32 = 5;
 /// The first retry's delay; each next one waits twice as long (10 ms to 160 ms).
 const RETRY_AFTER: Duration = Duration::from_millis(10);
@@ -249,56 +249,46 @@ fn handle(
     for (pid, (entries, ktime)) in targets {
         let ports: Vec<u16> = entries.iter().map(|(port, _)| *port).collect();
         let scope = if opts.filter.ports.is_empty() { Vec::new() } else { ports.clone() };
-        let done = match opts.policy {
+        let result = match opts.policy {
             Policy::Newest => {
                 promote_one(state_dir, &opts.filter, stats, pid, scope, ports.first().copied(), ktime)
             }
             Policy::Manual => match attach::reattach(state_dir, pid, &scope) {
                 Ok(groups) => {
                     tracing::info!(pid, ?ports, reattached = ?groups, "new generation listening; not promoted (policy manual)");
-                    Done::Yes
+                    Ok(())
                 }
-                Err(e) => {
-                    tracing::warn!(pid, error = format!("{e:#}"), "re-attach failed");
-                    Done::Failed
-                }
+                Err(e) => Err(format!("{e:#}")),
             },
         };
-        if done != Done::NotFound || Process::open(pid).is_err() {
-            continue;
-        }
+        let Err(error) = result else { continue };
+        // The tracepoint fires as listen() begins: the socket may not be listening,
+        // or not yet in its reuseport group, when the daemon looks. While the
+        // process lives, look again a little later; then give up, loudly.
+        let alive = Process::open(pid).is_ok();
         for (port, p) in entries {
-            if p.tries + 1 < MAX_TRIES {
+            if alive && p.tries + 1 < MAX_TRIES {
                 let due = Instant::now() + RETRY_AFTER * 2_u32.pow(p.tries);
-                tracing::debug!(pid, port, tries = p.tries + 1, "no listener found yet; trying again");
+                tracing::debug!(pid, port, tries = p.tries + 1, error, "not promoted yet; trying again");
                 retries.push((port, Pending { due, tries: p.tries + 1, ..p }));
+            } else if alive && opts.policy == Policy::Manual {
+                tracing::warn!(pid, port, tries = MAX_TRIES, error, "re-attach failed");
+            } else if alive {
+                tracing::warn!(pid, port, tries = MAX_TRIES, error, "promote failed");
             } else {
-                tracing::warn!(
-                    pid,
-                    port,
-                    tries = MAX_TRIES,
-                    "a new listener was seen but its socket was never found; not promoted"
-                );
+                tracing::debug!(pid, port, error, "the new listener's process left");
             }
         }
     }
     retries
 }
 
-/// How handling a new listener ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Done {
-    Yes,
-    /// No listener to promote was found (the process may still be setting it up).
-    NotFound,
-    /// Refused or failed; logged.
-    Failed,
-}
-
 /// Promotes `pid` for `scope` (empty: all its ports). `trigger` is the port
 /// whose new listener led here: if the process is gone by now (daemonising
 /// servers listen, then fork and exit), the newest holder of that port is
-/// promoted instead, a few times at most.
+/// promoted instead, a few times at most. A live process whose listener is not
+/// found is an error (the caller tries again), never a reason to promote
+/// another, older holder.
 fn promote_one(
     state_dir: &Path,
     filter: &Filter,
@@ -307,7 +297,7 @@ fn promote_one(
     scope: Vec<u16>,
     trigger: Option<u16>,
     ktime: u64,
-) -> Done {
+) -> Result<(), String> {
     let mut pid = pid;
     for attempt in 0..4 {
         let request = promote::Request { pid, ports: scope.clone(), weight: 100, take_over: false };
@@ -322,7 +312,7 @@ fn promote_one(
                         tracing::debug!(pid, group = %c.group, "already active");
                     }
                 }
-                return Done::Yes;
+                return Ok(());
             }
             Err(
                 OpError::Proc(_)
@@ -332,25 +322,18 @@ fn promote_one(
                     | SocketError::Vanished { .. }
                     | SocketError::NoListeners { .. },
                 ),
-            ) if attempt < 3 => {
+            ) if attempt < 3 && Process::open(pid).is_err() => {
                 let next = trigger.and_then(|port| newest_listener(filter, port)).filter(|p| *p != pid);
                 let Some(next) = next else {
-                    tracing::debug!(
-                        pid,
-                        "no listener to promote: the process left, or has not finished listening"
-                    );
-                    return Done::NotFound;
+                    return Err(format!("process {pid} left and no other process holds the port"));
                 };
                 tracing::debug!(pid, next, "listener's process left; promoting the port's newest holder");
                 pid = next;
             }
-            Err(e) => {
-                tracing::warn!(pid, error = format!("{e:#}"), "promote failed");
-                return Done::Failed;
-            }
+            Err(e) => return Err(format!("{e:#}")),
         }
     }
-    Done::NotFound
+    Err(format!("process {pid} left, and so did the next holders of the port"))
 }
 
 /// The newest matching process holding a listener on `port`. Newest first, so
@@ -380,7 +363,11 @@ fn adopt(state_dir: &Path, opts: &Options, stats: &DaemonStats) {
         tracing::info!(pid, ?ports, "adopting");
         match opts.policy {
             Policy::Newest => {
-                promote_one(state_dir, &opts.filter, stats, pid, ports, None, monotonic_ns());
+                if let Err(error) =
+                    promote_one(state_dir, &opts.filter, stats, pid, ports, None, monotonic_ns())
+                {
+                    tracing::warn!(pid, error, "promote failed");
+                }
             }
             Policy::Manual => {
                 if let Err(e) = attach::reattach(state_dir, pid, &ports) {
