@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -92,7 +92,13 @@ pub(super) fn work(index: usize, cfg: &LoadConfig, shared: &Shared, deadline: In
         let elapsed = started.elapsed();
         let mut tally = shared.lock_tally(index);
         tally.requests += 1;
-        let failure = match result.map(|()| classify(cfg.protocol, &buf)) {
+        // The client's own address names the connection in a failure message, so that
+        // it can be found in a server's log or a packet capture.
+        let from = match &result {
+            Ok(local) => format!(" (from {local})"),
+            Err(_) => String::new(),
+        };
+        let failure = match result.map(|_| classify(cfg.protocol, &buf)) {
             Ok(Verdict::Ok(answer)) => {
                 tally.ok += 1;
                 match tally.by_generation.get_mut(answer.generation) {
@@ -108,8 +114,8 @@ pub(super) fn work(index: usize, cfg: &LoadConfig, shared: &Shared, deadline: In
                 tally.latency_us.record(micros);
                 continue;
             }
-            Ok(Verdict::Short(why)) => (Failure::Short, why.to_owned()),
-            Ok(Verdict::Bad(why)) => (Failure::Bad, why),
+            Ok(Verdict::Short(why)) => (Failure::Short, format!("{why}{from}")),
+            Ok(Verdict::Bad(why)) => (Failure::Bad, format!("{why}{from}")),
             Err(failure) => failure,
         };
         tally.count_failure(failure.0);
@@ -119,7 +125,8 @@ pub(super) fn work(index: usize, cfg: &LoadConfig, shared: &Shared, deadline: In
 }
 
 /// One request: connect, send (HTTP), read until EOF into `buf`, all within the timeout.
-fn request(cfg: &LoadConfig, buf: &mut Vec<u8>) -> Result<(), (Failure, String)> {
+/// Returns the client's local address; an error after connect names it too.
+fn request(cfg: &LoadConfig, buf: &mut Vec<u8>) -> Result<SocketAddr, (Failure, String)> {
     buf.clear();
     let deadline = Instant::now() + cfg.timeout;
     let mut stream = TcpStream::connect_timeout(&cfg.target, cfg.timeout).map_err(|e| {
@@ -130,27 +137,29 @@ fn request(cfg: &LoadConfig, buf: &mut Vec<u8>) -> Result<(), (Failure, String)>
         };
         (class, format!("connect: {e}"))
     })?;
+    let local = stream.local_addr().map_err(|e| io_failure("getsockname", &e))?;
+    let from = |(class, message): (Failure, String)| (class, format!("{message} (from {local})"));
     if cfg.protocol == Protocol::Http {
         stream
             .set_write_timeout(Some(cfg.timeout))
             .and_then(|()| stream.write_all(HTTP_REQUEST))
-            .map_err(|e| io_failure("write", &e))?;
+            .map_err(|e| from(io_failure("write", &e)))?;
     }
     let mut chunk = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err((Failure::Timeout, format!("read: no EOF within {:?}", cfg.timeout)));
+            return Err(from((Failure::Timeout, format!("read: no EOF within {:?}", cfg.timeout))));
         }
-        stream.set_read_timeout(Some(left)).map_err(|e| io_failure("read", &e))?;
+        stream.set_read_timeout(Some(left)).map_err(|e| from(io_failure("read", &e)))?;
         match stream.read(&mut chunk) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(local),
             Ok(n) if buf.len() + n > MAX_REPLY => {
-                return Err((Failure::Bad, format!("reply longer than {MAX_REPLY} bytes")));
+                return Err(from((Failure::Bad, format!("reply longer than {MAX_REPLY} bytes"))));
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_failure("read", &e)),
+            Err(e) => return Err(from(io_failure("read", &e))),
         }
     }
 }
