@@ -1,6 +1,8 @@
 //! A driver for HAProxy (Debian's 2.6) inside a network namespace: daemon mode reloaded
-//! with `-sf` (a new process and a new socket per reload) or master-worker mode reloaded
-//! with SIGUSR2 (a new worker that inherits the same socket).
+//! with `-sf` (a new process and a new socket per reload), `-st` (the old process stops at
+//! once) or `-sf -x` (the new process takes the old one's sockets), or master-worker mode
+//! reloaded with SIGUSR2 (a new worker that inherits the same socket). The e2e tests and
+//! `cargo xtask bench` both drive HAProxy through it.
 //!
 //! Every reply is `gen=g<N> pid=<PID>`, where `N` counts reloads: the config is rewritten
 //! before each reload with the new name, because a master-worker reload re-executes the
@@ -26,10 +28,19 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum Mode {
     /// `haproxy -D`; reload starts a new process with `-sf OLD`, which binds its own socket.
     Daemon,
+    /// `haproxy -D`; reload starts a new process with `-st OLD`: the old one stops at once,
+    /// open connections and all.
+    DaemonHardRestart,
+    /// `haproxy -D`; reload starts a new process with `-sf OLD -x ADMIN`, which takes the old
+    /// one's listeners over the admin socket (`expose-fd listeners`).
+    DaemonSocketTransfer,
     /// `haproxy -W -D`; reload is SIGUSR2 to the master, whose new worker gets the old
     /// worker's socket over the master's socketpair.
     MasterWorker,
 }
+
+/// The signal that reloads a master-worker HAProxy.
+const SIGUSR2: u32 = 12;
 
 /// A running HAProxy; every process it started is stopped on drop.
 #[derive(Debug)]
@@ -38,8 +49,8 @@ pub struct Haproxy<'ns> {
     dir: PathBuf,
     mode: Mode,
     port: u16,
-    /// HAProxy's global `grace`, if set.
-    grace: Option<Duration>,
+    /// Lines added to the config's `global` section.
+    global: Vec<String>,
     /// Reloads done; the current generation is `g<reloads>`.
     reloads: u32,
     /// The process serving now (daemon: the pidfile's; master-worker: the newest worker).
@@ -59,29 +70,29 @@ impl<'ns> Haproxy<'ns> {
     ///
     /// When the config cannot be written, HAProxy fails to start, or is not ready in 10 s.
     pub fn start(ns: &'ns NetNs, dir: &Path, mode: Mode, port: u16) -> anyhow::Result<Haproxy<'ns>> {
-        Haproxy::start_with_grace(ns, dir, mode, port, None)
+        Haproxy::start_with(ns, dir, mode, port, &[])
     }
 
-    /// [`Haproxy::start`] with HAProxy's global `grace` set: after a reload's signal the
-    /// old process keeps accepting for that long before it soft-stops (see
-    /// [`render_config`]).
+    /// [`Haproxy::start`] with `global` added to the config's global section, e.g.
+    /// `grace 100ms`: after a reload's signal the old process keeps accepting for that long
+    /// before it soft-stops (see [`render_config`]).
     ///
     /// # Errors
     ///
     /// As [`Haproxy::start`].
-    pub fn start_with_grace(
+    pub fn start_with(
         ns: &'ns NetNs,
         dir: &Path,
         mode: Mode,
         port: u16,
-        grace: Option<Duration>,
+        global: &[&str],
     ) -> anyhow::Result<Haproxy<'ns>> {
         let mut hap = Haproxy {
             ns,
             dir: dir.to_owned(),
             mode,
             port,
-            grace,
+            global: global.iter().map(|line| (*line).to_owned()).collect(),
             reloads: 0,
             pid: 0,
             master: 0,
@@ -98,8 +109,8 @@ impl<'ns> Haproxy<'ns> {
         hap.master = wait_for("haproxy to write its pidfile", READY_TIMEOUT, || Ok(read_pidfile(&pidfile)))?;
         hap.seen.push(hap.master);
         hap.pid = match mode {
-            Mode::Daemon => hap.wait_listening(hap.master)?,
             Mode::MasterWorker => hap.wait_new_worker(&[])?,
+            _ => hap.wait_listening(hap.master)?,
         };
         hap.seen.push(hap.pid);
         probe(ns, port)?;
@@ -126,9 +137,9 @@ impl<'ns> Haproxy<'ns> {
         generation_name(self.reloads)
     }
 
-    /// Reloads, returning the new serving pid once it holds the listener. Daemon: starts
-    /// `haproxy -D ... -sf OLD` and waits for the pidfile to change; master-worker: SIGUSR2
-    /// to the master, and waits for a new worker.
+    /// Reloads, returning the new serving pid once it holds the listener. Daemon modes:
+    /// start `haproxy -D ... -sf|-st OLD [-x ADMIN]` and wait for the pidfile to change;
+    /// master-worker: SIGUSR2 to the master, and wait for a new worker.
     ///
     /// # Errors
     ///
@@ -138,10 +149,14 @@ impl<'ns> Haproxy<'ns> {
         self.reloads += 1;
         self.write_config()?;
         let new = match self.mode {
-            Mode::Daemon => {
+            Mode::Daemon | Mode::DaemonHardRestart | Mode::DaemonSocketTransfer => {
                 let old = self.pid;
                 let mut cmd = self.haproxy_command();
-                cmd.arg("-sf").arg(old.to_string());
+                let stop = if self.mode == Mode::DaemonHardRestart { "-st" } else { "-sf" };
+                cmd.arg(stop).arg(old.to_string());
+                if self.mode == Mode::DaemonSocketTransfer {
+                    cmd.arg("-x").arg(admin_socket(&self.dir));
+                }
                 self.run_foreground(cmd).with_context(|| format!("reload {} of haproxy", self.reloads))?;
                 let pidfile = self.pidfile();
                 let new = wait_for("the pidfile to name a new haproxy", READY_TIMEOUT, || {
@@ -155,8 +170,16 @@ impl<'ns> Haproxy<'ns> {
             Mode::MasterWorker => {
                 let before: Vec<u32> = children(self.master, "haproxy")?.iter().map(|c| c.0).collect();
                 signal(self.master, Signal::USR2).context("SIGUSR2 to the haproxy master")?;
-                self.wait_new_worker(&before)
-                    .with_context(|| format!("reload {} of haproxy (SIGUSR2)", self.reloads))?
+                let new = self
+                    .wait_new_worker(&before)
+                    .with_context(|| format!("reload {} of haproxy (SIGUSR2)", self.reloads))?;
+                // The master forks the new worker before it is done starting, and a SIGUSR2
+                // sent before it catches the signal again can go unanswered: under load,
+                // without this wait, one reload in three of the bench's never made a worker.
+                wait_for("the haproxy master to catch SIGUSR2 again", READY_TIMEOUT, || {
+                    Ok(catches(self.master, SIGUSR2).then_some(()))
+                })?;
+                new
             }
         };
         self.pid = new;
@@ -177,7 +200,8 @@ impl<'ns> Haproxy<'ns> {
 
     /// Writes the config for the current generation (to a temporary file, then renamed).
     fn write_config(&self) -> anyhow::Result<()> {
-        let text = render_config(&self.dir, self.port, &self.generation(), self.grace);
+        let global: Vec<&str> = self.global.iter().map(String::as_str).collect();
+        let text = render_config(&self.dir, self.port, &self.generation(), &global);
         let tmp = self.dir.join("haproxy.cfg.tmp");
         std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, self.config_path())
@@ -236,27 +260,52 @@ pub fn generation_name(n: u32) -> String {
     format!("g{n}")
 }
 
+/// The admin socket of the config in `dir`, which exposes the listeners' descriptors.
+fn admin_socket(dir: &Path) -> PathBuf {
+    dir.join("admin.sock")
+}
+
+/// Whether `pid` catches `signal` and does not block it now (`SigCgt` and `SigBlk` of
+/// `/proc/PID/status`, bit `signal - 1`); false when unreadable.
+fn catches(pid: u32, signal: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .map(|mask| mask >> (signal - 1) & 1 == 1)
+    };
+    mask("SigCgt:") == Some(true) && mask("SigBlk:") == Some(false)
+}
+
 /// The HAProxy config: a frontend on `127.0.0.1:port` that answers every request itself
 /// with `gen=<generation> pid=<PID>`, and an admin socket in `dir` that exposes the
-/// listeners' descriptors.
+/// listeners' descriptors. `global` lines are added to the global section.
 ///
-/// `grace`: at a soft stop HAProxy closes its idle frontend connections, and a connection
-/// it accepted a moment before, whose request is still on the way, counts as idle: its
-/// client gets a reset (TcpExt TCPAbortOnData). No listener is involved, so steer cannot
-/// prevent it by itself. With `grace`, the old process keeps accepting for that long after
-/// the reload's signal, while steer sends new connections to the new process; when the
-/// old one stops, nothing it holds is that fresh. See docs/haproxy.md.
+/// HAProxy's internal HTTP client (unused here) would load the system's CA files at every
+/// start, most of a start's 70 ms of CPU; `httpclient.ssl.verify none` skips that, so a
+/// reload competes less with the load.
+///
+/// `grace` (a `global` line the daemon-mode tests add): at a soft stop HAProxy closes its
+/// idle frontend connections, and a connection it accepted a moment before, whose request
+/// is still on the way, counts as idle: its client gets a reset (TcpExt TCPAbortOnData).
+/// No listener is involved, so steer cannot prevent it by itself. With `grace`, the old
+/// process keeps accepting for that long after the reload's signal, while steer sends new
+/// connections to the new process; when the old one stops, nothing it holds is that
+/// fresh. See docs/haproxy.md.
 #[must_use]
-pub fn render_config(dir: &Path, port: u16, generation: &str, grace: Option<Duration>) -> String {
-    let admin = dir.join("admin.sock");
-    let grace = grace.map(|g| format!("    grace {}ms\n", g.as_millis())).unwrap_or_default();
+pub fn render_config(dir: &Path, port: u16, generation: &str, global: &[&str]) -> String {
+    let admin = admin_socket(dir);
+    let global: String = global.iter().map(|line| format!("    {line}\n")).collect();
     format!(
         "# written by steer-tests
 global
     # The default maxconn would raise RLIMIT_NOFILE above what a test environment allows.
     maxconn 4000
     stats socket {admin} mode 600 level admin expose-fd listeners
-{grace}
+    httpclient.ssl.verify none
+{global}
 defaults
     mode http
     timeout connect 5s
@@ -274,20 +323,19 @@ frontend steer_test
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::time::Duration;
 
     use super::{generation_name, render_config};
 
     #[test]
     fn config_answers_with_the_generation_and_limits_maxconn() {
-        let cfg = render_config(Path::new("/tmp/x"), 8080, &generation_name(3), None);
+        let cfg = render_config(Path::new("/tmp/x"), 8080, &generation_name(3), &[]);
         assert!(cfg.contains("\n    maxconn 4000\n"), "{cfg}");
         assert!(cfg.contains("stats socket /tmp/x/admin.sock mode 600 level admin expose-fd listeners"));
         assert!(cfg.contains("\n    bind 127.0.0.1:8080\n"), "{cfg}");
         assert!(cfg.contains(r#"lf-string "gen=g3 pid=%pid\n""#), "{cfg}");
         assert!(!cfg.contains("noreuseport"));
         assert!(!cfg.contains("grace"), "{cfg}");
-        let cfg = render_config(Path::new("/tmp/x"), 8080, "g0", Some(Duration::from_millis(100)));
-        assert!(cfg.contains("\n    grace 100ms\n"), "{cfg}");
+        let cfg = render_config(Path::new("/tmp/x"), 8080, "g0", &["grace 100ms", "hard-stop-after 10s"]);
+        assert!(cfg.contains("\n    grace 100ms\n    hard-stop-after 10s\n"), "{cfg}");
     }
 }

@@ -15,7 +15,6 @@
 mod chart;
 mod cli;
 mod daemon;
-mod haproxy;
 mod latency;
 mod matrix;
 mod memory;
@@ -79,6 +78,20 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A fresh `target/bench/haproxy-<tag>` for an HAProxy's config, pidfile and log; the
+    /// log stays there after the run.
+    pub fn haproxy_dir(&self, tag: &str) -> Result<PathBuf> {
+        let dir = self.out_dir.join(format!("haproxy-{tag}"));
+        match fs::remove_dir_all(&dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err).with_context(|| format!("could not remove {}", dir.display()));
+            }
+            _ => {}
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// The built `steer` with a fresh state directory of the bench's own, removed on drop.
     pub fn steer(&self) -> Result<Steer> {
         let state_dir = PathBuf::from(format!("/sys/fs/bpf/steer-bench-{}", std::process::id()));
@@ -125,6 +138,14 @@ impl Row {
         self.target = Some(Target { text: text.into(), met });
         self
     }
+}
+
+/// `HAProxy 2.6.12-1+deb12u4`, from `haproxy -v`.
+pub fn haproxy_version() -> Result<String> {
+    let text = crate::util::output(crate::util::cmd("haproxy").arg("-v"))
+        .context("HAProxy is needed (cargo xtask setup)")?;
+    // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"
+    Ok(format!("HAProxy {}", text.split_whitespace().nth(2).unwrap_or("(version unknown)")))
 }
 
 /// Nearest-rank percentiles of a sample.

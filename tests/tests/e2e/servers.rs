@@ -148,8 +148,10 @@ struct Run {
 /// queue-loss counters.
 fn daemon_reloads(test: &str, w: &World, run: &Run) -> (LoadReport, String, Option<Daemon>, QueueLoss) {
     let dir = Scratch::new(w);
-    let mut hap = Haproxy::start_with_grace(&w.ns, dir.path(), Mode::Daemon, PORT, run.grace)
-        .expect("start haproxy -D");
+    let grace = run.grace.map(|g| format!("grace {}ms", g.as_millis()));
+    let global: Vec<&str> = grace.iter().map(String::as_str).collect();
+    let mut hap =
+        Haproxy::start_with(&w.ns, dir.path(), Mode::Daemon, PORT, &global).expect("start haproxy -D");
     let metrics = run.steer_metrics;
     let daemon = metrics.map(|port| {
         let addr = format!("127.0.0.1:{port}");

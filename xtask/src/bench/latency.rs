@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use steer_harness::{
+    haproxy::{Haproxy, Mode},
     load::{self, LoadConfig, Protocol},
     netns::NetNs,
 };
@@ -15,7 +16,6 @@ use steer_harness::{
 use super::{
     Ctx, Findings, Row, Section, Summary,
     daemon::{self, Daemon},
-    haproxy::{self, Haproxy, Reload},
 };
 use crate::util::ms;
 
@@ -37,14 +37,13 @@ const TARGET_P99_US: u64 = 5_000;
 
 fn run(ctx: &Ctx) -> Result<Findings> {
     let reloads: u32 = if ctx.quick { 20 } else { 200 };
-    let version = haproxy::version()?;
+    let version = super::haproxy_version()?;
     let steer = ctx.steer()?;
     let ns = NetNs::new("benchlat")?;
-    let mut hap = Haproxy::start(&ns, "latency", PORT, Reload::Soft, |_| {
-        // Unloaded CA files start HAProxy faster; `grace` as docs/haproxy.md recommends,
-        // so that quick mode's zero-failure check holds.
-        haproxy::config(PORT, &["httpclient.ssl.verify none", "grace 100ms"])
-    })?;
+    // `grace` as docs/haproxy.md recommends, so that quick mode's zero-failure check holds.
+    let dir = ctx.haproxy_dir("latency")?;
+    let mut hap =
+        Haproxy::start_with(&ns, &dir, Mode::Daemon, PORT, &["grace 100ms"]).context("starting HAProxy")?;
     // The serving pid after the start and after each reload.
     let mut pids = vec![hap.pid()];
     let netns = ns.path();

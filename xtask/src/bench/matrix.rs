@@ -15,11 +15,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
+use steer_harness::haproxy::Mode as HaproxyMode;
 
-use super::{
-    Ctx, Findings, Row, Section, chart,
-    haproxy::{self, Reload},
-};
+use super::{Ctx, Findings, Row, Section, chart};
 use mode::Outcome;
 
 pub const SECTION: Section =
@@ -41,8 +39,8 @@ pub struct Mode {
     pub key: &'static str,
     /// What it does, for `matrix.md`.
     pub what: &'static str,
-    /// `None`: no reload at all (the baseline).
-    pub reload: Option<Reload>,
+    /// How HAProxy runs and reloads; `None`: daemon mode, never reloaded (the baseline).
+    pub reload: Option<HaproxyMode>,
     /// `net.ipv4.tcp_migrate_req=1` in the mode's namespace.
     pub migrate_req: bool,
     /// `steer daemon --comm haproxy` runs through the mode.
@@ -64,7 +62,7 @@ const MODES: &[Mode] = &[
     Mode {
         key: "hard_restart",
         what: "a new `haproxy -D` with `-st OLD`: the old process stops at once",
-        reload: Some(Reload::HardRestart),
+        reload: Some(HaproxyMode::DaemonHardRestart),
         migrate_req: false,
         steer: false,
         lossless: false,
@@ -72,7 +70,7 @@ const MODES: &[Mode] = &[
     Mode {
         key: "plain_reload",
         what: "a new `haproxy -D` with `-sf OLD`: a socket of its own, the old one finishes",
-        reload: Some(Reload::Soft),
+        reload: Some(HaproxyMode::Daemon),
         migrate_req: false,
         steer: false,
         lossless: false,
@@ -80,7 +78,7 @@ const MODES: &[Mode] = &[
     Mode {
         key: "socket_transfer",
         what: "`-sf OLD -x ADMIN_SOCK`: the listeners pass over the admin socket",
-        reload: Some(Reload::SocketTransfer),
+        reload: Some(HaproxyMode::DaemonSocketTransfer),
         migrate_req: false,
         steer: false,
         lossless: true,
@@ -88,7 +86,7 @@ const MODES: &[Mode] = &[
     Mode {
         key: "kernel_migration",
         what: "`-sf OLD` with `net.ipv4.tcp_migrate_req=1` in the namespace",
-        reload: Some(Reload::Soft),
+        reload: Some(HaproxyMode::Daemon),
         migrate_req: true,
         steer: false,
         lossless: false,
@@ -96,7 +94,7 @@ const MODES: &[Mode] = &[
     Mode {
         key: "steer_daemon",
         what: "`-sf OLD` with `steer daemon --comm haproxy` promoting each new process",
-        reload: Some(Reload::Soft),
+        reload: Some(HaproxyMode::Daemon),
         migrate_req: false,
         steer: true,
         lossless: true,
@@ -104,7 +102,7 @@ const MODES: &[Mode] = &[
     Mode {
         key: "master_worker",
         what: "`haproxy -W -D`, reloaded with SIGUSR2 to the master (a new worker, same sockets)",
-        reload: Some(Reload::MasterWorker),
+        reload: Some(HaproxyMode::MasterWorker),
         migrate_req: false,
         steer: false,
         lossless: false,
@@ -112,7 +110,7 @@ const MODES: &[Mode] = &[
     Mode {
         key: "master_worker_steer",
         what: "master-worker as above, with `steer daemon --comm haproxy`",
-        reload: Some(Reload::MasterWorker),
+        reload: Some(HaproxyMode::MasterWorker),
         migrate_req: false,
         steer: true,
         lossless: true,
@@ -121,7 +119,7 @@ const MODES: &[Mode] = &[
 
 fn run(ctx: &Ctx) -> Result<Findings> {
     let duration = if ctx.quick { DURATION_QUICK } else { DURATION };
-    let version = haproxy::version()?;
+    let version = super::haproxy_version()?;
     let mut findings = Findings {
         setup: format!(
             "{version}; {} modes, each in a fresh netns for {} s: {CONCURRENCY} closed-loop HTTP \

@@ -71,8 +71,7 @@ struct Phase {
 fn run(ctx: &Ctx) -> Result<Findings> {
     let (rounds, phase_len, cost_len) =
         if ctx.quick { (ROUNDS.1, PHASE.1, COST_PHASE.1) } else { (ROUNDS.0, PHASE.0, COST_PHASE.0) };
-    let dir = ctx.out_dir.join("overhead-haproxy");
-    fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let dir = ctx.haproxy_dir("overhead")?;
     let steer = ctx.steer()?;
     let ns = NetNs::new("benchovh")?;
     let haproxy = Haproxy::start(&ns, &dir, Mode::Daemon, PORT).context("starting HAProxy")?;
@@ -318,7 +317,7 @@ fn findings(ctx: &Ctx, rounds: usize, phase_len: Duration, phases: &[Phase], cos
             "ns_per_run": TARGET_NS_PER_RUN,
             "ns_per_run_met": ns_per_run.map(|ns| ns <= TARGET_NS_PER_RUN),
         },
-        "haproxy_log": ctx.out_dir.join("overhead-haproxy").join("haproxy.log"),
+        "haproxy_log": ctx.out_dir.join("haproxy-overhead").join("haproxy.log"),
     });
     findings.data = data.as_object().cloned().unwrap_or_default();
     findings

@@ -2,13 +2,14 @@
 //! modes), the load, and the reload schedule; and what it measured.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 use steer_harness::{
+    haproxy::{Haproxy, Mode as HaproxyMode},
     load::{self, LoadConfig, LoadHandle, LoadReport, Protocol},
     netns::NetNs,
     procfs,
@@ -19,7 +20,6 @@ use crate::{
     bench::{
         Ctx, Summary, chart,
         daemon::{self, Daemon},
-        haproxy::{self, Haproxy, Reload},
     },
     util::ms,
 };
@@ -33,18 +33,12 @@ const PROGRESS: Duration = Duration::from_secs(5);
 /// Reload errors kept for the report.
 const FIRST_ERRORS: usize = 5;
 
-/// The config every mode runs ([`haproxy::config`]), with an admin socket that exposes the
-/// listeners for `-x`, old processes stopped 10 s after a reload at the latest, and the
-/// system's CA certificates left unloaded: HAProxy's internal HTTP client (unused here)
-/// loads them by default, which is most of a start's 70 ms of CPU, and a reload competes
-/// with the load for CPU. And `grace 100ms`, which docs/haproxy.md recommends with steer:
+/// What every mode adds to the harness's HAProxy config: old processes stopped 10 s after
+/// a reload at the latest, and `grace 100ms`, which docs/haproxy.md recommends with steer:
 /// an old process keeps accepting that long after its soft-stop signal, so that it does
-/// not close connections it has just accepted. Every mode gets it, so that the modes
+/// not close connections it has just accepted. Every mode gets both, so that the modes
 /// differ only in how they reload.
-fn config(admin: &Path) -> String {
-    let socket = format!("stats socket {} mode 600 level admin expose-fd listeners", admin.display());
-    haproxy::config(PORT, &[&socket, "hard-stop-after 10s", "httpclient.ssl.verify none", "grace 100ms"])
-}
+const GLOBAL: &[&str] = &["hard-stop-after 10s", "grace 100ms"];
 
 /// What one mode measured.
 pub struct Outcome {
@@ -86,7 +80,9 @@ pub fn run(ctx: &Ctx, mode: &'static Mode, duration: Duration) -> Result<Outcome
     if mode.migrate_req {
         ns.set_sysctl("net.ipv4.tcp_migrate_req", "1")?;
     }
-    let mut hap = Haproxy::start(&ns, mode.key, PORT, mode.reload.unwrap_or(Reload::Soft), config)?;
+    let dir = ctx.haproxy_dir(&format!("matrix-{}", mode.key))?;
+    let haproxy_mode = mode.reload.unwrap_or(HaproxyMode::Daemon);
+    let mut hap = Haproxy::start_with(&ns, &dir, haproxy_mode, PORT, GLOBAL).context("starting HAProxy")?;
     let steer = if mode.steer { Some(ctx.steer()?) } else { None };
     let log_path = ctx.out_dir.join(format!("daemon-matrix-{}.log", mode.key));
     let mut daemon = match &steer {
