@@ -101,13 +101,8 @@ fn held_listeners(process: &Process, fds: &HashMap<u64, u32>) -> Result<Vec<List
     let pidfd = open_pidfd(pid)?;
     let mut out = Vec::new();
     for (&inode, &fd) in fds {
-        let dup = match pidfd_getfd(&pidfd, fd as i32, PidfdGetfdFlags::empty()) {
-            Ok(dup) => dup,
-            Err(e) if e == rustix::io::Errno::PERM || e == rustix::io::Errno::ACCESS => {
-                return Err(SocketError::NoPtrace { pid });
-            }
-            Err(e) if e == rustix::io::Errno::SRCH => return Err(SocketError::Vanished { pid }),
-            Err(_) => continue, // closed since /proc was read
+        let Ok(dup) = getfd(&pidfd, pid, fd)? else {
+            continue; // closed since /proc was read
         };
         let tcp = getsockopt_u32(dup.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL)
             .is_ok_and(|p| p == libc::IPPROTO_TCP as u32);
@@ -141,14 +136,7 @@ pub fn duplicate(process: &Process, sockets: &[(u32, Listener)]) -> Result<Vec<C
     for (fd, listener) in sockets {
         let fd = *fd;
         let sys = |what| move |source| SocketError::Sys { what, pid, fd, source };
-        let dup = match pidfd_getfd(&pidfd, fd as i32, PidfdGetfdFlags::empty()) {
-            Ok(dup) => dup,
-            Err(e) if e == rustix::io::Errno::PERM || e == rustix::io::Errno::ACCESS => {
-                return Err(SocketError::NoPtrace { pid });
-            }
-            Err(e) if e == rustix::io::Errno::SRCH => return Err(SocketError::Vanished { pid }),
-            Err(e) => return Err(sys("pidfd_getfd")(e.into())),
-        };
+        let dup = getfd(&pidfd, pid, fd)?.map_err(|e| sys("pidfd_getfd")(e.into()))?;
         if !rustix::net::sockopt::socket_acceptconn(&dup).map_err(|e| sys("SO_ACCEPTCONN")(e.into()))? {
             continue; // stopped listening since the dump
         }
@@ -177,6 +165,19 @@ pub fn duplicate(process: &Process, sockets: &[(u32, Listener)]) -> Result<Vec<C
         });
     }
     Ok(out)
+}
+
+/// A duplicate of descriptor `fd` of process `pid` (through its `pidfd`). The outer error
+/// is one a user can act on (no ptrace rights, the process exited); the inner one any
+/// other failure, such as a descriptor closed meanwhile, for the caller to judge.
+fn getfd(pidfd: &OwnedFd, pid: u32, fd: u32) -> Result<Result<OwnedFd, rustix::io::Errno>, SocketError> {
+    match pidfd_getfd(pidfd, fd as i32, PidfdGetfdFlags::empty()) {
+        Err(e) if e == rustix::io::Errno::PERM || e == rustix::io::Errno::ACCESS => {
+            Err(SocketError::NoPtrace { pid })
+        }
+        Err(e) if e == rustix::io::Errno::SRCH => Err(SocketError::Vanished { pid }),
+        other => Ok(other),
+    }
 }
 
 /// A pidfd for `pid`, with the errors a user can act on.
