@@ -233,7 +233,7 @@ fn handle(
             && Process::open(p.pid)
                 .is_ok_and(|p| opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns));
         let found = if alive {
-            Some(forked_child(p.pid).unwrap_or(p.pid))
+            Some(forked_child(p.pid, port).unwrap_or(p.pid))
         } else {
             newest_listener(&opts.filter, port)
         };
@@ -378,17 +378,26 @@ fn adopt(state_dir: &Path, opts: &Options, stats: &DaemonStats) {
     }
 }
 
-/// The youngest child of `pid` with the same name: a daemonising server
-/// (HAProxy `-D`) listens, then forks the process that serves and exits.
-/// Read from `/proc/PID/task/PID/children`, so it costs one small read.
-fn forked_child(pid: u32) -> Option<u32> {
+/// The youngest child of `pid` with the same name, if it holds the parent's
+/// listeners on `port`: a daemonising server (HAProxy `-D`) listens, then forks
+/// the process that serves and exits. Found from `/proc/PID/task/PID/children`.
+fn forked_child(pid: u32, port: u16) -> Option<u32> {
     let comm = crate::proc::comm(pid)?;
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children
+    let child = children
         .split_whitespace()
         .filter_map(|c| c.parse::<u32>().ok())
         .filter(|c| crate::proc::comm(*c).as_deref() == Some(comm.as_str()))
-        .max()
+        .max()?;
+    // Only a child that holds every listener its parent holds on the port: the serving
+    // process of a daemonising server, not an older worker of a master (nginx) that has
+    // just opened more sockets and not yet forked the workers for them.
+    let listeners = |pid: u32| -> Option<BTreeSet<u64>> {
+        let process = Process::open(pid).ok()?;
+        let found = sockets::listening_sockets(&process, &[port]).ok()?;
+        Some(found.into_iter().map(|(_, l)| l.inode).collect())
+    };
+    listeners(pid)?.is_subset(&listeners(child)?).then_some(child)
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
