@@ -6,7 +6,10 @@
 //! the values read from the kernel maps instead of being incremented here.
 use std::{
     collections::BTreeMap,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -32,12 +35,31 @@ pub struct DaemonStats {
     pub started: Instant,
     /// Promotions per group label (e.g. `127.0.0.1:8080`).
     promotions: Mutex<BTreeMap<String, u64>>,
+    /// Listener events read from the tracepoint's ring buffer: listen, close.
+    events: [AtomicU64; 2],
 }
 
 impl DaemonStats {
     #[must_use]
     pub fn new() -> Self {
-        Self { started: Instant::now(), promotions: Mutex::new(BTreeMap::new()) }
+        Self {
+            started: Instant::now(),
+            promotions: Mutex::new(BTreeMap::new()),
+            events: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Counts listener events read from the ring buffer: `listen` sockets that
+    /// started listening, `close` listeners that closed.
+    pub fn record_events(&self, listen: u64, close: u64) {
+        self.events[0].fetch_add(listen, Ordering::Relaxed);
+        self.events[1].fetch_add(close, Ordering::Relaxed);
+    }
+
+    /// Listener events so far: (listen, close).
+    #[must_use]
+    pub fn events(&self) -> (u64, u64) {
+        (self.events[0].load(Ordering::Relaxed), self.events[1].load(Ordering::Relaxed))
     }
 
     /// Counts one promotion of `group` (its address label, e.g. `127.0.0.1:8080`).
@@ -84,6 +106,11 @@ struct SocketLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PromotionLabels {
     group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,6 +181,11 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
     migrate.get_or_create(&ResultLabels { result: "success" }).inc_by(success);
     migrate.get_or_create(&ResultLabels { result: "failure" }).inc_by(failure);
 
+    let events = Family::<KindLabels, Counter>::default();
+    let (listen, close) = stats.events();
+    events.get_or_create(&KindLabels { kind: "listen" }).inc_by(listen);
+    events.get_or_create(&KindLabels { kind: "close" }).inc_by(close);
+
     let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     uptime.set(stats.started.elapsed().as_secs_f64());
     let group_count = Gauge::<i64>::default();
@@ -181,6 +213,11 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
         "kernel_tcp_migrate_req",
         "Requests the kernel migrated from a closing listener, this daemon's netns (TcpExt TCPMigrateReq*)",
         migrate,
+    );
+    registry.register(
+        "daemon_listener_events",
+        "Listener events the daemon read from its tracepoint (0 when polling)",
+        events,
     );
     registry.register_with_unit("daemon_uptime", "Time since the daemon started", Unit::Seconds, uptime);
     registry.register("groups", "Steered reuseport groups", group_count);

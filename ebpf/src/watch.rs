@@ -1,5 +1,5 @@
 //! The listener watcher: a tracepoint on `sock:inet_sock_set_state` that reports
-//! every TCP socket entering or leaving TCP_LISTEN, with the caller's pid, to the
+//! every TCP socket entering TCP_LISTEN or closing from it, with the caller's pid, to the
 //! daemon through a ring buffer. It only observes; it never changes a socket.
 //! Field offsets are those of /sys/kernel/tracing/events/sock/inet_sock_set_state/format
 //! (include/trace/events/sock.h); the daemon checks them before it loads this.
@@ -42,7 +42,10 @@ fn try_watch(ctx: &TracePointContext) -> Result<(), ()> {
     let new: i32 = unsafe { ctx.read_at(NEWSTATE) }.map_err(|_| ())?;
     let kind = if new == watch::TCP_LISTEN {
         watch::KIND_LISTEN
-    } else if old == watch::TCP_LISTEN {
+    } else if old == watch::TCP_LISTEN && new == watch::TCP_CLOSE {
+        // Only a listener closing. A new connection's child socket is cloned from
+        // its listener, state included, and then set to TCP_SYN_RECV: reporting
+        // that would wake the daemon at every connection.
         watch::KIND_CLOSE
     } else {
         return Ok(());

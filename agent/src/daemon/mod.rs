@@ -111,6 +111,8 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
             Some(w) => w.wait(wake.saturating_duration_since(now), &mut events),
             None => std::thread::sleep(wake.saturating_duration_since(now)),
         }
+        let listens = events.iter().filter(|e| matches!(e, Event::Listen { .. })).count() as u64;
+        stats.record_events(listens, events.len() as u64 - listens);
         for &event in &events {
             match event {
                 Event::Listen { pid, port, ktime_ns }

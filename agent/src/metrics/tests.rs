@@ -89,6 +89,8 @@ fn render_shows_every_family_with_the_maps_values() {
     stats.record_promotion("127.0.0.1:8080");
     stats.record_promotion("127.0.0.1:8080");
     stats.record_promotion("[::1]:9090");
+    stats.record_events(3, 0);
+    stats.record_events(1, 2);
     let text = render(&status(), &stats, NETSTAT).unwrap();
 
     for family in [
@@ -98,6 +100,7 @@ fn render_shows_every_family_with_the_maps_values() {
         "# TYPE steer_socket_accept_queue gauge",
         "# TYPE steer_socket_selected counter",
         "# TYPE steer_kernel_tcp_migrate_req counter",
+        "# TYPE steer_daemon_listener_events counter",
         "# TYPE steer_daemon_uptime_seconds gauge",
         "# UNIT steer_daemon_uptime_seconds seconds",
         "# TYPE steer_groups gauge",
@@ -135,6 +138,8 @@ fn render_shows_every_family_with_the_maps_values() {
     assert_eq!(value(&text, "steer_kernel_tcp_migrate_req_total", &[r#"result="success""#]), "0");
     assert_eq!(value(&text, "steer_kernel_tcp_migrate_req_total", &[r#"result="failure""#]), "0");
     assert_eq!(value(&text, "steer_groups", &[]), "2");
+    assert_eq!(value(&text, "steer_daemon_listener_events_total", &[r#"kind="listen""#]), "4");
+    assert_eq!(value(&text, "steer_daemon_listener_events_total", &[r#"kind="close""#]), "2");
     let uptime: f64 = value(&text, "steer_daemon_uptime_seconds", &[]).parse().unwrap();
     assert!((0.0..60.0).contains(&uptime), "uptime {uptime}");
 }

@@ -48,9 +48,13 @@ pub mod watch {
     pub const EVENTS_BYTES: u32 = 256 * 1024;
     /// `TCP_LISTEN` (include/net/tcp_states.h).
     pub const TCP_LISTEN: i32 = 10;
+    /// `TCP_CLOSE` (include/net/tcp_states.h).
+    pub const TCP_CLOSE: i32 = 7;
     /// [`super::ListenEvent::kind`]: a socket started listening.
     pub const KIND_LISTEN: u32 = 1;
-    /// [`super::ListenEvent::kind`]: a listening socket closed.
+    /// [`super::ListenEvent::kind`]: a listening socket closed (TCP_LISTEN to
+    /// TCP_CLOSE). Not a connection's child socket, which leaves the listener's
+    /// copied state for TCP_SYN_RECV at every accepted connection.
     pub const KIND_CLOSE: u32 = 2;
 }
 

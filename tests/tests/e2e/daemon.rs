@@ -125,4 +125,9 @@ fn metrics_agree_with_status() {
     assert_eq!(metric(&text, "steer_promotions_total{group=\"127.0.0.1:8080\"}"), 2);
     assert!(text.contains("steer_kernel_tcp_migrate_req_total{result=\"success\"}"));
     assert!(text.contains("steer_daemon_uptime_seconds"));
+    // The watcher reports listeners only: b's listen() is an event, but none of the
+    // 700 connections is (each child socket leaves the listener's copied state).
+    let events = |kind: &str| metric(&text, &format!("steer_daemon_listener_events_total{{kind=\"{kind}\"}}"));
+    assert!(events("listen") >= 1, "b's listen() was read from the tracepoint");
+    assert_eq!(events("close"), 0, "connections woke the daemon:\n{text}");
 }
