@@ -99,6 +99,11 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = -10, allow_negative_numbers = true,
               value_parser = clap::value_parser!(i32).range(-20..=19))]
         nice: i32,
+        /// SCHED_FIFO priority (1..99) of the thread that promotes, so that it runs as soon as an event
+        /// arrives; 0 leaves it to --nice. Falls back to --nice, with a warning, without the privilege
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u8).range(0..=99))]
+        rt_priority: u8,
     },
 }
 
@@ -188,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             source,
             poll_interval,
             nice,
+            rt_priority,
             ..
         } => {
             let netns = netns
@@ -208,6 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 source,
                 poll_interval: std::time::Duration::from_millis(poll_interval),
                 nice,
+                rt_priority,
             };
             daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)
@@ -250,13 +257,17 @@ mod tests {
             Cli::try_parse_from(["steer", "-v", "rollback"]).unwrap().command,
             Command::Rollback { .. }
         ));
-        let nice = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
-            Command::Daemon { nice, .. } => nice,
+        let sched = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Daemon { nice, rt_priority, .. } => (nice, rt_priority),
             other => panic!("parsed as {other:?}"),
         };
-        assert_eq!(nice(&["steer", "daemon", "--comm", "haproxy"]), -10);
-        assert_eq!(nice(&["steer", "daemon", "--comm", "haproxy", "--nice", "-5"]), -5);
-        assert_eq!(nice(&["steer", "daemon", "--comm", "haproxy", "--nice", "0"]), 0);
+        assert_eq!(sched(&["steer", "daemon", "--comm", "haproxy"]), (-10, 1));
+        assert_eq!(sched(&["steer", "daemon", "--comm", "haproxy", "--nice", "-5"]), (-5, 1));
+        assert_eq!(
+            sched(&["steer", "daemon", "--comm", "haproxy", "--nice", "0", "--rt-priority", "0"]),
+            (0, 0)
+        );
+        assert_eq!(sched(&["steer", "daemon", "--comm", "haproxy", "--rt-priority", "99"]), (-10, 99));
     }
 
     #[test]
@@ -273,6 +284,8 @@ mod tests {
             vec!["steer", "daemon", "--port", "80", "--metrics", "not-an-address"],
             vec!["steer", "daemon", "--port", "80", "--nice", "-21"],
             vec!["steer", "daemon", "--port", "80", "--nice", "20"],
+            vec!["steer", "daemon", "--port", "80", "--rt-priority", "100"],
+            vec!["steer", "daemon", "--port", "80", "--rt-priority", "-1"],
         ] {
             let err = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

@@ -54,6 +54,8 @@ pub struct Options {
     pub poll_interval: Duration,
     /// The niceness to run at (see [`service::serve`]).
     pub nice: i32,
+    /// SCHED_FIFO priority of the event thread; 0: none (see [`service::serve`]).
+    pub rt_priority: u8,
 }
 
 /// A listener event.

@@ -59,6 +59,9 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
             }
         });
     }
+    // This thread waits for listener events and promotes; the runtime's threads,
+    // started above, keep the normal policy.
+    set_realtime(opts.rt_priority);
     let result = super::run(state_dir, opts, &stats, &stop);
     let _ = done_tx.send(());
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -84,5 +87,50 @@ fn set_niceness(nice: i32) {
             error = %e,
             "cannot change the scheduling niceness (lowering it needs CAP_SYS_NICE, or Nice= in the systemd unit); promotions may wait for a CPU when it is busy"
         ),
+    }
+}
+
+/// Longest CPU burst the event thread may run without blocking while it is
+/// SCHED_FIFO: past the soft limit the kernel sends SIGXCPU, past the hard
+/// limit SIGKILL (RLIMIT_RTTIME, microseconds). The loop blocks in poll()
+/// between events, and a promotion takes about a millisecond, so only a
+/// runaway loop gets near it; it then dies instead of holding a CPU, which
+/// costs no connection (steering is pinned) and lets the unit restart it.
+const RT_BURST_LIMIT_US: (u64, u64) = (1_000_000, 2_000_000);
+
+/// Runs the calling thread SCHED_FIFO at `priority` (0: leave it alone). At
+/// niceness -10 alone, an event that woke the daemon while both cores were busy
+/// with the reload and its clients still waited up to tens of milliseconds for
+/// a CPU; a real-time thread preempts them at once. It needs CAP_SYS_NICE, or an
+/// RLIMIT_RTPRIO of at least `priority` (the shipped unit's `LimitRTPRIO=1`);
+/// without either the thread stays at `--nice` and the daemon says so.
+fn set_realtime(priority: u8) {
+    if priority == 0 {
+        return;
+    }
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid out-pointer for one rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_RTTIME, &raw mut limit) } == 0 {
+        // Only ever lower it: raising the hard limit needs CAP_SYS_RESOURCE.
+        let max = limit.rlim_max.min(RT_BURST_LIMIT_US.1);
+        let lowered =
+            libc::rlimit { rlim_cur: limit.rlim_cur.min(RT_BURST_LIMIT_US.0).min(max), rlim_max: max };
+        // SAFETY: a valid rlimit.
+        unsafe { libc::setrlimit(libc::RLIMIT_RTTIME, &raw const lowered) };
+    }
+    let param = libc::sched_param { sched_priority: i32::from(priority) };
+    // SAFETY: pid 0 is the calling thread; a valid sched_param. RESET_ON_FORK:
+    // nothing this thread starts inherits the policy.
+    let rc = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &raw const param)
+    };
+    if rc == 0 {
+        tracing::info!(rt_priority = priority, "event thread runs SCHED_FIFO");
+    } else {
+        tracing::warn!(
+            rt_priority = priority,
+            error = %std::io::Error::last_os_error(),
+            "cannot run the event thread SCHED_FIFO (it needs CAP_SYS_NICE, or LimitRTPRIO= in the systemd unit); it runs at --nice, and promotions may wait for a busy CPU"
+        );
     }
 }

@@ -156,10 +156,27 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(w: &World, args: &[&str]) -> Daemon {
+        Self::spawn_via(w, &[], args)
+    }
+
+    /// The daemon started through `wrapper` (a command that execs its arguments,
+    /// such as `setpriv ...`), so that its pid is the daemon's.
+    pub fn spawn_via(w: &World, wrapper: &[&str], args: &[&str]) -> Daemon {
         let ns = w.ns.path();
         let mut full = vec!["daemon", "--log-format", "json", "--netns", ns.to_str().expect("utf-8 path")];
         full.extend_from_slice(args);
-        let mut child = steer_cmd(&w.state_dir, &full)
+        let mut cmd = steer_cmd(&w.state_dir, &full);
+        if let [program, rest @ ..] = wrapper {
+            let steer = std::mem::replace(&mut cmd, Command::new(program));
+            cmd.args(rest).arg(steer.get_program()).args(steer.get_args());
+            for (key, value) in steer.get_envs() {
+                match value {
+                    Some(v) => cmd.env(key, v),
+                    None => cmd.env_remove(key),
+                };
+            }
+        }
+        let mut child = cmd
             .env("RUST_LOG", "steer=debug")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -199,6 +216,10 @@ impl Daemon {
     pub fn promoted_pid(&self, pid: u32) -> String {
         let needle = format!("\"pid\":{pid}");
         self.wait_for(&["\"message\":\"promoted\"", &needle], &format!("promotion of pid {pid}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {
