@@ -10,7 +10,10 @@ mod tracepoint;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -93,15 +96,26 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
     }
     tracing::info!(policy = ?opts.policy, comm = ?opts.filter.comms, port = ?opts.filter.ports, "watching");
 
+    // Slot upkeep runs on a thread of its own: it reads /proc and takes
+    // milliseconds, and an event must not wait behind it.
+    let (nudge, nudges) = mpsc::channel::<()>();
+    let (shrunk_tx, shrunk) = mpsc::channel::<u16>();
+    let upkeep = {
+        let (dir, filter) = (state_dir.to_path_buf(), opts.filter.clone());
+        std::thread::Builder::new()
+            .name("steer-upkeep".into())
+            .spawn(move || upkeep_loop(&dir, &filter, &nudges, &shrunk_tx))?
+    };
+
     // Ports with a new listener: when to handle them, the earliest event time,
     // the latest listening pid, and how many times it was tried.
     let mut pending: BTreeMap<u16, Pending> = BTreeMap::new();
     let mut events = Vec::new();
     let mut next_poll = Instant::now() + opts.poll_interval;
-    let mut next_maintenance = Instant::now() + MAINTENANCE;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let mut wake = next_maintenance.min(now + Duration::from_millis(200));
+        // Wake at least this often to see `stop` and the upkeep's findings.
+        let mut wake = now + Duration::from_millis(200);
         if watcher.is_none() {
             wake = wake.min(next_poll);
         }
@@ -138,8 +152,16 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                 }
                 Event::Listen { .. } => {}
                 Event::Closed => {
-                    next_maintenance = next_maintenance.min(Instant::now() + Duration::from_millis(200));
+                    let _ = nudge.send(());
                 }
+            }
+        }
+        // An active generation that lost sockets (nginx with fewer workers):
+        // promote the port's newest holder again.
+        for port in shrunk.try_iter() {
+            if opts.policy == Policy::Newest && opts.filter.port_matches(port) {
+                let (due, ktime) = (Instant::now(), monotonic_ns());
+                pending.entry(port).or_insert(Pending { due, ktime, pid: 0, tries: 0 });
             }
         }
         let now = Instant::now();
@@ -171,35 +193,44 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                 pending.entry(port).or_insert(retry);
             }
         }
-        if Instant::now() >= next_maintenance {
-            match attach::maintain(state_dir, || scan::candidates(&opts.filter)) {
-                Ok(upkeep) => {
-                    if upkeep.freed > 0 {
-                        tracing::debug!(freed = upkeep.freed, "reclaimed slots");
-                    }
-                    // An active generation that lost sockets (nginx with fewer
-                    // workers): promote the port's newest holder again. Done here,
-                    // off the event path, so reloads are not slowed down.
-                    if opts.policy == Policy::Newest {
-                        let now = Instant::now();
-                        for port in upkeep.shrunk.into_iter().filter(|p| opts.filter.port_matches(*p)) {
-                            pending.entry(port).or_insert(Pending {
-                                due: now,
-                                ktime: monotonic_ns(),
-                                pid: 0,
-                                tries: 0,
-                            });
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "slot upkeep failed"),
-            }
-            next_maintenance = Instant::now() + MAINTENANCE;
-        }
     }
+    drop(nudge);
+    let _ = upkeep.join();
     tracing::info!("stopping; steering stays in place");
     drop(watcher);
     Ok(())
+}
+
+/// After a listener closes, the upkeep waits this long (its process is
+/// usually closing the rest), then frees the slots.
+const CLOSE_SETTLE: Duration = Duration::from_millis(200);
+
+/// The upkeep thread: every [`MAINTENANCE`], and [`CLOSE_SETTLE`] after a
+/// listener closed (a `nudge`), frees the slots of closed sockets and corrects
+/// the recorded owners of inherited ones. Sends the ports whose active
+/// generation lost sockets. Returns when the event loop drops its sender.
+fn upkeep_loop(state_dir: &Path, filter: &Filter, nudges: &mpsc::Receiver<()>, shrunk: &mpsc::Sender<u16>) {
+    loop {
+        match nudges.recv_timeout(MAINTENANCE) {
+            Ok(()) => {
+                std::thread::sleep(CLOSE_SETTLE);
+                while nudges.try_recv().is_ok() {}
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        match attach::maintain(state_dir, || scan::candidates(filter)) {
+            Ok(upkeep) => {
+                if upkeep.freed > 0 {
+                    tracing::debug!(freed = upkeep.freed, "reclaimed slots");
+                }
+                for port in upkeep.shrunk {
+                    let _ = shrunk.send(port);
+                }
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "slot upkeep failed"),
+        }
+    }
 }
 
 /// A port with a new listener, waiting to be handled.

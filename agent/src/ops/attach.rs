@@ -1,10 +1,19 @@
 //! Re-attaching the program to configured groups that lost it (a group that
 //! emptied and formed again has no program), and the periodic slot upkeep the
 //! daemon runs. Neither changes which generation is active.
-use std::{collections::BTreeSet, os::fd::AsFd as _, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    os::fd::AsFd as _,
+    path::Path,
+};
 
 use super::{OpError, promote::release_unreferenced};
-use crate::{preflight, proc::Process, sockets, state::StateDir};
+use crate::{
+    preflight,
+    proc::Process,
+    sockets,
+    state::{SlotView, StateDir},
+};
 
 /// Attaches the program to every group of PID's listeners that has a
 /// configuration; returns those groups.
@@ -38,59 +47,78 @@ pub struct Upkeep {
 /// refers to, in every namespace, and points records of inherited sockets at
 /// their live holders. `candidates` lists the processes that may have inherited
 /// a recorded socket whose recorded process exited; it is only called when
-/// such a socket exists.
+/// such a socket exists, and without the state's lock held: reading the `/proc`
+/// of every candidate takes milliseconds, and a promotion must not wait for it.
 pub fn maintain(state_dir: &Path, candidates: impl Fn() -> Vec<Process>) -> Result<Upkeep, OpError> {
-    let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(Upkeep::default()) };
     let mut upkeep = Upkeep::default();
-    for netns in state.namespaces() {
-        let Some(mut instance) = state.instance(netns)? else { continue };
-        let before = instance.slot_metas()?.len();
-        instance.reclaim()?;
-        release_unreferenced(&mut instance)?;
-        let metas = instance.slot_metas()?;
-        upkeep.freed += before - metas.len();
-        for group in instance.groups() {
-            let active = group.config.active;
-            if !active.is_none()
-                && (active.first..active.first + active.count).any(|s| !metas.contains_key(&s))
-            {
-                upkeep.shrunk.push(group.key.port);
+    let mut orphans: BTreeMap<u64, Vec<SlotView>> = BTreeMap::new();
+    {
+        let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(upkeep) };
+        for netns in state.namespaces() {
+            let Some(mut instance) = state.instance(netns)? else { continue };
+            let before = instance.slot_metas()?.len();
+            instance.reclaim()?;
+            release_unreferenced(&mut instance)?;
+            let metas = instance.slot_metas()?;
+            upkeep.freed += before - metas.len();
+            for group in instance.groups() {
+                let active = group.config.active;
+                if !active.is_none()
+                    && (active.first..active.first + active.count).any(|s| !metas.contains_key(&s))
+                {
+                    upkeep.shrunk.push(group.key.port);
+                }
+            }
+            // Live sockets whose recorded process no longer holds them: a
+            // daemonising server listens in a process that forks and exits, and
+            // HAProxy master-worker hands the same socket to each new worker.
+            let lost: Vec<SlotView> = instance
+                .slots()?
+                .into_iter()
+                .filter(|s| s.live && !crate::proc::holds_socket(s.meta.pid, s.meta.fd, s.meta.inode))
+                .collect();
+            if !lost.is_empty() {
+                orphans.insert(netns, lost);
             }
         }
-        refresh_owners(&mut instance, &candidates)?;
+    }
+    if !orphans.is_empty() {
+        refresh_owners(state_dir, &orphans, &candidates)?;
     }
     Ok(upkeep)
 }
 
-/// Points the records of live sockets whose recorded process has exited at a
-/// candidate that holds the same socket (by inode): a daemonising server
-/// listens in a process that forks and exits, and HAProxy master-worker
-/// hands the same socket to each new worker. Status and metrics then name the
-/// process that serves.
+/// Points the records of `orphans` (live sockets by namespace) at a candidate
+/// that holds the same socket (by inode), so that status and metrics name the
+/// process that serves. The candidates are read first, without the lock; a
+/// record is updated only if its slot still holds the same socket by then.
 fn refresh_owners(
-    instance: &mut crate::state::Instance,
+    state_dir: &Path,
+    orphans: &BTreeMap<u64, Vec<SlotView>>,
     candidates: &impl Fn() -> Vec<Process>,
 ) -> Result<(), OpError> {
-    let orphans: Vec<_> = instance
-        .slots()?
-        .into_iter()
-        .filter(|s| s.live && !crate::proc::holds_socket(s.meta.pid, s.meta.fd, s.meta.inode))
-        .collect();
-    if orphans.is_empty() {
-        return Ok(());
-    }
-    let held: Vec<(u32, std::collections::HashMap<u64, u32>)> = candidates()
+    let held: Vec<(u64, u32, HashMap<u64, u32>)> = candidates()
         .iter()
-        .filter(|p| p.netns == instance.netns)
-        .filter_map(|p| Some((p.pid, p.socket_fds().ok()?)))
+        .filter(|p| orphans.contains_key(&p.netns))
+        .filter_map(|p| Some((p.netns, p.pid, p.socket_fds().ok()?)))
         .collect();
-    for orphan in orphans {
-        // The newest holder wins (highest pid among equals is good enough here).
-        if let Some((pid, fd)) = held
-            .iter()
-            .filter_map(|(pid, fds)| fds.get(&orphan.meta.inode).map(|fd| (*pid, *fd)))
-            .max_by_key(|(pid, _)| *pid)
-        {
+    let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(()) };
+    for (netns, lost) in orphans {
+        let Some(mut instance) = state.instance(*netns)? else { continue };
+        let metas = instance.slot_metas()?;
+        for orphan in lost {
+            // The newest holder wins (highest pid among equals is good enough here).
+            let Some((pid, fd)) = held
+                .iter()
+                .filter(|(ns, _, _)| ns == netns)
+                .filter_map(|(_, pid, fds)| fds.get(&orphan.meta.inode).map(|fd| (*pid, *fd)))
+                .max_by_key(|(pid, _)| *pid)
+            else {
+                continue;
+            };
+            if metas.get(&orphan.slot).is_none_or(|m| m.cookie != orphan.meta.cookie) {
+                continue; // the slot changed hands while the lock was released
+            }
             let meta = steer_abi::SlotMeta { pid, fd, ..orphan.meta };
             instance.update_slot_meta(orphan.slot, &meta)?;
             tracing::debug!(slot = orphan.slot, pid, fd, "socket's recorded owner updated");

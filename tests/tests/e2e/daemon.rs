@@ -127,10 +127,12 @@ fn metrics_agree_with_status() {
     assert!(text.contains("steer_daemon_uptime_seconds"));
     // The watcher reports listeners only: b's listen() is an event, but none of the
     // 700 connections is (each child socket leaves the listener's copied state).
+    // The tracepoint is global, so listeners of tests running beside this one
+    // count too: fewer close events than connections is what tells them apart.
     let events =
         |kind: &str| metric(&text, &format!("steer_daemon_listener_events_total{{kind=\"{kind}\"}}"));
     assert!(events("listen") >= 1, "b's listen() was read from the tracepoint");
-    assert_eq!(events("close"), 0, "connections woke the daemon:\n{text}");
+    assert!(events("close") < 700, "connections woke the daemon:\n{text}");
 }
 
 /// Scheduling policy (`/proc/PID/task/TID/stat` field 41: 0 normal, 1 FIFO) and
