@@ -116,10 +116,12 @@ fn refresh_owners(
             else {
                 continue;
             };
-            if metas.get(&orphan.slot).is_none_or(|m| m.cookie != orphan.meta.cookie) {
-                continue; // the slot changed hands while the lock was released
-            }
-            let meta = steer_abi::SlotMeta { pid, fd, ..orphan.meta };
+            // The record as it is now: the slot may have changed hands while the
+            // lock was released.
+            let Some(current) = metas.get(&orphan.slot).filter(|m| m.cookie == orphan.meta.cookie) else {
+                continue;
+            };
+            let meta = steer_abi::SlotMeta { pid, fd, ..*current };
             instance.update_slot_meta(orphan.slot, &meta)?;
             tracing::debug!(slot = orphan.slot, pid, fd, "socket's recorded owner updated");
         }

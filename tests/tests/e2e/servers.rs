@@ -299,6 +299,18 @@ fn haproxy_master_worker_reloads_keep_the_same_socket() {
     assert_eq!(w.group(PORT).generation, generation, "the shared socket caused no churn");
     let promotions = d.log().lines().filter(|l| l.contains("\"message\":\"promoted\"")).count();
     assert_eq!(promotions, 1, "only the adoption promoted: {}", d.log());
+    // The socket's record follows it to the serving worker: the daemon's upkeep
+    // points it at the newest holder once the recorded worker has exited.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let group = w.group(PORT);
+        let active: Vec<u32> = group.sockets.iter().filter(|s| s.role == "active").map(|s| s.pid).collect();
+        if active == [hap.pid()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status names worker {} as the holder: {active:?}", hap.pid());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(c.steered_active > 0, "{c:?}");
     assert_eq!(c.helper_error, 0, "{c:?}");
     let last = hap.generation();
