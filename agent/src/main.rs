@@ -100,7 +100,8 @@ enum Command {
               value_parser = clap::value_parser!(i32).range(-20..=19))]
         nice: i32,
         /// SCHED_FIFO priority (1..99) of the thread that promotes, so that it runs as soon as an event
-        /// arrives; 0 leaves it to --nice. Falls back to --nice, with a warning, without the privilege
+        /// arrives (tracepoint source only); 0 leaves it to --nice. Falls back to --nice, with a
+        /// warning, without the privilege
         #[arg(long, value_name = "N", default_value_t = 1,
               value_parser = clap::value_parser!(u8).range(0..=99))]
         rt_priority: u8,

@@ -57,7 +57,8 @@ pub struct Options {
     pub poll_interval: Duration,
     /// The niceness to run at (see [`service::serve`]).
     pub nice: i32,
-    /// SCHED_FIFO priority of the event thread; 0: none (see [`service::serve`]).
+    /// SCHED_FIFO priority of the event thread with the tracepoint source; 0: none
+    /// (see [`service::set_realtime`]).
     pub rt_priority: u8,
 }
 
@@ -106,6 +107,12 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
             .name("steer-upkeep".into())
             .spawn(move || upkeep_loop(&dir, &filter, &nudges, &shrunk_tx))?
     };
+    // Only now, from this thread, so that the threads started before keep the
+    // normal policy at --nice. Only for the tracepoint: polling waits out its
+    // interval anyway, and would scan /proc at real-time priority.
+    if watcher.is_some() {
+        service::set_realtime(opts.rt_priority);
+    }
 
     // Ports with a new listener: when to handle them, the earliest event time,
     // the latest listening pid, and how many times it was tried.

@@ -59,9 +59,6 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
             }
         });
     }
-    // This thread waits for listener events and promotes; the runtime's threads,
-    // started above, keep the normal policy.
-    set_realtime(opts.rt_priority);
     let result = super::run(state_dir, opts, &stats, &stop);
     let _ = done_tx.send(());
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -104,7 +101,7 @@ const RT_BURST_LIMIT_US: (u64, u64) = (1_000_000, 2_000_000);
 /// a CPU; a real-time thread preempts them at once. It needs CAP_SYS_NICE, or an
 /// RLIMIT_RTPRIO of at least `priority` (the shipped unit's `LimitRTPRIO=1`);
 /// without either the thread stays at `--nice` and the daemon says so.
-fn set_realtime(priority: u8) {
+pub(super) fn set_realtime(priority: u8) {
     if priority == 0 {
         return;
     }

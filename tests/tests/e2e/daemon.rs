@@ -153,6 +153,17 @@ fn thread_policies(pid: u32) -> Vec<(String, u32, u32)> {
     out
 }
 
+/// The niceness (`stat` field 19) of `pid`'s thread named `name`.
+fn nice_of(pid: u32, name: &str) -> i32 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .find(|stat| stat.contains(&format!("({name})")))
+        .and_then(|stat| stat[stat.rfind(')')? + 2..].split_whitespace().nth(19 - 3)?.parse().ok())
+        .unwrap_or_else(|| panic!("no thread {name} in {pid}"))
+}
+
 #[test]
 fn the_event_thread_runs_sched_fifo_where_allowed_and_the_daemon_runs_on_where_not() {
     let Some(w) = World::new("dfifo") else { return };
@@ -166,7 +177,12 @@ fn the_event_thread_runs_sched_fifo_where_allowed_and_the_daemon_runs_on_where_n
     let d = Daemon::spawn(&w, &["--port", "8080"]);
     d.wait_for(&["event thread runs SCHED_FIFO"], "the real-time log line");
     assert_eq!(fifo(&d), vec![("steer".to_owned(), 1, 1)], "{:?}", thread_policies(d.pid()));
-    assert!(thread_policies(d.pid()).len() >= 2, "a runtime thread exists besides the event thread");
+    // The other threads (the upkeep's, the runtime's) keep --nice.
+    let others: Vec<_> = thread_policies(d.pid()).into_iter().filter(|(name, ..)| name != "steer").collect();
+    assert!(others.len() >= 2, "the upkeep and runtime threads exist: {others:?}");
+    for (name, ..) in &others {
+        assert_eq!(nice_of(d.pid(), name), -10, "{name} runs at --nice");
+    }
     let b = w.server("b", &["127.0.0.1:8080"]);
     d.promoted(&b);
     drop(d);
@@ -184,9 +200,11 @@ fn the_event_thread_runs_sched_fifo_where_allowed_and_the_daemon_runs_on_where_n
     d.promoted(&c);
     drop(d);
 
-    // --rt-priority 0 asks for none.
-    let d = Daemon::spawn(&w, &["--port", "8080", "--rt-priority", "0"]);
-    assert_eq!(fifo(&d), vec![]);
-    assert!(!d.log().contains("SCHED_FIFO"), "{}", d.log());
+    // --rt-priority 0 asks for none; polling gets none either.
+    for args in [["--rt-priority", "0"], ["--source", "poll"]] {
+        let d = Daemon::spawn(&w, &["--port", "8080", args[0], args[1]]);
+        assert_eq!(fifo(&d), vec![], "{args:?}");
+        assert!(!d.log().contains("SCHED_FIFO"), "{}", d.log());
+    }
     drop((a, b, c));
 }
