@@ -352,12 +352,14 @@ fn nginx_lowering_workers_loses_nothing_with_steer() {
     let c = w.counters(PORT);
     print_figures(test, &report, Some(&c));
     eprintln!("{test}: {}", kernel_migrations(master));
-    // Known residue: 1 failed request (a short reply) in 96 runs of about 27,000
-    // requests each, with every TcpExt counter at 0; about one run in ten before
-    // the daemon stopped waking for every connection. nginx's old and new workers
-    // share each socket that remains, and an old worker that exits closes what it
-    // accepted but has not read (not proven to be the cause). The test holds what
-    // is established and bounds the rest; see the README's limitations.
+    // Known residue: 1 failed request (an empty reply) in 96 runs of about 27,000
+    // requests each, with every TcpExt counter at 0. Two were caught at the 2->1
+    // step with a capture and nginx's debug log: the server side sent a FIN 15 us
+    // after the handshake, before any nginx process had accepted the connection
+    // (the surviving worker accepted it later and read a reset). The kernel ends
+    // it in an accept queue as the dropped worker's socket closes; the exact path
+    // is not pinned down. The test holds what is established and bounds the rest;
+    // see the README's limitations.
     assert_eq!(tcp_ext(master, "TCPMigrateReqFailure"), Some(0), "a queued connection failed to migrate");
     assert_eq!(tcp_ext(master, "ListenOverflows"), Some(0), "a listener overflowed");
     assert!(report.failed() <= NGINX_RESIDUE_BOUND, "{} failed requests: {report:#?}", report.failed());
