@@ -354,9 +354,9 @@ fn nginx_lowering_workers_loses_nothing_with_steer() {
     eprintln!("{test}: {}", kernel_migrations(master));
     // Known residue: 1 failed request (an empty reply) in 96 runs of about 27,000
     // requests each, with every TcpExt counter at 0. Two were caught at the 2->1
-    // step with a capture and nginx's debug log: the server side sent a FIN 15 us
-    // after the handshake, before any nginx process had accepted the connection
-    // (the surviving worker accepted it later and read a reset). The kernel ends
+    // step with a capture (the second with nginx's debug log too): the server side
+    // sent a FIN 15-18 us after the handshake, before any nginx process had accepted
+    // the connection (the surviving worker accepted it later and read a reset). The kernel ends
     // it in an accept queue as the dropped worker's socket closes; the exact path
     // is not pinned down. The test holds what is established and bounds the rest;
     // see the README's limitations.
