@@ -35,8 +35,10 @@ pub struct DaemonStats {
     pub started: Instant,
     /// Promotions per group label (e.g. `127.0.0.1:8080`).
     promotions: Mutex<BTreeMap<String, u64>>,
-    /// Listener events read from the tracepoint's ring buffer: listen, close.
-    events: [AtomicU64; 2],
+    /// Listener events read from the tracepoint's ring buffer: sockets that
+    /// started listening, and listeners that closed.
+    listen_events: AtomicU64,
+    close_events: AtomicU64,
 }
 
 impl DaemonStats {
@@ -45,21 +47,22 @@ impl DaemonStats {
         Self {
             started: Instant::now(),
             promotions: Mutex::new(BTreeMap::new()),
-            events: [AtomicU64::new(0), AtomicU64::new(0)],
+            listen_events: AtomicU64::new(0),
+            close_events: AtomicU64::new(0),
         }
     }
 
     /// Counts listener events read from the ring buffer: `listen` sockets that
     /// started listening, `close` listeners that closed.
     pub fn record_events(&self, listen: u64, close: u64) {
-        self.events[0].fetch_add(listen, Ordering::Relaxed);
-        self.events[1].fetch_add(close, Ordering::Relaxed);
+        self.listen_events.fetch_add(listen, Ordering::Relaxed);
+        self.close_events.fetch_add(close, Ordering::Relaxed);
     }
 
     /// Listener events so far: (listen, close).
     #[must_use]
     pub fn events(&self) -> (u64, u64) {
-        (self.events[0].load(Ordering::Relaxed), self.events[1].load(Ordering::Relaxed))
+        (self.listen_events.load(Ordering::Relaxed), self.close_events.load(Ordering::Relaxed))
     }
 
     /// Counts one promotion of `group` (its address label, e.g. `127.0.0.1:8080`).

@@ -23,6 +23,12 @@ pub struct Stat {
     pub ppid: u32,
     /// Start time after boot, in clock ticks.
     pub starttime: u64,
+    /// Niceness, -20..19.
+    pub nice: i32,
+    /// Real-time priority, 0 under a normal policy.
+    pub rt_priority: u32,
+    /// Scheduling policy: 0 normal, 1 FIFO (`SCHED_*`).
+    pub policy: u32,
 }
 
 /// Parses `/proc/PID/stat` (the comm may hold spaces and parentheses).
@@ -32,17 +38,35 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_owned();
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // After the comm: state(3) ppid(4) ... starttime(22), numbered from pid = 1.
-    let state = rest.first()?.chars().next()?;
-    let ppid = rest.get(1)?.parse().ok()?;
-    let starttime = rest.get(19)?.parse().ok()?;
-    Some(Stat { comm, state, ppid, starttime })
+    // After the comm: state(3) ppid(4) ... nice(19) ... starttime(22) ... rt_priority(40)
+    // policy(41), numbered from pid = 1.
+    let field = |n: usize| rest.get(n - 3).copied();
+    let state = field(3)?.chars().next()?;
+    let ppid = field(4)?.parse().ok()?;
+    let nice = field(19)?.parse().ok()?;
+    let starttime = field(22)?.parse().ok()?;
+    let rt_priority = field(40)?.parse().ok()?;
+    let policy = field(41)?.parse().ok()?;
+    Some(Stat { comm, state, ppid, starttime, nice, rt_priority, policy })
 }
 
 /// The status of `pid`, `None` when it does not exist.
 #[must_use]
 pub fn stat(pid: u32) -> Option<Stat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The status of each thread of `pid` (`/proc/PID/task/TID/stat`), sorted by name.
+#[must_use]
+pub fn threads(pid: u32) -> Vec<Stat> {
+    let mut out: Vec<Stat> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| parse_stat(&std::fs::read_to_string(e.path().join("stat")).ok()?))
+        .collect();
+    out.sort_by(|a, b| a.comm.cmp(&b.comm));
+    out
 }
 
 /// Whether `pid` exists, is not a zombie, and is called `comm`.
@@ -259,9 +283,12 @@ mod tests {
 
     #[test]
     fn stat_parses_comm_with_spaces_and_parentheses() {
-        let text = "42 (a (b) c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 1000 10";
+        // A real thread's line (a SCHED_FIFO thread at priority 1, niceness -10).
+        let text = "42 (a (b) c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 -2 -10 3 0 12345 1000 10 \
+                    18446744073709551615 1 1 0 0 0 0 0 4096 1 0 0 0 17 1 1 1 0 0 0 0 0 0 0 0 0 0 0";
         let s = parse_stat(text).unwrap();
         assert_eq!((s.comm.as_str(), s.state, s.ppid, s.starttime), ("a (b) c", 'S', 7, 12345));
+        assert_eq!((s.nice, s.rt_priority, s.policy), (-10, 1, 1));
         assert!(parse_stat("42 (x) S").is_none());
     }
 

@@ -105,15 +105,14 @@ pub(super) fn set_realtime(priority: u8) {
     if priority == 0 {
         return;
     }
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: a valid out-pointer for one rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_RTTIME, &raw mut limit) } == 0 {
-        // Only ever lower it: raising the hard limit needs CAP_SYS_RESOURCE.
-        let max = limit.rlim_max.min(RT_BURST_LIMIT_US.1);
-        let lowered =
-            libc::rlimit { rlim_cur: limit.rlim_cur.min(RT_BURST_LIMIT_US.0).min(max), rlim_max: max };
-        // SAFETY: a valid rlimit.
-        unsafe { libc::setrlimit(libc::RLIMIT_RTTIME, &raw const lowered) };
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // Only ever lower it: raising the hard limit needs CAP_SYS_RESOURCE. `None`
+    // is unlimited.
+    let limit = getrlimit(Resource::Rttime);
+    let maximum = limit.maximum.map_or(RT_BURST_LIMIT_US.1, |m| m.min(RT_BURST_LIMIT_US.1));
+    let current = limit.current.map_or(RT_BURST_LIMIT_US.0, |c| c.min(RT_BURST_LIMIT_US.0)).min(maximum);
+    if let Err(e) = setrlimit(Resource::Rttime, Rlimit { current: Some(current), maximum: Some(maximum) }) {
+        tracing::debug!(error = %e, "cannot lower RLIMIT_RTTIME");
     }
     let param = libc::sched_param { sched_priority: i32::from(priority) };
     // SAFETY: pid 0 is the calling thread; a valid sched_param. RESET_ON_FORK:

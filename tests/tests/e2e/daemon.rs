@@ -4,7 +4,7 @@
 //! `steer status --json`. Each daemon is scoped to its test's namespace.
 use std::time::Duration;
 
-use steer_harness::load;
+use steer_harness::{load, procfs};
 
 use crate::common::{Daemon, World, answered_by, assert_no_failures, free_port, metric, scrape};
 
@@ -135,53 +135,29 @@ fn metrics_agree_with_status() {
     assert!(events("close") < 700, "connections woke the daemon:\n{text}");
 }
 
-/// Scheduling policy (`/proc/PID/task/TID/stat` field 41: 0 normal, 1 FIFO) and
-/// real-time priority (field 40) of each thread of `pid`, by thread name.
-fn thread_policies(pid: u32) -> Vec<(String, u32, u32)> {
-    let dir = format!("/proc/{pid}/task");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("task dir").flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let open = stat.find('(').expect("comm");
-        let close = stat.rfind(')').expect("comm");
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        // Fields after the comm start at field 3.
-        let field = |n: usize| fields[n - 3].parse::<u32>().expect("number");
-        out.push((stat[open + 1..close].to_owned(), field(40), field(41)));
-    }
-    out.sort();
-    out
-}
-
-/// The niceness (`stat` field 19) of `pid`'s thread named `name`.
-fn nice_of(pid: u32, name: &str) -> i32 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("task dir")
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .find(|stat| stat.contains(&format!("({name})")))
-        .and_then(|stat| stat[stat.rfind(')')? + 2..].split_whitespace().nth(19 - 3)?.parse().ok())
-        .unwrap_or_else(|| panic!("no thread {name} in {pid}"))
-}
-
 #[test]
 fn the_event_thread_runs_sched_fifo_where_allowed_and_the_daemon_runs_on_where_not() {
     let Some(w) = World::new("dfifo") else { return };
     let a = w.server("a", &["127.0.0.1:8080"]);
-    let fifo = |d: &Daemon| -> Vec<(String, u32, u32)> {
-        thread_policies(d.pid()).into_iter().filter(|(_, _, policy)| *policy == 1).collect()
+    // The daemon's SCHED_FIFO threads: (name, real-time priority).
+    let fifo = |d: &Daemon| -> Vec<(String, u32)> {
+        procfs::threads(d.pid())
+            .into_iter()
+            .filter(|t| t.policy == 1)
+            .map(|t| (t.comm, t.rt_priority))
+            .collect()
     };
 
     // Root: the thread that promotes (the main one, named after the binary) is
     // SCHED_FIFO at priority 1; the metrics runtime's thread is not.
     let d = Daemon::spawn(&w, &["--port", "8080"]);
     d.wait_for(&["event thread runs SCHED_FIFO"], "the real-time log line");
-    assert_eq!(fifo(&d), vec![("steer".to_owned(), 1, 1)], "{:?}", thread_policies(d.pid()));
+    assert_eq!(fifo(&d), vec![("steer".to_owned(), 1)], "{:?}", procfs::threads(d.pid()));
     // The other threads (the upkeep's, the runtime's) keep --nice.
-    let others: Vec<_> = thread_policies(d.pid()).into_iter().filter(|(name, ..)| name != "steer").collect();
+    let others: Vec<_> = procfs::threads(d.pid()).into_iter().filter(|t| t.comm != "steer").collect();
     assert!(others.len() >= 2, "the upkeep and runtime threads exist: {others:?}");
-    for (name, ..) in &others {
-        assert_eq!(nice_of(d.pid(), name), -10, "{name} runs at --nice");
+    for t in &others {
+        assert_eq!(t.nice, -10, "{} runs at --nice", t.comm);
     }
     let b = w.server("b", &["127.0.0.1:8080"]);
     d.promoted(&b);
