@@ -99,20 +99,39 @@ pub fn rollback(current: &GroupConfig, previous_live: bool) -> Result<GroupConfi
     })
 }
 
+/// The configuration to hold while the first `moving` sockets of a generation
+/// move into `range`: `config` with `range` narrowed to the sockets already in
+/// place, those from `moving` on.
+#[must_use]
+pub fn interim(config: &GroupConfig, range: SlotRange, moving: u32) -> GroupConfig {
+    let part = SlotRange { first: range.first + moving, count: range.count.saturating_sub(moving) };
+    let narrow = |r: SlotRange| if r == range { part } else { r };
+    GroupConfig { active: narrow(config.active), canary: narrow(config.canary), ..*config }
+}
+
 /// The ranges a configuration refers to.
 #[must_use]
 pub fn ranges(config: &GroupConfig) -> [SlotRange; 3] {
     [config.active, config.previous, config.canary]
 }
 
-/// The range among `config`'s that holds exactly the sockets with `cookies`.
+/// The range among `config`'s that holds exactly the sockets with `cookies`,
+/// or else a run of consecutive slots inside one of them that does: a
+/// generation that kept some of its predecessor's sockets (nginx with fewer
+/// workers) is promoted where its sockets already sit. Moving them instead
+/// would empty slots of the active range until the new configuration is in.
 #[must_use]
 pub fn find_range(config: &GroupConfig, metas: &Slots, cookies: &[u64]) -> Option<SlotRange> {
-    ranges(config).into_iter().find(|r| {
-        !r.is_none()
-            && r.count as usize == cookies.len()
-            && (r.first..r.first + r.count)
-                .all(|s| metas.get(&s).is_some_and(|m| cookies.contains(&m.cookie)))
+    let holds = |r: SlotRange| {
+        (r.first..r.first + r.count).all(|s| metas.get(&s).is_some_and(|m| cookies.contains(&m.cookie)))
+    };
+    let Ok(count) = u32::try_from(cookies.len()) else { return None };
+    let configured = ranges(config).into_iter().filter(|r| !r.is_none());
+    configured.clone().find(|r| r.count == count && holds(*r)).or_else(|| {
+        configured
+            .filter(|r| r.count > count && count > 0)
+            .flat_map(|r| (r.first..=r.first + r.count - count).map(move |first| SlotRange { first, count }))
+            .find(|w| holds(*w))
     })
 }
 

@@ -106,8 +106,23 @@ fn existing_ranges_are_found_by_cookie() {
     let cfg = GroupConfig { active: B, previous: A, canary: C, ..GroupConfig::default() };
     assert_eq!(find_range(&cfg, &m, &[21, 20]), Some(B));
     assert_eq!(find_range(&cfg, &m, &[10]), Some(A));
-    assert_eq!(find_range(&cfg, &m, &[20]), None);
     assert_eq!(find_range(&cfg, &m, &[99]), None);
+}
+
+#[test]
+fn a_generation_that_kept_part_of_a_range_is_found_inside_it() {
+    // nginx 4 -> 2 workers: the new generation holds the first two of four sockets.
+    let m = metas(&[10, 20, 21, 22, 23]);
+    let wide = SlotRange { first: 1, count: 4 };
+    let cfg = GroupConfig { active: wide, previous: A, ..GroupConfig::default() };
+    assert_eq!(find_range(&cfg, &m, &[21, 20]), Some(SlotRange { first: 1, count: 2 }));
+    assert_eq!(find_range(&cfg, &m, &[22]), Some(SlotRange { first: 3, count: 1 }));
+    assert_eq!(find_range(&cfg, &m, &[22, 23, 21]), Some(SlotRange { first: 2, count: 3 }));
+    // The exact range wins over a window, and a window must hold only these sockets.
+    assert_eq!(find_range(&cfg, &m, &[10]), Some(A));
+    assert_eq!(find_range(&cfg, &m, &[20, 22]), None, "not consecutive");
+    assert_eq!(find_range(&cfg, &m, &[20, 99]), None, "one is new");
+    assert_eq!(find_range(&cfg, &m, &[]), None);
 }
 
 #[test]
@@ -117,4 +132,15 @@ fn a_new_generation_in_reused_slots_is_promoted_not_already_active() {
     assert_eq!(out, Outcome::Promoted);
     assert_eq!((cfg.active, cfg.generation), (A, 2));
     assert!(cfg.previous.is_none(), "the exited generation is no rollback target");
+}
+
+#[test]
+fn the_interim_configuration_points_at_the_sockets_already_in_place() {
+    let range = SlotRange { first: 4, count: 3 };
+    let part = SlotRange { first: 5, count: 2 };
+    let active = GroupConfig { generation: 7, active: range, previous: A, ..GroupConfig::default() };
+    assert_eq!(interim(&active, range, 1), GroupConfig { active: part, ..active });
+    let canary =
+        GroupConfig { generation: 8, active: A, canary: range, canary_weight: 10, ..GroupConfig::default() };
+    assert_eq!(interim(&canary, range, 1), GroupConfig { canary: part, ..canary });
 }

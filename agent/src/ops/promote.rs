@@ -66,7 +66,9 @@ struct Plan {
     range: SlotRange,
     /// True when the sockets must be inserted into `range`.
     fill: bool,
-    /// Slots that hold some of these sockets in a stale layout; freed first.
+    /// Slots that hold some of these sockets in a stale layout; freed before
+    /// those sockets go into `range`, where they come first (`sockets` is
+    /// ordered so).
     stale: Vec<u32>,
     config: GroupConfig,
     outcome: Outcome,
@@ -115,14 +117,15 @@ fn plan(
     let current = instance.config(&key);
     let cookies: Vec<u64> = sockets.iter().map(|c| c.cookie).collect();
     let existing = current.as_ref().and_then(|c| policy::find_range(c, metas, &cookies));
+    let mut sockets = sockets;
     let (range, fill, stale) = match existing {
         Some(range) => (range, false, Vec::new()),
         None => {
             let stale: Vec<u32> =
                 metas.iter().filter(|(_, m)| cookies.contains(&m.cookie)).map(|(s, _)| *s).collect();
-            for s in &stale {
-                metas.remove(s);
-            }
+            let moving: Vec<u64> = stale.iter().filter_map(|s| metas.remove(s)).map(|m| m.cookie).collect();
+            // The sockets that move first, then the ones new to the sockarray (see apply).
+            sockets.sort_by_key(|c| !moving.contains(&c.cookie));
             let range = policy::allocate(metas, instance.info.max_slots, sockets.len() as u32)
                 .map_err(OpError::policy(&key))?;
             for s in range.first..range.first + range.count {
@@ -142,15 +145,24 @@ fn plan(
     Ok(Plan { key, sockets, range, fill, stale, config, outcome, previous_pids })
 }
 
+/// Applies a plan. A socket sits in one sockarray slot at most, so the sockets
+/// of `stale` slots must leave them before they enter `range`. When a stale
+/// slot is one the program selects from (the active or canary range), the
+/// sockets new to the sockarray go in first, at the end of `range`, and the
+/// group points at them alone while the others move; a new connection never
+/// meets an empty slot, which would hand it to the kernel's own pick among all
+/// the group's listeners, closing ones included. (A generation with no new
+/// socket never moves: `find_range` finds it where it sits.)
 fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool) -> Result<Change, OpError> {
     let Plan { key, sockets, range, fill, stale, config, outcome, previous_pids } = plan;
-    for slot in stale {
-        instance.free_slot(slot)?;
-    }
+    let current = instance.config(&key).unwrap_or_default();
     if fill {
+        let moving = stale.len().min(sockets.len());
         let since =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        for (i, socket) in sockets.iter().enumerate() {
+        let mut filled = Vec::with_capacity(sockets.len());
+        let mut fill = |instance: &mut Instance, i: usize| -> Result<(), OpError> {
+            let socket = &sockets[i];
             let slot = range.first + i as u32;
             let meta = SlotMeta {
                 cookie: socket.cookie,
@@ -161,12 +173,26 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
                 group: key,
                 pad: 0,
             };
-            if let Err(e) = instance.fill_slot(slot, &socket.dup, &meta, take_over) {
-                for undo in range.first..slot {
-                    let _ = instance.free_slot(undo);
-                }
-                return Err(e.into());
+            instance.fill_slot(slot, &socket.dup, &meta, take_over)?;
+            filled.push(slot);
+            Ok(())
+        };
+        let selected = |slot: &u32| [current.active, current.canary].iter().any(|r| r.contains(*slot));
+        let interim = (moving > 0 && moving < sockets.len() && stale.iter().any(selected))
+            .then(|| policy::interim(&config, range, moving as u32));
+        let result = (moving..sockets.len())
+            .try_for_each(|i| fill(instance, i))
+            .and_then(|()| interim.map_or(Ok(()), |c| instance.set_config(&key, &c).map_err(OpError::from)))
+            .and_then(|()| stale.iter().try_for_each(|slot| instance.free_slot(*slot).map_err(OpError::from)))
+            .and_then(|()| (0..moving).try_for_each(|i| fill(instance, i)));
+        if let Err(e) = result {
+            for slot in filled {
+                let _ = instance.free_slot(slot);
             }
+            if interim.is_some() {
+                let _ = instance.set_config(&key, &current);
+            }
+            return Err(e);
         }
     }
     if config != instance.config(&key).unwrap_or_default() || fill {
