@@ -35,10 +35,22 @@ pub struct DaemonStats {
     pub started: Instant,
     /// Promotions per group label (e.g. `127.0.0.1:8080`).
     promotions: Mutex<BTreeMap<String, u64>>,
-    /// Listener events read from the tracepoint's ring buffer: sockets that
-    /// started listening, and listeners that closed.
+    /// Events read from the watcher's ring buffer: sockets that started
+    /// listening, listeners that closed, and forks of watched processes.
     listen_events: AtomicU64,
     close_events: AtomicU64,
+    fork_events: AtomicU64,
+}
+
+/// Counts of watcher events, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Sockets that started listening.
+    pub listen: u64,
+    /// Listeners that closed.
+    pub close: u64,
+    /// Forks of watched processes.
+    pub fork: u64,
 }
 
 impl DaemonStats {
@@ -49,20 +61,25 @@ impl DaemonStats {
             promotions: Mutex::new(BTreeMap::new()),
             listen_events: AtomicU64::new(0),
             close_events: AtomicU64::new(0),
+            fork_events: AtomicU64::new(0),
         }
     }
 
-    /// Counts listener events read from the ring buffer: `listen` sockets that
-    /// started listening, `close` listeners that closed.
-    pub fn record_events(&self, listen: u64, close: u64) {
-        self.listen_events.fetch_add(listen, Ordering::Relaxed);
-        self.close_events.fetch_add(close, Ordering::Relaxed);
+    /// Counts events read from the ring buffer.
+    pub fn record_events(&self, counts: EventCounts) {
+        self.listen_events.fetch_add(counts.listen, Ordering::Relaxed);
+        self.close_events.fetch_add(counts.close, Ordering::Relaxed);
+        self.fork_events.fetch_add(counts.fork, Ordering::Relaxed);
     }
 
-    /// Listener events so far: (listen, close).
+    /// Events read so far.
     #[must_use]
-    pub fn events(&self) -> (u64, u64) {
-        (self.listen_events.load(Ordering::Relaxed), self.close_events.load(Ordering::Relaxed))
+    pub fn events(&self) -> EventCounts {
+        EventCounts {
+            listen: self.listen_events.load(Ordering::Relaxed),
+            close: self.close_events.load(Ordering::Relaxed),
+            fork: self.fork_events.load(Ordering::Relaxed),
+        }
     }
 
     /// Counts one promotion of `group` (its address label, e.g. `127.0.0.1:8080`).
@@ -185,9 +202,10 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
     migrate.get_or_create(&ResultLabels { result: "failure" }).inc_by(failure);
 
     let events = Family::<KindLabels, Counter>::default();
-    let (listen, close) = stats.events();
-    events.get_or_create(&KindLabels { kind: "listen" }).inc_by(listen);
-    events.get_or_create(&KindLabels { kind: "close" }).inc_by(close);
+    let counts = stats.events();
+    events.get_or_create(&KindLabels { kind: "listen" }).inc_by(counts.listen);
+    events.get_or_create(&KindLabels { kind: "close" }).inc_by(counts.close);
+    events.get_or_create(&KindLabels { kind: "fork" }).inc_by(counts.fork);
 
     let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     uptime.set(stats.started.elapsed().as_secs_f64());
@@ -219,7 +237,7 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
     );
     registry.register(
         "daemon_listener_events",
-        "Listener events the daemon read from its tracepoint (0 when polling)",
+        "Events the daemon read from its tracepoints: listen, close, and forks of watched processes (0 when polling)",
         events,
     );
     registry.register_with_unit("daemon_uptime", "Time since the daemon started", Unit::Seconds, uptime);

@@ -21,7 +21,7 @@ pub use scan::{Filter, start_time};
 pub use service::serve;
 
 use crate::{
-    metrics::DaemonStats,
+    metrics::{DaemonStats, EventCounts},
     ops::{OpError, attach, promote},
     proc::Process,
     sockets::{self, SocketError},
@@ -70,6 +70,37 @@ pub enum Event {
     Listen { pid: u32, port: u16, ktime_ns: u64 },
     /// A listening socket closed (slot upkeep runs soon).
     Closed,
+    /// A watched process (one that holds a promoted generation, or its
+    /// same-named parent) forked `child`.
+    Forked { parent: u32, child: u32, ktime_ns: u64 },
+}
+
+/// What led to a promotion; the `trigger` field of the `promoted` log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The daemon started and took over what it found.
+    Adopt,
+    /// A socket started listening.
+    Listen,
+    /// A watched process forked a child that holds a different set of listeners
+    /// than the active generation, the same set its parent holds now.
+    Fork,
+    /// The active generation lost sockets; its newest holder is promoted again.
+    Close,
+    /// The polling source found a new listener.
+    Poll,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Adopt => "adopt",
+            Self::Listen => "listen",
+            Self::Fork => "fork",
+            Self::Close => "close",
+            Self::Poll => "poll",
+        }
+    }
 }
 
 /// How often closed sockets' slots are reclaimed.
@@ -90,7 +121,8 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
     };
     let source = if watcher.is_some() { "tracepoint" } else { "poll" };
     tracing::info!(source, poll_interval_ms = opts.poll_interval.as_millis() as u64, "event source");
-    adopt(state_dir, opts, stats);
+    let mut watched = Watched::default();
+    watched.add_all(adopt(state_dir, opts, stats));
     let mut poller = scan::Poller::default();
     if watcher.is_none() {
         poller.poll(&opts.filter);
@@ -134,8 +166,11 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
             Some(w) => w.wait(wake.saturating_duration_since(now), &mut events),
             None => std::thread::sleep(wake.saturating_duration_since(now)),
         }
-        let listens = events.iter().filter(|e| matches!(e, Event::Listen { .. })).count() as u64;
-        stats.record_events(listens, events.len() as u64 - listens);
+        stats.record_events(EventCounts {
+            listen: events.iter().filter(|e| matches!(e, Event::Listen { .. })).count() as u64,
+            close: events.iter().filter(|e| matches!(e, Event::Closed)).count() as u64,
+            fork: events.iter().filter(|e| matches!(e, Event::Forked { .. })).count() as u64,
+        });
         for &event in &events {
             match event {
                 Event::Listen { pid, port, ktime_ns }
@@ -148,18 +183,30 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                         opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns)
                     }) {
                         let due = Instant::now() + opts.ready_delay;
-                        pending
-                            .entry(port)
-                            .and_modify(|p| {
-                                p.pid = pid;
-                                p.tries = 0;
-                            })
-                            .or_insert(Pending { due, ktime: ktime_ns, pid, tries: 0 });
+                        queue(
+                            &mut pending,
+                            port,
+                            Pending { due, ktime: ktime_ns, pid, tries: 0, trigger: Trigger::Listen },
+                        );
                     }
                 }
                 Event::Listen { .. } => {}
                 Event::Closed => {
                     let _ = nudge.send(());
+                }
+                Event::Forked { parent, child, ktime_ns } => {
+                    // Promotions fill the watch list, and only `newest` promotes.
+                    if opts.policy != Policy::Newest {
+                        continue;
+                    }
+                    let Some(ports) = forked_generation(&opts.filter, parent, child) else { continue };
+                    tracing::debug!(parent, child, ?ports, "a watched process forked a new generation");
+                    let due = Instant::now() + opts.ready_delay;
+                    for port in ports {
+                        let p =
+                            Pending { due, ktime: ktime_ns, pid: child, tries: 0, trigger: Trigger::Fork };
+                        queue(&mut pending, port, p);
+                    }
                 }
             }
         }
@@ -168,7 +215,13 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
         for port in shrunk.try_iter() {
             if opts.policy == Policy::Newest && opts.filter.port_matches(port) {
                 let (due, ktime) = (Instant::now(), monotonic_ns());
-                pending.entry(port).or_insert(Pending { due, ktime, pid: 0, tries: 0 });
+                pending.entry(port).or_insert(Pending {
+                    due,
+                    ktime,
+                    pid: 0,
+                    tries: 0,
+                    trigger: Trigger::Close,
+                });
             }
         }
         let now = Instant::now();
@@ -185,7 +238,7 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                             p.pid = pid;
                         }
                     })
-                    .or_insert(Pending { due, ktime: monotonic_ns(), pid, tries: 0 });
+                    .or_insert(Pending { due, ktime: monotonic_ns(), pid, tries: 0, trigger: Trigger::Poll });
             }
             next_poll = now + opts.poll_interval;
         }
@@ -195,10 +248,18 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
             for (port, _) in &due {
                 pending.remove(port);
             }
-            for (port, retry) in handle(state_dir, opts, stats, &due) {
+            let handled = handle(state_dir, opts, stats, &due);
+            for (port, retry) in handled.retries {
                 // A newer event for the port since then wins.
                 pending.entry(port).or_insert(retry);
             }
+            watched.add_all(handled.promoted);
+        }
+        watched.prune(now);
+        if watched.take_changed()
+            && let Some(w) = watcher.as_mut()
+        {
+            w.watch_forks(&watched.pids());
         }
     }
     drop(nudge);
@@ -251,6 +312,20 @@ struct Pending {
     pid: u32,
     /// Attempts so far that failed.
     tries: u32,
+    /// What led here, for the log.
+    trigger: Trigger,
+}
+
+/// Queues `new` for `port`. A port already waiting keeps its time, earliest
+/// event and trigger, and takes the newer pid, with its tries reset.
+fn queue(pending: &mut BTreeMap<u16, Pending>, port: u16, new: Pending) {
+    pending
+        .entry(port)
+        .and_modify(|p| {
+            p.pid = new.pid;
+            p.tries = 0;
+        })
+        .or_insert(new);
 }
 
 /// Attempts to promote a new listener while its process lives: the event can
@@ -259,15 +334,18 @@ const MAX_TRIES: u32 = 5;
 /// The first retry's delay; each next one waits twice as long (10 ms to 160 ms).
 const RETRY_AFTER: Duration = Duration::from_millis(10);
 
+/// What [`handle`] did.
+#[derive(Debug, Default)]
+struct Handled {
+    /// Ports to try again: a live listener whose socket was not found.
+    retries: Vec<(u16, Pending)>,
+    /// Processes promoted (or found already active).
+    promoted: Vec<u32>,
+}
+
 /// Promotes (or, under `manual`, re-attaches) the process that listened on
 /// each port in `due`; when it is gone, the newest matching holder of the port.
-/// Returns the ports to try again: a live listener whose socket was not found.
-fn handle(
-    state_dir: &Path,
-    opts: &Options,
-    stats: &DaemonStats,
-    due: &[(u16, Pending)],
-) -> Vec<(u16, Pending)> {
+fn handle(state_dir: &Path, opts: &Options, stats: &DaemonStats, due: &[(u16, Pending)]) -> Handled {
     let mut targets: BTreeMap<u32, (Vec<(u16, Pending)>, u64)> = BTreeMap::new();
     for &(port, p) in due {
         // pid 0: only a close was seen on the port; look for its newest holder.
@@ -287,13 +365,20 @@ fn handle(
         t.0.push((port, p));
         t.1 = t.1.min(p.ktime);
     }
-    let mut retries = Vec::new();
+    let mut handled = Handled::default();
     for (pid, (entries, ktime)) in targets {
         let ports: Vec<u16> = entries.iter().map(|(port, _)| *port).collect();
         let scope = if opts.filter.ports.is_empty() { Vec::new() } else { ports.clone() };
+        let trigger = entries
+            .iter()
+            .map(|(_, p)| p.trigger)
+            .find(|t| *t == Trigger::Fork)
+            .unwrap_or(entries[0].1.trigger);
         let result = match opts.policy {
             Policy::Newest => {
-                promote_one(state_dir, &opts.filter, stats, pid, scope, ports.first().copied(), ktime)
+                let at = Attempt { trigger, port: ports.first().copied(), ktime };
+                promote_one(state_dir, &opts.filter, stats, pid, scope, at)
+                    .map(|promoted| handled.promoted.push(promoted))
             }
             Policy::Manual => match attach::reattach(state_dir, pid, &scope) {
                 Ok(groups) => {
@@ -312,7 +397,7 @@ fn handle(
             if alive && p.tries + 1 < MAX_TRIES {
                 let due = Instant::now() + RETRY_AFTER * 2_u32.pow(p.tries);
                 tracing::debug!(pid, port, tries = p.tries + 1, error, "not promoted yet; trying again");
-                retries.push((port, Pending { due, tries: p.tries + 1, ..p }));
+                handled.retries.push((port, Pending { due, tries: p.tries + 1, ..p }));
             } else if alive && opts.policy == Policy::Manual {
                 tracing::warn!(pid, port, tries = MAX_TRIES, error, "re-attach failed");
             } else if alive {
@@ -322,39 +407,49 @@ fn handle(
             }
         }
     }
-    retries
+    handled
 }
 
-/// Promotes `pid` for `scope` (empty: all its ports). `trigger` is the port
-/// whose new listener led here: if the process is gone by now (daemonising
-/// servers listen, then fork and exit), the newest holder of that port is
-/// promoted instead, a few times at most. A live process whose listener is not
-/// found is an error (the caller tries again), never a reason to promote
-/// another, older holder.
+/// Why and when a promotion is attempted.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    trigger: Trigger,
+    /// The port whose event led here (None at adoption).
+    port: Option<u16>,
+    /// The event's time (CLOCK_MONOTONIC ns), for `latency_us`.
+    ktime: u64,
+}
+
+/// Promotes `pid` for `scope` (empty: all its ports) and returns the pid
+/// promoted. `at.port` is the port whose event led here: if the process is gone
+/// by now (daemonising servers listen, then fork and exit), the newest holder
+/// of that port is promoted instead, a few times at most. A live process whose
+/// listener is not found is an error (the caller tries again), never a reason
+/// to promote another, older holder.
 fn promote_one(
     state_dir: &Path,
     filter: &Filter,
     stats: &DaemonStats,
     pid: u32,
     scope: Vec<u16>,
-    trigger: Option<u16>,
-    ktime: u64,
-) -> Result<(), String> {
+    at: Attempt,
+) -> Result<u32, String> {
     let mut pid = pid;
     for attempt in 0..4 {
         let request = promote::Request { pid, ports: scope.clone(), weight: 100, take_over: false };
         match promote::run(state_dir, &request) {
             Ok(changes) => {
-                let latency_us = monotonic_ns().saturating_sub(ktime) / 1000;
+                let latency_us = monotonic_ns().saturating_sub(at.ktime) / 1000;
+                let trigger = at.trigger.as_str();
                 for c in changes {
                     if c.changed {
                         stats.record_promotion(&c.group);
-                        tracing::info!(pid, group = %c.group, slot = c.first_slot, generation = c.generation, latency_us, previous = ?c.previous_pids, "promoted");
+                        tracing::info!(pid, group = %c.group, slot = c.first_slot, generation = c.generation, sockets = c.sockets, latency_us, trigger, previous = ?c.previous_pids, "promoted");
                     } else {
-                        tracing::debug!(pid, group = %c.group, "already active");
+                        tracing::debug!(pid, group = %c.group, trigger, "already active");
                     }
                 }
-                return Ok(());
+                return Ok(pid);
             }
             Err(
                 OpError::Proc(_)
@@ -365,7 +460,7 @@ fn promote_one(
                     | SocketError::NoListeners { .. },
                 ),
             ) if attempt < 3 && Process::open(pid).is_err() => {
-                let next = trigger.and_then(|port| newest_listener(filter, port)).filter(|p| *p != pid);
+                let next = at.port.and_then(|port| newest_listener(filter, port)).filter(|p| *p != pid);
                 let Some(next) = next else {
                     return Err(format!("process {pid} left and no other process holds the port"));
                 };
@@ -394,8 +489,9 @@ fn newest_listener(filter: &Filter, port: u16) -> Option<u32> {
 
 /// At start: promote the newest matching process of each group (policy
 /// `newest`) or re-attach (policy `manual`). Groups whose newest generation
-/// is already active are left alone.
-fn adopt(state_dir: &Path, opts: &Options, stats: &DaemonStats) {
+/// is already active are left alone. Returns the processes promoted.
+fn adopt(state_dir: &Path, opts: &Options, stats: &DaemonStats) -> Vec<u32> {
+    let mut promoted = Vec::new();
     let mut by_pid: BTreeMap<u32, BTreeSet<u16>> = BTreeMap::new();
     for (_, (pid, port)) in scan::newest_per_group(&opts.filter) {
         by_pid.entry(pid).or_default().insert(port);
@@ -405,10 +501,10 @@ fn adopt(state_dir: &Path, opts: &Options, stats: &DaemonStats) {
         tracing::info!(pid, ?ports, "adopting");
         match opts.policy {
             Policy::Newest => {
-                if let Err(error) =
-                    promote_one(state_dir, &opts.filter, stats, pid, ports, None, monotonic_ns())
-                {
-                    tracing::warn!(pid, error, "promote failed");
+                let at = Attempt { trigger: Trigger::Adopt, port: None, ktime: monotonic_ns() };
+                match promote_one(state_dir, &opts.filter, stats, pid, ports, at) {
+                    Ok(pid) => promoted.push(pid),
+                    Err(error) => tracing::warn!(pid, error, "promote failed"),
                 }
             }
             Policy::Manual => {
@@ -418,6 +514,7 @@ fn adopt(state_dir: &Path, opts: &Options, stats: &DaemonStats) {
             }
         }
     }
+    promoted
 }
 
 /// The youngest child of `pid` with the same name, if it holds the parent's
@@ -440,6 +537,79 @@ fn forked_child(pid: u32, port: u16) -> Option<u32> {
         Some(found.into_iter().map(|(_, l)| l.inode).collect())
     };
     listeners(pid)?.is_subset(&listeners(child)?).then_some(child)
+}
+
+/// The ports on which `child`, just forked by `parent`, holds listeners, when it
+/// holds exactly the listeners its parent holds now: a server that closed some
+/// listeners and then forked the workers of its next generation (nginx
+/// lowering `worker_processes`; its master closes the dropped workers' sockets
+/// before it forks, and tells the old workers to stop only 100 ms later).
+/// `None` when the child holds no matching listener, or other ones than its
+/// parent (a helper closing what it inherited). Whether the set differs from
+/// the active generation is for `promote` to say: the same set is `already
+/// active`, and nothing changes.
+fn forked_generation(filter: &Filter, parent: u32, child: u32) -> Option<Vec<u16>> {
+    let held = |pid: u32| -> Option<BTreeSet<(u16, u64)>> {
+        let process = Process::open(pid).ok()?;
+        if !filter.comm_matches(&process.comm) || !filter.netns_matches(process.netns) {
+            return None;
+        }
+        let found = sockets::listening_sockets(&process, &filter.ports).ok()?;
+        Some(found.into_iter().map(|(_, l)| (l.addr.port(), l.inode)).collect())
+    };
+    let mine = held(child)?;
+    if mine != held(parent)? {
+        return None;
+    }
+    let ports: BTreeSet<u16> = mine.into_iter().map(|(port, _)| port).collect();
+    Some(ports.into_iter().collect())
+}
+
+/// The processes whose forks the watcher reports: each process a promotion
+/// named, and its parent when that has the same name (nginx's master, which
+/// forks the workers of each new generation). Kept with their start times, so
+/// that a reused pid is not watched; exited ones are pruned every second.
+#[derive(Debug, Default)]
+struct Watched {
+    pids: BTreeMap<u32, u64>,
+    changed: bool,
+    next_prune: Option<Instant>,
+}
+
+impl Watched {
+    fn add_all(&mut self, promoted: impl IntoIterator<Item = u32>) {
+        for pid in promoted {
+            let comm = crate::proc::comm(pid);
+            let parent = scan::parent(pid).filter(|p| comm.is_some() && crate::proc::comm(*p) == comm);
+            for p in std::iter::once(pid).chain(parent) {
+                if self.pids.contains_key(&p) {
+                    continue;
+                }
+                if let Some(started) = start_time(p) {
+                    self.pids.insert(p, started);
+                    self.changed = true;
+                }
+            }
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        if self.next_prune.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_prune = Some(now + MAINTENANCE);
+        let before = self.pids.len();
+        self.pids.retain(|pid, started| start_time(*pid) == Some(*started));
+        self.changed |= self.pids.len() != before;
+    }
+
+    fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    fn pids(&self) -> BTreeSet<u32> {
+        self.pids.keys().copied().collect()
+    }
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.

@@ -40,10 +40,21 @@ impl Filter {
 /// larger is newer.
 #[must_use]
 pub fn start_time(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)
+}
+
+/// The parent's pid (`/proc/PID/stat` field 4).
+#[must_use]
+pub fn parent(pid: u32) -> Option<u32> {
+    stat_field(pid, 4).and_then(|p| u32::try_from(p).ok())
+}
+
+/// Numeric field `n` (1-based, as in proc(5)) of `/proc/PID/stat`, from field 3 on.
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The comm field may hold spaces and parentheses; fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 /// Processes whose name matches, excluding ourselves. With no `--comm`, every
@@ -142,5 +153,11 @@ mod tests {
     fn start_time_reads_our_own_stat() {
         let me = start_time(std::process::id()).expect("own stat");
         assert!(start_time(1).is_some_and(|init| init <= me));
+    }
+
+    #[test]
+    fn parent_reads_our_own_stat() {
+        let expected = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
+        assert_eq!(parent(std::process::id()), expected);
     }
 }

@@ -1,6 +1,8 @@
-//! The event-driven listener source: the `steer-watch` tracepoint program on
-//! `sock:inet_sock_set_state`, read through its ring buffer on a thread of its own.
+//! The event-driven listener source: the `steer-watch` tracepoint programs on
+//! `sock:inet_sock_set_state` and `task:task_newtask`, read through their ring buffer
+//! by the daemon's event thread.
 use std::{
+    collections::BTreeSet,
     os::fd::{AsFd as _, AsRawFd as _},
     time::Duration,
 };
@@ -8,7 +10,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, RingBuf},
+    maps::{HashMap, MapData, RingBuf},
     programs::TracePoint,
 };
 use steer_abi::{ListenEvent, watch};
@@ -16,19 +18,27 @@ use steer_abi::{ListenEvent, watch};
 use super::Event;
 use crate::program;
 
-/// Where the tracepoint's format lives (tracefs, or tracefs under debugfs).
-const FORMATS: [&str; 2] = [
-    "/sys/kernel/tracing/events/sock/inet_sock_set_state/format",
-    "/sys/kernel/debug/tracing/events/sock/inet_sock_set_state/format",
-];
+/// Where tracepoint formats live: tracefs, or tracefs under debugfs.
+const TRACEFS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
 
-/// The offsets the watcher program reads (ebpf/src/watch.rs).
+/// The offsets the listener program reads (ebpf/src/watch.rs).
 const EXPECTED: [(&str, usize); 5] =
     [("oldstate", 16), ("newstate", 20), ("sport", 24), ("family", 28), ("protocol", 30)];
 
-/// Checks that the running kernel lays the tracepoint out as the program expects.
-pub fn check_format(text: &str) -> anyhow::Result<()> {
-    for (field, offset) in EXPECTED {
+/// The offsets the fork program reads (ebpf/src/watch.rs).
+const EXPECTED_FORK: [(&str, usize); 2] = [("pid", 8), ("clone_flags", 32)];
+
+/// The format text of tracepoint `category/name`.
+fn format(category: &str, name: &str) -> anyhow::Result<String> {
+    TRACEFS
+        .iter()
+        .find_map(|root| std::fs::read_to_string(format!("{root}/{category}/{name}/format")).ok())
+        .with_context(|| format!("tracefs is not mounted (no {category}/{name} format)"))
+}
+
+/// Checks that the running kernel lays a tracepoint out as its program expects.
+pub fn check_format(text: &str, expected: &[(&str, usize)]) -> anyhow::Result<()> {
+    for &(field, offset) in expected {
         let line = text
             .lines()
             .find(|l| l.split(';').next().is_some_and(|d| d.split_whitespace().last() == Some(field)))
@@ -45,34 +55,60 @@ pub fn check_format(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The loaded watcher; dropping it detaches the tracepoint. The daemon's own
+/// The loaded watcher; dropping it detaches the tracepoints. The daemon's own
 /// thread waits on its ring buffer, so an event wakes exactly the thread that
 /// promotes (a reader thread in between cost a second wake-up, and under a
 /// reload's CPU load each wake-up can wait milliseconds).
 pub struct Watcher {
     ring: RingBuf<MapData>,
+    /// The processes whose forks are reported; `None` without the fork tracepoint.
+    watched: Option<HashMap<MapData, u32, u8>>,
+    /// What [`Self::watched`] holds.
+    listed: BTreeSet<u32>,
     _ebpf: Ebpf,
 }
 
 impl Watcher {
-    /// Loads and attaches the watcher.
+    /// Loads and attaches the watcher. The fork tracepoint is optional: without
+    /// it, a warning, and generations that only fork are seen when listeners close.
     pub fn start() -> anyhow::Result<Self> {
-        let format = FORMATS
-            .iter()
-            .find_map(|p| std::fs::read_to_string(p).ok())
-            .context("tracefs is not mounted (no sock/inet_sock_set_state format)")?;
-        check_format(&format)?;
+        check_format(&format("sock", "inet_sock_set_state")?, &EXPECTED)?;
         let mut ebpf = EbpfLoader::new().load(program::WATCH_OBJECT).context("load the watcher")?;
-        let prog: &mut TracePoint = ebpf
-            .program_mut(watch::PROGRAM_NAME)
-            .context("watcher program missing")?
-            .try_into()
-            .context("watcher is not a tracepoint")?;
-        prog.load().context("load the tracepoint program")?;
-        prog.attach("sock", "inet_sock_set_state").context("attach to sock:inet_sock_set_state")?;
+        attach(&mut ebpf, watch::PROGRAM_NAME, "sock", "inet_sock_set_state")?;
+        let forks = format("task", "task_newtask")
+            .and_then(|text| check_format(&text, &EXPECTED_FORK))
+            .and_then(|()| attach(&mut ebpf, watch::FORK_PROGRAM_NAME, "task", "task_newtask"));
+        let watched = match forks {
+            Ok(()) => Some(
+                HashMap::try_from(ebpf.take_map(watch::WATCHED).context("watched map missing")?)
+                    .context("watched map is not a hash map")?,
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "fork tracepoint unavailable; a generation that only forks (nginx with fewer workers) is promoted when the old listeners close"
+                );
+                None
+            }
+        };
         let ring = RingBuf::try_from(ebpf.take_map(watch::EVENTS).context("events map missing")?)
             .context("events map is not a ring buffer")?;
-        Ok(Self { ring, _ebpf: ebpf })
+        Ok(Self { ring, watched, listed: BTreeSet::new(), _ebpf: ebpf })
+    }
+
+    /// Makes `pids` the processes whose forks are reported (at most
+    /// [`watch::WATCHED_MAX`]; the rest are left out, with a debug line).
+    pub fn watch_forks(&mut self, pids: &BTreeSet<u32>) {
+        let Some(map) = self.watched.as_mut() else { return };
+        for pid in self.listed.difference(pids) {
+            let _ = map.remove(pid);
+        }
+        for &pid in pids.difference(&self.listed) {
+            if let Err(e) = map.insert(pid, 1, 0) {
+                tracing::debug!(pid, error = %e, "fork watch list is full");
+            }
+        }
+        self.listed.clone_from(pids);
     }
 
     /// Waits up to `timeout` for events, then appends every event there is to `out`.
@@ -95,10 +131,25 @@ impl Watcher {
                     out.push(Event::Listen { pid: ev.pid, port: ev.port, ktime_ns: ev.ktime_ns });
                 }
                 watch::KIND_CLOSE => out.push(Event::Closed),
+                watch::KIND_FORK => {
+                    out.push(Event::Forked { parent: ev.pid, child: ev.child, ktime_ns: ev.ktime_ns });
+                }
                 _ => {}
             }
         }
     }
+}
+
+/// Loads program `name` of the watcher object and attaches it to `category:tracepoint`.
+fn attach(ebpf: &mut Ebpf, name: &str, category: &str, tracepoint: &str) -> anyhow::Result<()> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("watcher program {name} missing"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a tracepoint"))?;
+    prog.load().with_context(|| format!("load the {name} program"))?;
+    prog.attach(category, tracepoint).with_context(|| format!("attach to {category}:{tracepoint}"))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -116,13 +167,26 @@ mod tests {
 
     #[test]
     fn the_format_of_this_kernel_generation_is_accepted() {
-        check_format(FORMAT).unwrap();
+        check_format(FORMAT, &EXPECTED).unwrap();
     }
 
     #[test]
     fn a_moved_field_is_refused() {
         let moved = FORMAT.replace("offset:24", "offset:32");
-        assert!(check_format(&moved).unwrap_err().to_string().contains("sport"));
-        assert!(check_format("name: x\n").is_err());
+        assert!(check_format(&moved, &EXPECTED).unwrap_err().to_string().contains("sport"));
+        assert!(check_format("name: x\n", &EXPECTED).is_err());
+    }
+
+    const NEWTASK: &str = "name: task_newtask\n\
+        \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\
+        \tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;\n\
+        \tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;\n\
+        \tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;\n";
+
+    #[test]
+    fn the_fork_tracepoint_format_is_checked_by_field_name() {
+        check_format(NEWTASK, &EXPECTED_FORK).unwrap();
+        let moved = NEWTASK.replace("offset:32", "offset:40");
+        assert!(check_format(&moved, &EXPECTED_FORK).unwrap_err().to_string().contains("clone_flags"));
     }
 }

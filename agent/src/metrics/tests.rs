@@ -89,8 +89,8 @@ fn render_shows_every_family_with_the_maps_values() {
     stats.record_promotion("127.0.0.1:8080");
     stats.record_promotion("127.0.0.1:8080");
     stats.record_promotion("[::1]:9090");
-    stats.record_events(3, 0);
-    stats.record_events(1, 2);
+    stats.record_events(EventCounts { listen: 3, ..EventCounts::default() });
+    stats.record_events(EventCounts { listen: 1, close: 2, fork: 5 });
     let text = render(&status(), &stats, NETSTAT).unwrap();
 
     for family in [
@@ -140,6 +140,7 @@ fn render_shows_every_family_with_the_maps_values() {
     assert_eq!(value(&text, "steer_groups", &[]), "2");
     assert_eq!(value(&text, "steer_daemon_listener_events_total", &[r#"kind="listen""#]), "4");
     assert_eq!(value(&text, "steer_daemon_listener_events_total", &[r#"kind="close""#]), "2");
+    assert_eq!(value(&text, "steer_daemon_listener_events_total", &[r#"kind="fork""#]), "5");
     let uptime: f64 = value(&text, "steer_daemon_uptime_seconds", &[]).parse().unwrap();
     assert!((0.0..60.0).contains(&uptime), "uptime {uptime}");
 }

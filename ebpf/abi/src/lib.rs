@@ -42,6 +42,16 @@ pub const PROGRAM_NAME: &str = "steer";
 pub mod watch {
     /// Program name: a tracepoint on `sock:inet_sock_set_state`.
     pub const PROGRAM_NAME: &str = "steer_watch";
+    /// Program name: a tracepoint on `task:task_newtask` that reports the forks of
+    /// the processes in [`WATCHED`].
+    pub const FORK_PROGRAM_NAME: &str = "steer_watch_fork";
+    /// Hash map, tgid to 1: the processes whose forks are reported (the daemon
+    /// keeps the holders of promoted generations and their same-named parents here).
+    pub const WATCHED: &str = "STEER_WATCHED";
+    /// Capacity of [`WATCHED`].
+    pub const WATCHED_MAX: u32 = 1024;
+    /// `CLONE_THREAD` (include/uapi/linux/sched.h): a new thread, not a process.
+    pub const CLONE_THREAD: u64 = 0x0001_0000;
     /// The ring buffer of [`super::ListenEvent`]s.
     pub const EVENTS: &str = "STEER_EVENTS";
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
@@ -56,6 +66,11 @@ pub mod watch {
     /// TCP_CLOSE). Not a connection's child socket, which leaves the listener's
     /// copied state for TCP_SYN_RECV at every accepted connection.
     pub const KIND_CLOSE: u32 = 2;
+    /// [`super::ListenEvent::kind`]: a process in [`WATCHED`] forked
+    /// [`super::ListenEvent::child`]. A server that closes listeners and then forks
+    /// the workers of its next generation (nginx lowering `worker_processes`) shows
+    /// that generation here, before the dropped listeners close.
+    pub const KIND_FORK: u32 = 3;
 }
 
 /// Counter indices. Every invocation of the program increments exactly one of
@@ -194,9 +209,10 @@ pub struct Info {
     pub pad: u32,
 }
 
-/// One listener event from the watcher, written to the ring buffer from the
+/// One event from the watcher, written to the ring buffer from the
 /// `sock:inet_sock_set_state` tracepoint in the context of the process that
-/// called listen() or closed the socket.
+/// called listen() or closed the socket, or from `task:task_newtask` in the
+/// context of a watched process that forked.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenEvent {
@@ -204,14 +220,14 @@ pub struct ListenEvent {
     pub ktime_ns: u64,
     /// Process id (tgid) of the caller.
     pub pid: u32,
-    /// [`watch::KIND_LISTEN`] or [`watch::KIND_CLOSE`].
+    /// [`watch::KIND_LISTEN`], [`watch::KIND_CLOSE`] or [`watch::KIND_FORK`].
     pub kind: u32,
     /// Local port, host byte order.
     pub port: u16,
-    /// `AF_INET` or `AF_INET6`.
+    /// `AF_INET` or `AF_INET6` (0 for a fork).
     pub family: u16,
-    /// Always zero.
-    pub pad: u32,
+    /// The new process's pid, for [`watch::KIND_FORK`]; otherwise zero.
+    pub child: u32,
     /// `bpf_get_current_comm()`: the calling thread's name.
     pub comm: [u8; 16],
 }
