@@ -346,7 +346,8 @@ struct Handled {
 /// Promotes (or, under `manual`, re-attaches) the process that listened on
 /// each port in `due`; when it is gone, the newest matching holder of the port.
 fn handle(state_dir: &Path, opts: &Options, stats: &DaemonStats, due: &[(u16, Pending)]) -> Handled {
-    let mut targets: BTreeMap<u32, (Vec<(u16, Pending)>, u64)> = BTreeMap::new();
+    // Per pid: its ports, and the earliest event (its time and trigger).
+    let mut targets: BTreeMap<u32, (Vec<(u16, Pending)>, Pending)> = BTreeMap::new();
     for &(port, p) in due {
         // pid 0: only a close was seen on the port; look for its newest holder.
         let alive = p.pid != 0
@@ -361,19 +362,16 @@ fn handle(state_dir: &Path, opts: &Options, stats: &DaemonStats, due: &[(u16, Pe
             tracing::debug!(port, "new listener gone before it could be handled");
             continue;
         };
-        let t = targets.entry(pid).or_insert((Vec::new(), p.ktime));
+        let t = targets.entry(pid).or_insert((Vec::new(), p));
         t.0.push((port, p));
-        t.1 = t.1.min(p.ktime);
+        if p.ktime < t.1.ktime {
+            t.1 = p;
+        }
     }
     let mut handled = Handled::default();
-    for (pid, (entries, ktime)) in targets {
+    for (pid, (entries, Pending { ktime, trigger, .. })) in targets {
         let ports: Vec<u16> = entries.iter().map(|(port, _)| *port).collect();
         let scope = if opts.filter.ports.is_empty() { Vec::new() } else { ports.clone() };
-        let trigger = entries
-            .iter()
-            .map(|(_, p)| p.trigger)
-            .find(|t| *t == Trigger::Fork)
-            .unwrap_or(entries[0].1.trigger);
         let result = match opts.policy {
             Policy::Newest => {
                 let at = Attempt { trigger, port: ports.first().copied(), ktime };
@@ -531,12 +529,15 @@ fn forked_child(pid: u32, port: u16) -> Option<u32> {
     // Only a child that holds every listener its parent holds on the port: the serving
     // process of a daemonising server, not an older worker of a master (nginx) that has
     // just opened more sockets and not yet forked the workers for them.
-    let listeners = |pid: u32| -> Option<BTreeSet<u64>> {
-        let process = Process::open(pid).ok()?;
-        let found = sockets::listening_sockets(&process, &[port]).ok()?;
-        Some(found.into_iter().map(|(_, l)| l.inode).collect())
-    };
+    let listeners = |pid: u32| listener_set(&Process::open(pid).ok()?, &[port]);
     listeners(pid)?.is_subset(&listeners(child)?).then_some(child)
+}
+
+/// The (port, inode) of each listener `process` holds on `ports` (all when
+/// empty); `None` when it holds none or cannot be read.
+fn listener_set(process: &Process, ports: &[u16]) -> Option<BTreeSet<(u16, u64)>> {
+    let found = sockets::listening_sockets(process, ports).ok()?;
+    Some(found.into_iter().map(|(_, l)| (l.addr.port(), l.inode)).collect())
 }
 
 /// The ports on which `child`, just forked by `parent`, holds listeners, when it
@@ -549,13 +550,10 @@ fn forked_child(pid: u32, port: u16) -> Option<u32> {
 /// the active generation is for `promote` to say: the same set is `already
 /// active`, and nothing changes.
 fn forked_generation(filter: &Filter, parent: u32, child: u32) -> Option<Vec<u16>> {
-    let held = |pid: u32| -> Option<BTreeSet<(u16, u64)>> {
+    let held = |pid: u32| {
         let process = Process::open(pid).ok()?;
-        if !filter.comm_matches(&process.comm) || !filter.netns_matches(process.netns) {
-            return None;
-        }
-        let found = sockets::listening_sockets(&process, &filter.ports).ok()?;
-        Some(found.into_iter().map(|(_, l)| (l.addr.port(), l.inode)).collect())
+        let matches = filter.comm_matches(&process.comm) && filter.netns_matches(process.netns);
+        matches.then(|| listener_set(&process, &filter.ports))?
     };
     let mine = held(child)?;
     if mine != held(parent)? {
