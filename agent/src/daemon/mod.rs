@@ -179,9 +179,7 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                     // The listening pid may have exited already (daemon mode forks
                     // after listen()); then the port decides, in handle().
                     let process = Process::open(pid).ok();
-                    if process.is_none_or(|p| {
-                        opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns)
-                    }) {
+                    if process.is_none_or(|p| opts.filter.process_matches(&p)) {
                         let due = Instant::now() + opts.ready_delay;
                         queue(
                             &mut pending,
@@ -194,11 +192,8 @@ pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicB
                 Event::Closed => {
                     let _ = nudge.send(());
                 }
+                // Promotions fill the watch list, so forks are only seen under `newest`.
                 Event::Forked { parent, child, ktime_ns } => {
-                    // Promotions fill the watch list, and only `newest` promotes.
-                    if opts.policy != Policy::Newest {
-                        continue;
-                    }
                     let Some(ports) = forked_generation(&opts.filter, parent, child) else { continue };
                     tracing::debug!(parent, child, ?ports, "a watched process forked a new generation");
                     let due = Instant::now() + opts.ready_delay;
@@ -350,9 +345,7 @@ fn handle(state_dir: &Path, opts: &Options, stats: &DaemonStats, due: &[(u16, Pe
     let mut targets: BTreeMap<u32, (Vec<(u16, Pending)>, Pending)> = BTreeMap::new();
     for &(port, p) in due {
         // pid 0: only a close was seen on the port; look for its newest holder.
-        let alive = p.pid != 0
-            && Process::open(p.pid)
-                .is_ok_and(|p| opts.filter.comm_matches(&p.comm) && opts.filter.netns_matches(p.netns));
+        let alive = p.pid != 0 && Process::open(p.pid).is_ok_and(|p| opts.filter.process_matches(&p));
         let found = if alive {
             Some(forked_child(p.pid, port).unwrap_or(p.pid))
         } else {
@@ -552,8 +545,7 @@ fn listener_set(process: &Process, ports: &[u16]) -> Option<BTreeSet<(u16, u64)>
 fn forked_generation(filter: &Filter, parent: u32, child: u32) -> Option<Vec<u16>> {
     let held = |pid: u32| {
         let process = Process::open(pid).ok()?;
-        let matches = filter.comm_matches(&process.comm) && filter.netns_matches(process.netns);
-        matches.then(|| listener_set(&process, &filter.ports))?
+        filter.process_matches(&process).then(|| listener_set(&process, &filter.ports))?
     };
     let mine = held(child)?;
     if mine != held(parent)? {

@@ -30,6 +30,12 @@ impl Filter {
         self.comms.is_empty() || self.comms.iter().any(|c| c == comm)
     }
 
+    /// Whether `process` matches `--comm` and `--netns`.
+    #[must_use]
+    pub fn process_matches(&self, process: &Process) -> bool {
+        self.comm_matches(&process.comm) && self.netns_matches(process.netns)
+    }
+
     #[must_use]
     pub fn port_matches(&self, port: u16) -> bool {
         self.ports.is_empty() || self.ports.contains(&port)
