@@ -13,6 +13,7 @@
 //! - [`state`]: the pinned program and maps, the lock, atomic creation.
 //! - [`policy`]: pure rules for promote, canary, rollback and slot allocation.
 //! - [`ops`]: one module per command (check, promote, rollback, status, detach).
+pub mod btf;
 pub mod daemon;
 pub mod diag;
 pub mod metrics;

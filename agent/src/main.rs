@@ -89,7 +89,7 @@ enum Command {
         /// Log format on stderr
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
-        /// Where listener events come from: the eBPF tracepoint, polling, or the first that works
+        /// Where listener events come from: raw tracepoints (no tracefs), tracefs tracepoints, polling, or the first that works
         #[arg(long, value_enum, default_value_t = Source::Auto)]
         source: Source,
         /// How often the polling source looks for new listeners

@@ -3,18 +3,24 @@
 //! daemon through a ring buffer; and one on `task:task_newtask` that reports the forks
 //! of the processes the daemon lists in `STEER_WATCHED`. It only observes; it never
 //! changes a socket or a process.
-//! Field offsets are those of /sys/kernel/tracing/events/{sock/inet_sock_set_state,
-//! task/task_newtask}/format (include/trace/events/{sock,task}.h); the daemon checks
-//! them before it loads this.
+//!
+//! Each comes twice, and the daemon attaches one of the pairs:
+//! - raw tracepoints (`BPF_RAW_TRACEPOINT_OPEN` by name, kernel 4.17+), which need
+//!   no tracefs. They get the tracepoints' `TP_PROTO` arguments, `struct sock *` and
+//!   `struct task_struct *`, and read the few fields they need at offsets the daemon
+//!   takes from the kernel's BTF and sets as globals before load;
+//! - classic tracepoints, whose record field offsets are those of
+//!   /sys/kernel/tracing/events/{sock/inet_sock_set_state,task/task_newtask}/format
+//!   (include/trace/events/{sock,task}.h); the daemon checks them before it loads this.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use steer_abi::{IPPROTO_TCP, ListenEvent, watch};
 
@@ -47,26 +53,38 @@ fn try_watch(ctx: &TracePointContext) -> Result<(), ()> {
     }
     let old: i32 = unsafe { ctx.read_at(OLDSTATE) }.map_err(|_| ())?;
     let new: i32 = unsafe { ctx.read_at(NEWSTATE) }.map_err(|_| ())?;
-    let kind = if new == watch::TCP_LISTEN {
-        watch::KIND_LISTEN
-    } else if old == watch::TCP_LISTEN && new == watch::TCP_CLOSE {
-        // Only a listener closing. A new connection's child socket is cloned from
-        // its listener, state included, and then set to TCP_SYN_RECV: reporting
-        // that would wake the daemon at every connection.
-        watch::KIND_CLOSE
-    } else {
-        return Ok(());
-    };
+    let Some(kind) = listener_change(old, new) else { return Ok(()) };
     let port: u16 = unsafe { ctx.read_at(SPORT) }.map_err(|_| ())?;
     let family: u16 = unsafe { ctx.read_at(FAMILY) }.map_err(|_| ())?;
+    report(ctx.tgid(), kind, port, family, 0)
+}
+
+/// The kind of a TCP state change worth reporting: a socket starting to listen,
+/// or a listener closing. Only a listener closing: a new connection's child
+/// socket is cloned from its listener, state included, and then set to
+/// TCP_SYN_RECV, and reporting that would wake the daemon at every connection.
+#[inline(always)]
+fn listener_change(old: i32, new: i32) -> Option<u32> {
+    if new == watch::TCP_LISTEN {
+        Some(watch::KIND_LISTEN)
+    } else if old == watch::TCP_LISTEN && new == watch::TCP_CLOSE {
+        Some(watch::KIND_CLOSE)
+    } else {
+        None
+    }
+}
+
+/// Writes one event to the ring buffer (dropped if it is full).
+#[inline(always)]
+fn report(pid: u32, kind: u32, port: u16, family: u16, child: u32) -> Result<(), ()> {
     let event = ListenEvent {
         // SAFETY: plain helper call.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
-        pid: ctx.tgid(),
+        pid,
         kind,
         port,
         family,
-        child: 0,
+        child,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     STEER_EVENTS.output::<ListenEvent>(event, 0).map_err(|_| ())
@@ -99,17 +117,87 @@ fn try_watch_fork(ctx: &TracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let child: i32 = unsafe { ctx.read_at(NEWTASK_PID) }.map_err(|_| ())?;
-    let event = ListenEvent {
-        // SAFETY: plain helper call.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-        pid: parent,
-        kind: watch::KIND_FORK,
-        port: 0,
-        family: 0,
-        child: child as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    STEER_EVENTS.output::<ListenEvent>(event, 0).map_err(|_| ())
+    report(parent, watch::KIND_FORK, 0, 0, child as u32)
+}
+
+// Field offsets for the raw tracepoints, set by the daemon from the kernel's BTF
+// before load (`EbpfLoader::override_global`). Read with `read_volatile` so that
+// the compiler does not fold the placeholder zeros in.
+#[unsafe(no_mangle)]
+static STEER_OFF_SKC_NUM: u32 = 0;
+#[unsafe(no_mangle)]
+static STEER_OFF_SKC_FAMILY: u32 = 0;
+#[unsafe(no_mangle)]
+static STEER_OFF_SK_PROTOCOL: u32 = 0;
+#[unsafe(no_mangle)]
+static STEER_OFF_TASK_PID: u32 = 0;
+
+#[inline(always)]
+fn offset(global: &u32) -> usize {
+    // SAFETY: a read of a static; the loader rewrote its value in .rodata.
+    unsafe { core::ptr::read_volatile(global) as usize }
+}
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+fn read_kernel<T>(base: u64, off: usize) -> Result<T, ()> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+    unsafe { bpf_probe_read_kernel((base as usize + off) as *const T) }.map_err(|_| ())
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`
+/// (include/trace/events/sock.h), without tracefs.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn steer_watch_raw(ctx: RawTracePointContext) -> u32 {
+    match try_watch_raw(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_watch_raw(ctx: &RawTracePointContext) -> Result<(), ()> {
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    let Some(kind) = listener_change(old, new) else { return Ok(()) };
+    let sk: u64 = ctx.arg(0);
+    let protocol: u16 = read_kernel(sk, offset(&STEER_OFF_SK_PROTOCOL))?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let port: u16 = read_kernel(sk, offset(&STEER_OFF_SKC_NUM))?;
+    let family: u16 = read_kernel(sk, offset(&STEER_OFF_SKC_FAMILY))?;
+    report(current_tgid(), kind, port, family, 0)
+}
+
+/// `task_newtask(struct task_struct *task, unsigned long clone_flags)`
+/// (include/trace/events/task.h), without tracefs.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn steer_watch_fork_raw(ctx: RawTracePointContext) -> u32 {
+    match try_watch_fork_raw(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_watch_fork_raw(ctx: &RawTracePointContext) -> Result<(), ()> {
+    let parent = current_tgid();
+    // SAFETY: the value is only tested for presence.
+    if unsafe { STEER_WATCHED.get(parent) }.is_none() {
+        return Ok(());
+    }
+    let flags: u64 = ctx.arg(1);
+    if flags & watch::CLONE_THREAD != 0 {
+        return Ok(());
+    }
+    let task: u64 = ctx.arg(0);
+    let child: i32 = read_kernel(task, offset(&STEER_OFF_TASK_PID))?;
+    report(parent, watch::KIND_FORK, 0, 0, child as u32)
+}
+
+/// The calling process's id (the thread group id).
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 #[cfg(not(test))]

@@ -5,6 +5,7 @@
 //! traffic, and a restarted daemon adopts what it finds.
 mod scan;
 mod service;
+pub mod source;
 mod tracepoint;
 
 use std::{
@@ -19,6 +20,7 @@ use std::{
 
 pub use scan::{Filter, start_time};
 pub use service::serve;
+pub use source::Source;
 
 use crate::{
     metrics::{DaemonStats, EventCounts},
@@ -34,17 +36,6 @@ pub enum Policy {
     Newest,
     /// Only re-attach the program to groups that formed again, and report.
     Manual,
-}
-
-/// Where listener events come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Source {
-    /// The tracepoint if it can be loaded, otherwise polling.
-    Auto,
-    /// The eBPF tracepoint on sock:inet_sock_set_state only.
-    Tracepoint,
-    /// Poll sock_diag and /proc.
-    Poll,
 }
 
 /// The daemon's settings.
@@ -106,21 +97,15 @@ impl Trigger {
 /// How often closed sockets' slots are reclaimed.
 const MAINTENANCE: Duration = Duration::from_secs(1);
 
-/// Runs until `stop` is set. Events are handled one batch at a time.
-pub fn run(state_dir: &Path, opts: &Options, stats: &DaemonStats, stop: &AtomicBool) -> anyhow::Result<()> {
-    let mut watcher = match opts.source {
-        Source::Poll => None,
-        Source::Tracepoint => Some(tracepoint::Watcher::start()?),
-        Source::Auto => match tracepoint::Watcher::start() {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "tracepoint source unavailable; polling instead");
-                None
-            }
-        },
-    };
-    let source = if watcher.is_some() { "tracepoint" } else { "poll" };
-    tracing::info!(source, poll_interval_ms = opts.poll_interval.as_millis() as u64, "event source");
+/// Runs until `stop` is set, with events from `watcher` (`None`: polling).
+/// Events are handled one batch at a time.
+pub fn run(
+    state_dir: &Path,
+    opts: &Options,
+    mut watcher: Option<tracepoint::Watcher>,
+    stats: &DaemonStats,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     let mut watched = Watched::default();
     watched.add_all(adopt(state_dir, opts, stats));
     let mut poller = scan::Poller::default();

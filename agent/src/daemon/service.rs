@@ -18,6 +18,25 @@ use crate::{metrics::DaemonStats, preflight};
 /// Runs the daemon until SIGTERM or SIGINT. Steering stays in place afterwards.
 pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> anyhow::Result<()> {
     preflight::all()?;
+    // First, so that the first log line says where events come from and why.
+    let (watcher, chosen) = super::source::open(opts.source)?;
+    let poll_interval_ms = u64::try_from(opts.poll_interval.as_millis()).unwrap_or(u64::MAX);
+    if chosen.source == "poll" && opts.source != super::Source::Poll {
+        tracing::warn!(
+            source = chosen.source,
+            reason = chosen.reason,
+            poll_interval_ms,
+            "event source: polling instead, so new generations are seen up to one poll interval late"
+        );
+    } else {
+        tracing::info!(
+            source = chosen.source,
+            reason = chosen.reason,
+            forks = chosen.forks,
+            poll_interval_ms,
+            "event source"
+        );
+    }
     // Before any thread starts: every thread inherits it.
     set_niceness(opts.nice);
     let stats = Arc::new(DaemonStats::new());
@@ -59,7 +78,7 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
             }
         });
     }
-    let result = super::run(state_dir, opts, &stats, &stop);
+    let result = super::run(state_dir, opts, watcher, &stats, &stop);
     let _ = done_tx.send(());
     rt.shutdown_timeout(Duration::from_secs(1));
     result

@@ -1,6 +1,7 @@
-//! The event-driven listener source: the `steer-watch` tracepoint programs on
-//! `sock:inet_sock_set_state` and `task:task_newtask`, read through their ring buffer
-//! by the daemon's event thread.
+//! The event-driven listener source: the `steer-watch` programs on
+//! `inet_sock_set_state` and `task_newtask`, attached as raw tracepoints (offsets
+//! from BTF, no tracefs) or as classic tracepoints (tracefs), and read through
+//! their ring buffer by the daemon's event thread.
 use std::{
     collections::BTreeSet,
     os::fd::{AsFd as _, AsRawFd as _},
@@ -11,12 +12,12 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use steer_abi::{ListenEvent, watch};
 
 use super::Event;
-use crate::program;
+use crate::{btf::Btf, program};
 
 /// Where tracepoint formats live: tracefs, or tracefs under debugfs.
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
@@ -55,6 +56,26 @@ pub fn check_format(text: &str, expected: &[(&str, usize)]) -> anyhow::Result<()
     Ok(())
 }
 
+/// How the watcher's programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// Raw tracepoints by name, with field offsets from the kernel's BTF: no tracefs.
+    Raw,
+    /// Classic tracepoints, found and checked through tracefs.
+    Tracefs,
+}
+
+impl Attach {
+    /// The `source` field of the daemon's log and of `steer check`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw_tracepoint",
+            Self::Tracefs => "tracepoint",
+        }
+    }
+}
+
 /// The loaded watcher; dropping it detaches the tracepoints. The daemon's own
 /// thread waits on its ring buffer, so an event wakes exactly the thread that
 /// promotes (a reader thread in between cost a second wake-up, and under a
@@ -65,19 +86,79 @@ pub struct Watcher {
     watched: Option<HashMap<MapData, u32, u8>>,
     /// What [`Self::watched`] holds.
     listed: BTreeSet<u32>,
+    attach: Attach,
+    /// tracefs, when this watcher mounted it (unmounted on drop).
+    mounted: Option<&'static str>,
     _ebpf: Ebpf,
 }
 
+/// The field offsets the raw programs read, from the kernel's BTF.
+fn raw_offsets() -> anyhow::Result<[(&'static str, u32); 4]> {
+    let btf = Btf::from_sys_fs().context("the raw tracepoints need the kernel's BTF")?;
+    let at = |strukt: &str, field: &str, size: u32| -> anyhow::Result<u32> {
+        Ok(btf.field(strukt, field, size).context("read a field offset from the kernel's BTF")?.offset)
+    };
+    Ok([
+        (watch::OFF_SKC_NUM, at("sock", "__sk_common.skc_num", 2)?),
+        (watch::OFF_SKC_FAMILY, at("sock", "__sk_common.skc_family", 2)?),
+        (watch::OFF_SK_PROTOCOL, at("sock", "sk_protocol", 2)?),
+        (watch::OFF_TASK_PID, at("task_struct", "pid", 4)?),
+    ])
+}
+
 impl Watcher {
-    /// Loads and attaches the watcher. The fork tracepoint is optional: without
-    /// it, a warning, and generations that only fork are seen when listeners close.
-    pub fn start() -> anyhow::Result<Self> {
-        check_format(&format("sock", "inet_sock_set_state")?, &EXPECTED)?;
-        let mut ebpf = EbpfLoader::new().load(program::WATCH_OBJECT).context("load the watcher")?;
-        attach(&mut ebpf, watch::PROGRAM_NAME, "sock", "inet_sock_set_state")?;
-        let forks = format("task", "task_newtask")
-            .and_then(|text| check_format(&text, &EXPECTED_FORK))
-            .and_then(|()| attach(&mut ebpf, watch::FORK_PROGRAM_NAME, "task", "task_newtask"));
+    /// Loads the watcher and attaches it as raw tracepoints, with the field
+    /// offsets of this kernel's BTF (`/sys/kernel/btf/vmlinux`). Reads nothing
+    /// from tracefs or debugfs. The fork tracepoint is optional, as in
+    /// [`Self::start_tracefs`].
+    pub fn start_raw() -> anyhow::Result<Self> {
+        let offsets = raw_offsets()?;
+        let mut loader = EbpfLoader::new();
+        for (name, value) in &offsets {
+            loader.override_global(name, value, true);
+        }
+        let mut ebpf = loader.load(program::WATCH_OBJECT).context("load the watcher")?;
+        attach_raw(&mut ebpf, watch::RAW_PROGRAM_NAME, "inet_sock_set_state")?;
+        let forks = attach_raw(&mut ebpf, watch::RAW_FORK_PROGRAM_NAME, "task_newtask");
+        Self::finish(ebpf, forks, Attach::Raw, None)
+    }
+
+    /// Loads the watcher and attaches it as classic tracepoints, after checking
+    /// their record layout in tracefs. With `may_mount`, mounts tracefs at
+    /// `/sys/kernel/tracing` when no tracefs is found (it needs CAP_SYS_ADMIN),
+    /// and unmounts it when the watcher is dropped.
+    pub fn start_tracefs(may_mount: bool) -> anyhow::Result<Self> {
+        let mut mounted = None;
+        let text = match format("sock", "inet_sock_set_state") {
+            Ok(text) => text,
+            Err(e) if may_mount => {
+                mount_tracefs().with_context(|| format!("{e:#}, and it could not be mounted"))?;
+                mounted = Some(TRACEFS_MOUNT);
+                format("sock", "inet_sock_set_state").inspect_err(|_| unmount_tracefs())?
+            }
+            Err(e) => return Err(e),
+        };
+        let started = (|| {
+            check_format(&text, &EXPECTED)?;
+            let mut ebpf = EbpfLoader::new().load(program::WATCH_OBJECT).context("load the watcher")?;
+            attach(&mut ebpf, watch::PROGRAM_NAME, "sock", "inet_sock_set_state")?;
+            let forks = format("task", "task_newtask")
+                .and_then(|text| check_format(&text, &EXPECTED_FORK))
+                .and_then(|()| attach(&mut ebpf, watch::FORK_PROGRAM_NAME, "task", "task_newtask"));
+            Self::finish(ebpf, forks, Attach::Tracefs, mounted)
+        })();
+        if started.is_err() && mounted.is_some() {
+            unmount_tracefs();
+        }
+        started
+    }
+
+    fn finish(
+        mut ebpf: Ebpf,
+        forks: anyhow::Result<()>,
+        attach: Attach,
+        mounted: Option<&'static str>,
+    ) -> anyhow::Result<Self> {
         let watched = match forks {
             Ok(()) => Some(
                 HashMap::try_from(ebpf.take_map(watch::WATCHED).context("watched map missing")?)
@@ -93,7 +174,25 @@ impl Watcher {
         };
         let ring = RingBuf::try_from(ebpf.take_map(watch::EVENTS).context("events map missing")?)
             .context("events map is not a ring buffer")?;
-        Ok(Self { ring, watched, listed: BTreeSet::new(), _ebpf: ebpf })
+        Ok(Self { ring, watched, listed: BTreeSet::new(), attach, mounted, _ebpf: ebpf })
+    }
+
+    /// How the programs are attached.
+    #[must_use]
+    pub fn attach(&self) -> Attach {
+        self.attach
+    }
+
+    /// Whether forks of watched processes are reported.
+    #[must_use]
+    pub fn reports_forks(&self) -> bool {
+        self.watched.is_some()
+    }
+
+    /// Whether this watcher mounted tracefs.
+    #[must_use]
+    pub fn mounted_tracefs(&self) -> bool {
+        self.mounted.is_some()
     }
 
     /// Makes `pids` the processes whose forks are reported (at most
@@ -138,6 +237,46 @@ impl Watcher {
             }
         }
     }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if self.mounted.is_some() {
+            unmount_tracefs();
+        }
+    }
+}
+
+/// Where the watcher mounts tracefs when there is none.
+const TRACEFS_MOUNT: &str = "/sys/kernel/tracing";
+
+fn mount_tracefs() -> anyhow::Result<()> {
+    rustix::mount::mount("tracefs", TRACEFS_MOUNT, "tracefs", rustix::mount::MountFlags::empty(), None)
+        .with_context(|| format!("mount tracefs on {TRACEFS_MOUNT} (needs CAP_SYS_ADMIN)"))?;
+    // The event source line that follows says so (its reason).
+    tracing::debug!(
+        path = TRACEFS_MOUNT,
+        "mounted tracefs for the tracepoint source; unmounted when the daemon stops"
+    );
+    Ok(())
+}
+
+fn unmount_tracefs() {
+    if let Err(e) = rustix::mount::unmount(TRACEFS_MOUNT, rustix::mount::UnmountFlags::DETACH) {
+        tracing::debug!(error = %e, "cannot unmount the tracefs the daemon mounted");
+    }
+}
+
+/// Loads program `name` of the watcher object and attaches it to raw tracepoint `tracepoint`.
+fn attach_raw(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> anyhow::Result<()> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("watcher program {name} missing"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a raw tracepoint"))?;
+    prog.load().with_context(|| format!("load the {name} program"))?;
+    prog.attach(tracepoint).with_context(|| format!("attach to raw tracepoint {tracepoint}"))?;
+    Ok(())
 }
 
 /// Loads program `name` of the watcher object and attaches it to `category:tracepoint`.

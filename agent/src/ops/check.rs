@@ -1,6 +1,6 @@
-//! `steer check`: can steering work here? Kernel, privileges, bpffs, and a real
-//! load of the program through the verifier (loaded, then dropped: nothing is
-//! pinned or attached).
+//! `steer check`: can steering work here? Kernel, privileges, bpffs, a real
+//! load of the program through the verifier, and the daemon's event source
+//! (each loaded, then dropped: nothing is pinned, and nothing stays attached).
 use std::path::Path;
 
 use aya::EbpfLoader;
@@ -49,6 +49,15 @@ pub fn run(state_dir: &Path) -> Vec<Item> {
             Err(e) => {
                 Item { name: "program", ok: false, detail: format!("the kernel refuses the program: {e:#}") }
             }
+        });
+    }
+    if privileges.is_ok() {
+        // Always ok: the daemon polls when no tracepoint works; the detail says which.
+        let chosen = crate::daemon::source::probe();
+        items.push(Item {
+            name: "event source",
+            ok: true,
+            detail: format!("{} for the daemon: {}", chosen.source, chosen.reason),
         });
     }
     let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();

@@ -71,6 +71,22 @@ pub mod watch {
     /// the workers of its next generation (nginx lowering `worker_processes`) shows
     /// that generation here, before the dropped listeners close.
     pub const KIND_FORK: u32 = 3;
+
+    /// Program name: a raw tracepoint (`BPF_RAW_TRACEPOINT_OPEN`, no tracefs) on
+    /// `inet_sock_set_state(sk, oldstate, newstate)`, reporting what
+    /// [`PROGRAM_NAME`] reports.
+    pub const RAW_PROGRAM_NAME: &str = "steer_watch_raw";
+    /// Program name: a raw tracepoint on `task_newtask(task, clone_flags)`,
+    /// reporting what [`FORK_PROGRAM_NAME`] reports.
+    pub const RAW_FORK_PROGRAM_NAME: &str = "steer_watch_fork_raw";
+    /// Globals of the watcher object that the daemon sets before load, from the
+    /// kernel's BTF: byte offsets in `struct sock` of `skc_num` (local port, host
+    /// order, u16), `skc_family` (u16) and `sk_protocol` (u16), and in
+    /// `struct task_struct` of `pid` (i32).
+    pub const OFF_SKC_NUM: &str = "STEER_OFF_SKC_NUM";
+    pub const OFF_SKC_FAMILY: &str = "STEER_OFF_SKC_FAMILY";
+    pub const OFF_SK_PROTOCOL: &str = "STEER_OFF_SK_PROTOCOL";
+    pub const OFF_TASK_PID: &str = "STEER_OFF_TASK_PID";
 }
 
 /// Counter indices. Every invocation of the program increments exactly one of

@@ -14,7 +14,7 @@ fn daemon_promotes_each_new_generation_and_survives_a_restart() {
     let a = w.server("a", &["127.0.0.1:8080"]);
     let d = Daemon::spawn(&w, &["--port", "8080"]);
     d.promoted(&a); // adopted at start
-    assert!(d.log().contains("\"source\":\"tracepoint\""), "event source logged: {}", d.log());
+    assert!(d.log().contains("\"source\":\"raw_tracepoint\""), "event source logged: {}", d.log());
     let b = w.server("b", &["127.0.0.1:8080"]);
     let line = d.promoted(&b);
     assert!(line.contains("latency_us"), "{line}");
@@ -183,4 +183,98 @@ fn the_event_thread_runs_sched_fifo_where_allowed_and_the_daemon_runs_on_where_n
         assert!(!d.log().contains("SCHED_FIFO"), "{}", d.log());
     }
     drop((a, b, c));
+}
+
+/// Runs its arguments in a private mount namespace without tracefs or debugfs,
+/// as on a fresh machine or in a container; `extra` runs first (more mounts).
+fn without_tracefs(extra: &str) -> Vec<String> {
+    let script = format!(
+        "for m in /sys/kernel/debug/tracing /sys/kernel/tracing /sys/kernel/debug; do \
+           while mountpoint -q $m; do umount -l $m || exit 97; done; done; {extra} exec \"$@\""
+    );
+    ["unshare", "--mount", "--propagation", "private", "sh", "-c", &script, "sh"].map(str::to_owned).to_vec()
+}
+
+/// The file systems mounted in process `pid`'s mount namespace.
+fn fs_types(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mounts"))
+        .expect("read the daemon's mounts")
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .collect()
+}
+
+/// The daemon's first log line above debug level.
+fn first_line(d: &Daemon) -> String {
+    d.log().lines().find(|l| !l.contains("\"level\":\"DEBUG\"")).unwrap_or_default().to_owned()
+}
+
+/// The `latency_us` of a `promoted` log line.
+fn latency_us(line: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    v["fields"]["latency_us"].as_u64().expect("latency_us")
+}
+
+#[test]
+fn the_event_source_needs_no_tracefs_and_falls_back_in_order() {
+    let Some(w) = World::new("dnotracefs") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    // A poll every 2 s: a promotion that came from polling would show it.
+    let args = ["--port", "8080", "--poll-interval", "2000"];
+
+    // 1. No tracefs, no debugfs: raw tracepoints, with forks, at event latency.
+    let wrapper = without_tracefs("");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let d = Daemon::spawn_via(&w, &wrapper, &args);
+    let types = fs_types(d.pid());
+    assert!(!types.iter().any(|t| t == "tracefs" || t == "debugfs"), "the daemon sees no tracefs: {types:?}");
+    let first = first_line(&d);
+    assert!(
+        first.contains("\"message\":\"event source\"") && first.contains("\"source\":\"raw_tracepoint\""),
+        "the first log line names the raw source: {first}"
+    );
+    assert!(first.contains("\"forks\":true") && first.contains("btf"), "{first}");
+    d.promoted(&a);
+    let mut servers = Vec::new();
+    for i in 0..5 {
+        let s = w.server(&format!("b{i}"), &["127.0.0.1:8080"]);
+        let line = d.promoted(&s);
+        assert!(line.contains("\"trigger\":\"listen\""), "promoted on the listen event: {line}");
+        assert!(latency_us(&line) < 100_000, "event latency, not a 2 s poll: {line}");
+        servers.push(s);
+    }
+    let last = servers.last().expect("a server");
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(answered_by(&r, "b4"), 300);
+    assert!(w.counters(8080).steered_active >= 300, "the program steered: {:?}", w.counters(8080));
+    let _ = last;
+    drop(d);
+
+    // 2. No BTF either (an empty file over vmlinux): the tracefs tracepoint,
+    // with tracefs mounted by the daemon in its own mount namespace.
+    let wrapper = without_tracefs("mount --bind /dev/null /sys/kernel/btf/vmlinux || exit 98;");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let d = Daemon::spawn_via(&w, &wrapper, &args);
+    let first = first_line(&d);
+    assert!(first.contains("\"source\":\"tracepoint\"") && first.contains("mounted tracefs"), "{first}");
+    assert!(fs_types(d.pid()).iter().any(|t| t == "tracefs"), "the daemon mounted tracefs");
+    let c = w.server("c", &["127.0.0.1:8080"]);
+    let line = d.promoted(&c);
+    assert!(latency_us(&line) < 100_000 && line.contains("\"trigger\":\"listen\""), "{line}");
+    drop(d);
+
+    // 3. No BTF, and no CAP_SYS_ADMIN to mount tracefs: polling, with a
+    // warning that names both causes.
+    let mut wrapper = without_tracefs("mount --bind /dev/null /sys/kernel/btf/vmlinux || exit 98;");
+    wrapper.extend(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"].map(str::to_owned));
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let d = Daemon::spawn_via(&w, &wrapper, &["--port", "8080", "--poll-interval", "20"]);
+    let first = first_line(&d);
+    assert!(first.contains("\"level\":\"WARN\"") && first.contains("\"source\":\"poll\""), "{first}");
+    assert!(first.contains("BTF") && first.contains("mount tracefs"), "both causes named: {first}");
+    let e = w.server("e", &["127.0.0.1:8080"]);
+    let line = d.promoted(&e);
+    assert!(line.contains("\"trigger\":\"poll\""), "{line}");
+    drop(d);
+    drop((a, servers, c, e));
 }

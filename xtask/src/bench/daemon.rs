@@ -129,7 +129,9 @@ impl Daemon {
     /// listener watcher), from `/proc/PID/fdinfo` of its program descriptors. They grow
     /// only while `kernel.bpf_stats_enabled=1`.
     pub fn tracepoint_stats(&self) -> Result<(u64, u64)> {
-        const TRACEPOINT: &str = "5"; // BPF_PROG_TYPE_TRACEPOINT
+        // BPF_PROG_TYPE_TRACEPOINT and BPF_PROG_TYPE_RAW_TRACEPOINT (the daemon's
+        // default source since it stopped needing tracefs).
+        const TRACEPOINT: [&str; 2] = ["5", "17"];
         let dir = format!("/proc/{}/fd", self.pid);
         let mut total = (0, 0);
         for entry in fs::read_dir(&dir).with_context(|| format!("could not list {dir}"))?.flatten() {
@@ -145,7 +147,7 @@ impl Daemon {
                     .find_map(|l| l.strip_prefix(name))
                     .map(|v| v.trim().trim_start_matches(':').trim())
             };
-            if field("prog_type") != Some(TRACEPOINT) {
+            if !field("prog_type").is_some_and(|t| TRACEPOINT.contains(&t)) {
                 continue;
             }
             let num = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
