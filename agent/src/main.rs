@@ -77,6 +77,11 @@ enum Command {
         /// Only processes in this network namespace (repeatable), e.g. /proc/PID/ns/net or /run/netns/NAME
         #[arg(long = "netns", value_name = "PATH")]
         netns: Vec<PathBuf>,
+        /// Only processes in this cgroup (repeatable): /PATH is that cgroup and below, as
+        /// /proc/PID/cgroup shows it (e.g. /kubepods.slice); any other TEXT must appear in the
+        /// path (a container id, a pod UID)
+        #[arg(long = "cgroup", value_name = "PATH|TEXT", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        cgroups: Vec<String>,
         /// newest: promote each new generation as soon as it listens; manual: only re-attach and report
         #[arg(long, value_enum, default_value_t = Policy::Newest)]
         policy: Policy,
@@ -188,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             comms,
             ports,
             netns,
+            cgroups,
             policy,
             ready_delay,
             metrics,
@@ -209,7 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<anyhow::Result<Vec<u64>>>()?;
             let opts = daemon::Options {
-                filter: daemon::Filter { comms, ports, netns },
+                filter: daemon::Filter { comms, ports, netns, cgroups },
                 policy,
                 ready_delay: std::time::Duration::from_millis(ready_delay),
                 source,

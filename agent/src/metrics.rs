@@ -10,7 +10,7 @@ use std::{
         Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -40,6 +40,25 @@ pub struct DaemonStats {
     listen_events: AtomicU64,
     close_events: AtomicU64,
     fork_events: AtomicU64,
+    /// When the event loop last went round, in ms since [`Self::started`] plus
+    /// one (0: not yet). It goes round at least every 200 ms.
+    heartbeat_ms: AtomicU64,
+}
+
+/// `/healthz` fails when the event loop has not gone round for this long: it
+/// wakes at least every 200 ms, and a promotion takes milliseconds, so only a
+/// loop that is stuck (a lock that never comes, a hung system call) gets here.
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(10);
+
+/// What `/healthz` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// The event loop went round this long ago.
+    Beating(Duration),
+    /// The event loop has not started yet (adoption runs first).
+    Starting,
+    /// The event loop last went round this long ago, more than [`HEARTBEAT_STALE`].
+    Stale(Duration),
 }
 
 /// Counts of watcher events, by kind.
@@ -62,7 +81,26 @@ impl DaemonStats {
             listen_events: AtomicU64::new(0),
             close_events: AtomicU64::new(0),
             fork_events: AtomicU64::new(0),
+            heartbeat_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The event loop calls this each time it goes round.
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.heartbeat_ms.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// How long ago the event loop last went round, judged at `now`.
+    #[must_use]
+    pub fn health(&self, now: Instant) -> Health {
+        let beat = self.heartbeat_ms.load(Ordering::Relaxed);
+        if beat == 0 {
+            return Health::Starting;
+        }
+        let at = self.started + Duration::from_millis(beat - 1);
+        let age = now.saturating_duration_since(at);
+        if age > HEARTBEAT_STALE { Health::Stale(age) } else { Health::Beating(age) }
     }
 
     /// Counts events read from the ring buffer.
@@ -241,6 +279,18 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
         events,
     );
     registry.register_with_unit("daemon_uptime", "Time since the daemon started", Unit::Seconds, uptime);
+    // -1 until the event loop first goes round.
+    let heartbeat = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    heartbeat.set(match stats.health(Instant::now()) {
+        Health::Beating(age) | Health::Stale(age) => age.as_secs_f64(),
+        Health::Starting => -1.0,
+    });
+    registry.register_with_unit(
+        "daemon_heartbeat_age",
+        "Time since the daemon's event loop last went round (-1: not started); /healthz fails past 10 s",
+        Unit::Seconds,
+        heartbeat,
+    );
     registry.register("groups", "Steered reuseport groups", group_count);
 
     let mut out = String::new();

@@ -112,7 +112,7 @@ pub fn run(
     if watcher.is_none() {
         poller.poll(&opts.filter);
     }
-    tracing::info!(policy = ?opts.policy, comm = ?opts.filter.comms, port = ?opts.filter.ports, "watching");
+    tracing::info!(policy = ?opts.policy, comm = ?opts.filter.comms, port = ?opts.filter.ports, cgroup = ?opts.filter.cgroups, "watching");
 
     // Slot upkeep runs on a thread of its own: it reads /proc and takes
     // milliseconds, and an event must not wait behind it.
@@ -137,6 +137,7 @@ pub fn run(
     let mut events = Vec::new();
     let mut next_poll = Instant::now() + opts.poll_interval;
     while !stop.load(Ordering::Relaxed) {
+        stats.beat();
         let now = Instant::now();
         // Wake at least this often to see `stop` and the upkeep's findings.
         let mut wake = now + Duration::from_millis(200);

@@ -1,6 +1,7 @@
 //! The metrics endpoint: a small HTTP/1.1 server on a tokio listener, one task per
 //! connection, `Connection: close`. `GET /metrics` scrapes, `GET /healthz` answers
-//! `ok`, everything else is 404.
+//! `ok` while the daemon's event loop goes round (503 before it starts and once it
+//! has not run for [`super::HEARTBEAT_STALE`]), everything else is 404.
 use std::{
     io,
     net::SocketAddr,
@@ -18,7 +19,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{DaemonStats, render};
+use super::{DaemonStats, Health, render};
 use crate::{ops::status, state::StateError};
 
 /// Largest request head read; a longer one is answered 431.
@@ -202,7 +203,21 @@ async fn respond(route: Route, ctx: &Context) -> Response {
                 Response::text(500, "Internal Server Error", format!("{message}\n"))
             }
         },
-        Route::Health => Response::text(200, "OK", "ok\n"),
+        Route::Health => match ctx.stats.health(std::time::Instant::now()) {
+            Health::Beating(_) => Response::text(200, "OK", "ok\n"),
+            Health::Starting => {
+                Response::text(503, "Service Unavailable", "starting: the event loop has not run yet\n")
+            }
+            Health::Stale(age) => Response::text(
+                503,
+                "Service Unavailable",
+                format!(
+                    "stale: the event loop last ran {:.1} s ago (limit {} s)\n",
+                    age.as_secs_f64(),
+                    crate::metrics::HEARTBEAT_STALE.as_secs()
+                ),
+            ),
+        },
         Route::MethodNotAllowed => Response {
             allow: true,
             ..Response::text(405, "Method Not Allowed", "only GET and HEAD are served\n")

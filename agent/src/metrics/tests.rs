@@ -1,6 +1,10 @@
 //! Tests of the metrics: rendering a hand-built status, parsing the kernel's
 //! counters, and an HTTP round trip against [`serve`].
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -226,10 +230,14 @@ async fn http_round_trip() {
     let stats = Arc::new(DaemonStats::new());
     stats.record_promotion("127.0.0.1:8080");
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state_dir, stats, async {
+    let server = tokio::spawn(serve(listener, state_dir, Arc::clone(&stats), async {
         let _ = stopped.await;
     }));
 
+    // Before the event loop's first beat: not healthy yet.
+    let (status, _, body) = get(addr, "/healthz").await;
+    assert_eq!((status, body.as_str()), (503, "starting: the event loop has not run yet\n"));
+    stats.beat();
     let (status, head, body) = get(addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     assert!(head.contains("Connection: close"), "{head}");
@@ -262,4 +270,17 @@ async fn http_round_trip() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed after shutdown");
+}
+
+#[test]
+fn health_follows_the_event_loops_heartbeat() {
+    let stats = DaemonStats::new();
+    let now = Instant::now();
+    assert_eq!(stats.health(now), Health::Starting);
+    stats.beat();
+    assert!(matches!(stats.health(Instant::now()), Health::Beating(age) if age < HEARTBEAT_STALE));
+    let later = Instant::now() + HEARTBEAT_STALE + Duration::from_secs(1);
+    assert!(matches!(stats.health(later), Health::Stale(age) if age > HEARTBEAT_STALE));
+    let text = render(&status(), &stats, "").unwrap();
+    assert!(text.contains("steer_daemon_heartbeat_age_seconds"), "{text}");
 }

@@ -112,6 +112,10 @@ fn metrics_agree_with_status() {
     d.promoted(&b);
     w.requests("127.0.0.1:8080", 700);
     assert!(scrape(port, "/healthz").ends_with("ok\n"));
+    assert!(
+        metric(&scrape(port, "/metrics"), "steer_daemon_heartbeat_age_seconds") < 10,
+        "the event loop beats"
+    );
     let text = scrape(port, "/metrics");
     let status = w.status();
     let ns = status.namespaces[0].netns;
@@ -277,4 +281,67 @@ fn the_event_source_needs_no_tracefs_and_falls_back_in_order() {
     assert!(line.contains("\"trigger\":\"poll\""), "{line}");
     drop(d);
     drop((a, servers, c, e));
+}
+
+/// A cgroup of its own for this test, in the first hierarchy that can hold
+/// one (cgroup v2, the hybrid layout's v2, or v1's pids); removed on drop.
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    /// The `--cgroup` pattern that names it.
+    pattern: String,
+}
+
+impl TestCgroup {
+    fn new(test: &str) -> TestCgroup {
+        let name = format!("steer-e2e-{test}-{}", std::process::id());
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids"] {
+            let dir = std::path::Path::new(root).join(&name);
+            if std::path::Path::new(root).join("cgroup.procs").exists() && std::fs::create_dir(&dir).is_ok() {
+                return TestCgroup { dir, pattern: format!("/{name}") };
+            }
+        }
+        panic!("cannot create a cgroup for the test under /sys/fs/cgroup");
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .expect("move a process into the cgroup");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn the_cgroup_filter_promotes_only_processes_in_the_named_cgroup() {
+    let Some(w) = World::new("dcgroup") else { return };
+    let cgroup = TestCgroup::new("dcgroup");
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    cgroup.add(a.pid());
+    std::thread::sleep(Duration::from_millis(20));
+    // b is newer, but outside the cgroup: adoption takes a.
+    let b = w.server("b", &["127.0.0.1:8080"]);
+    let d = Daemon::spawn(&w, &["--port", "8080", "--cgroup", &cgroup.pattern]);
+    d.promoted(&a);
+    // c is newer still and listens while the daemon watches: not promoted.
+    let c = w.server("c", &["127.0.0.1:8080"]);
+    std::thread::sleep(Duration::from_millis(500));
+    for other in [&b, &c] {
+        assert!(
+            !d.log()
+                .lines()
+                .any(|l| l.contains("\"message\":\"promoted\"")
+                    && l.contains(&format!("\"pid\":{}", other.pid()))),
+            "a process outside the cgroup was promoted:\n{}",
+            d.log()
+        );
+    }
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(answered_by(&r, "a"), 300, "a, the only generation in the cgroup, stays active");
+    assert!(w.counters(8080).steered_active >= 300);
+    drop(d);
+    drop((a, b, c));
 }
