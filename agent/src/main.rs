@@ -37,7 +37,7 @@ enum Command {
         /// The process whose listening sockets get new connections
         pid: u32,
         /// Only the groups on this port (repeatable); default: every listening port of PID
-        #[arg(long = "port", value_name = "P")]
+        #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
         ports: Vec<u16>,
         /// Send only this percentage of new connections to PID (a canary); the rest stays
         #[arg(long, value_name = "PCT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -50,7 +50,7 @@ enum Command {
     /// Make the previous generation active again, if it still listens
     Rollback {
         /// Only the groups on this port (repeatable)
-        #[arg(long = "port", value_name = "P")]
+        #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
         ports: Vec<u16>,
     },
     /// Groups, their sockets (pid, fd, cookie, accept queue), roles and counters
@@ -62,17 +62,18 @@ enum Command {
     /// Remove steering; the kernel's default selection resumes
     Detach {
         /// Only the groups on this port (repeatable)
-        #[arg(long = "port", value_name = "P")]
+        #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
         ports: Vec<u16>,
     },
     /// Watch for new listeners and promote per policy (the sidecar)
     #[command(group(clap::ArgGroup::new("select").args(["comms", "ports"]).required(true).multiple(true)))]
     Daemon {
-        /// Watch processes with this name (repeatable), e.g. haproxy
-        #[arg(long = "comm", value_name = "NAME")]
+        /// Watch processes with this name (repeatable), e.g. haproxy; at most 15 bytes, as the
+        /// kernel keeps it
+        #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
         comms: Vec<String>,
         /// Watch listeners on this port (repeatable)
-        #[arg(long = "port", value_name = "P")]
+        #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
         ports: Vec<u16>,
         /// Only processes in this network namespace (repeatable), e.g. /proc/PID/ns/net or /run/netns/NAME
         #[arg(long = "netns", value_name = "PATH")]
@@ -113,6 +114,19 @@ enum Command {
     },
 }
 
+/// A process name as the kernel keeps it: 1 to 15 bytes (TASK_COMM_LEN 16 with
+/// the NUL, include/linux/sched.h). A longer `--comm` would never match.
+fn parse_comm(name: &str) -> Result<String, String> {
+    match name.len() {
+        0 => Err("a process name cannot be empty".to_owned()),
+        1..=15 => Ok(name.to_owned()),
+        n => Err(format!(
+            "{n} bytes is longer than the 15 the kernel keeps of a process name, so it would never match; pass the name as `ps -o comm` shows it ({:?})",
+            name.get(..15).unwrap_or(name)
+        )),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -144,7 +158,10 @@ fn init_logging(verbose: u8, json: bool, daemon: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, not for journald or a log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
@@ -293,6 +310,11 @@ mod tests {
             vec!["steer", "daemon", "--port", "80", "--nice", "20"],
             vec!["steer", "daemon", "--port", "80", "--rt-priority", "100"],
             vec!["steer", "daemon", "--port", "80", "--rt-priority", "-1"],
+            vec!["steer", "daemon", "--port", "0"],
+            vec!["steer", "promote", "1", "--port", "0"],
+            vec!["steer", "daemon", "--comm", "a-name-of-16-byt"],
+            vec!["steer", "daemon", "--comm", ""],
+            vec!["steer", "daemon", "--port", "80", "--cgroup", ""],
         ] {
             let err = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

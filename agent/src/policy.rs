@@ -12,13 +12,13 @@ pub type Slots = BTreeMap<u32, SlotMeta>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     #[error(
-        "the sockarray is full ({free} free slots, {needed} needed); stop old generations that still listen, or detach unused groups"
+        "cannot be placed: the sockarray is full ({free} free slots, {needed} needed); stop old generations that still listen, or detach unused groups"
     )]
     SockarrayFull { needed: u32, free: u32 },
     #[error("has no active generation to take a share from; promote without --weight first")]
     NoActiveForCanary,
     #[error(
-        "is already the active generation; to give another generation a share, promote that one with --weight"
+        "is already steered to this process as its active generation; to give another generation a share, promote that one with --weight"
     )]
     CanaryIsActive,
     #[error("has no previous generation to roll back to")]

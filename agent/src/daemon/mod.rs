@@ -27,6 +27,7 @@ use crate::{
     ops::{OpError, attach, promote},
     proc::Process,
     sockets::{self, SocketError},
+    state::StateError,
 };
 
 /// What to do when a new generation listens.
@@ -151,6 +152,11 @@ pub fn run(
         match watcher.as_mut() {
             Some(w) => w.wait(wake.saturating_duration_since(now), &mut events),
             None => std::thread::sleep(wake.saturating_duration_since(now)),
+        }
+        // A stop requested while waiting wins over the events that came with it:
+        // after SIGTERM nothing changes.
+        if stop.load(Ordering::Relaxed) {
+            break;
         }
         stats.record_events(EventCounts {
             listen: events.iter().filter(|e| matches!(e, Event::Listen { .. })).count() as u64,
@@ -443,6 +449,12 @@ fn promote_one(
                 };
                 tracing::debug!(pid, next, "listener's process left; promoting the port's newest holder");
                 pid = next;
+            }
+            // The CLI's sentence names a flag the daemon does not have.
+            Err(OpError::State(StateError::SocketBusy { cookie, pid, fd })) => {
+                return Err(format!(
+                    "socket fd {fd} of pid {pid} (cookie {cookie}) is held by another steer state directory, or by one removed without `steer detach`; detach it there, or run `steer promote {pid} --take-over` once to make this state steer the group"
+                ));
             }
             Err(e) => return Err(format!("{e:#}")),
         }

@@ -32,12 +32,10 @@ pub enum OpError {
     Socket(#[from] SocketError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("group {group} {source}")]
-    Policy {
-        group: String,
-        #[source]
-        source: PolicyError,
-    },
+    /// The reason is part of the sentence, so it is not also a `source`: `{:#}`
+    /// would print it twice.
+    #[error("group {group} {reason}")]
+    Policy { group: String, reason: PolicyError },
     #[error("no steered group{ports}; `steer status` lists the steered groups")]
     NoGroups { ports: String },
 }
@@ -45,7 +43,7 @@ pub enum OpError {
 impl OpError {
     pub(crate) fn policy(key: &GroupKey) -> impl FnOnce(PolicyError) -> Self {
         let group = sockets::key_label(key);
-        move |source| Self::Policy { group, source }
+        move |reason| Self::Policy { group, reason }
     }
 }
 

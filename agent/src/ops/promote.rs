@@ -80,6 +80,17 @@ pub fn run(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpError> {
     preflight::all()?;
     let process = Process::open(req.pid)?;
     let listening = sockets::listening_sockets(&process, &req.ports)?;
+    // Every port named must match: a typo in one of several is not a partial success.
+    let missing: Vec<u16> =
+        req.ports.iter().copied().filter(|p| !listening.iter().any(|(_, l)| l.addr.port() == *p)).collect();
+    if !missing.is_empty() {
+        return Err(sockets::SocketError::NoListeners {
+            pid: process.pid,
+            comm: process.comm.clone(),
+            ports: super::ports_phrase(&missing),
+        }
+        .into());
+    }
     let candidates = sockets::duplicate(&process, &listening)?;
     if candidates.is_empty() {
         return Err(sockets::SocketError::Vanished { pid: req.pid }.into());

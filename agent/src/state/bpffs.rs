@@ -37,7 +37,7 @@ pub fn ensure_bpffs(state_dir: &Path) -> Result<(), StateError> {
         rustix::mount::MountFlags::empty(),
         None::<&std::ffi::CStr>,
     )
-    .map_err(|e| StateError::Mount { path: mount_point.clone(), source: e.into() })?;
+    .map_err(|e| StateError::Mount { path: mount_point.clone(), reason: e.into() })?;
     tracing::info!(path = %mount_point.display(), "mounted bpffs");
     Ok(())
 }

@@ -22,14 +22,11 @@ use crate::paths;
 /// Errors opening or creating pinned state.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// The cause sits inside the sentence, so it is no `source` (`{:#}` would repeat it).
     #[error(
-        "cannot mount bpffs at {path}: {source}; mount it yourself (`mount -t bpf bpf {path}`) or run steer with CAP_SYS_ADMIN"
+        "cannot mount bpffs at {path}: {reason}; mount it yourself (`mount -t bpf bpf {path}`) or run steer with CAP_SYS_ADMIN"
     )]
-    Mount {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    Mount { path: PathBuf, reason: io::Error },
     #[error("{path} is not on a bpf filesystem; pick a state directory on bpffs (default {default})", default = paths::DEFAULT_STATE_DIR)]
     NotBpffs { path: PathBuf },
     #[error(

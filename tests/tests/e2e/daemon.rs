@@ -345,3 +345,43 @@ fn the_cgroup_filter_promotes_only_processes_in_the_named_cgroup() {
     drop(d);
     drop((a, b, c));
 }
+
+#[test]
+fn after_sigterm_nothing_is_promoted() {
+    let Some(w) = World::new("dsigterm") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    d.promoted(&a);
+    let pid = rustix::process::Pid::from_raw(i32::try_from(d.pid()).expect("pid")).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    d.wait_for(&["stop requested"], "the daemon to see SIGTERM");
+    // A new generation listens while the daemon is stopping.
+    let b = w.server("b", &["127.0.0.1:8080"]);
+    let started = std::time::Instant::now();
+    let status = d.stop_waiting();
+    assert!(status.success(), "exit status {status}");
+    let exit_ms = started.elapsed().as_millis();
+    assert!(exit_ms < 1000, "the daemon stopped within a second of the new listener: {exit_ms} ms");
+    let r = w.requests("127.0.0.1:8080", 200);
+    assert_eq!(answered_by(&r, "a"), 200, "b was not promoted after SIGTERM");
+    drop((a, b));
+}
+
+#[test]
+fn a_socket_held_by_another_state_is_reported_with_a_command_the_operator_can_run() {
+    let Some(w) = World::new("dbusy") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    // Another state directory holds a's socket.
+    let other =
+        std::path::PathBuf::from(w.state_dir.to_string_lossy().replace("steer-test-", "steer-other-"));
+    let out = crate::common::steer_cmd(&other, &["promote", &a.pid().to_string()]).output().expect("steer");
+    assert!(out.status.success(), "{out:?}");
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    let line =
+        d.wait_for(&["held by another steer state directory"], "the daemon's report of the held socket");
+    assert!(line.contains(&format!("steer promote {} --take-over", a.pid())), "{line}");
+    assert!(!line.contains("pass --take-over"), "the daemon has no --take-over flag: {line}");
+    drop(d);
+    let _ = crate::common::steer_cmd(&other, &["detach"]).output();
+    let _ = std::fs::remove_dir_all(&other);
+}

@@ -49,6 +49,9 @@ fn bad_inputs_are_refused_without_changing_state() {
 
     let out = w.steer(&["promote", &pid, "--port", "9999"]);
     refused(&w, &out, 1, "no listening TCP socket on port 9999", &before);
+    // Every port named must match, not just one of them.
+    let out = w.steer(&["promote", &pid, "--port", "8080", "--port", "9999"]);
+    refused(&w, &out, 1, "no listening TCP socket on port 9999", &before);
 
     let mut plain = ServerArgs::new("plain", [addr("127.0.0.1:8090")]);
     plain.no_reuseport = true;
@@ -74,6 +77,8 @@ fn bad_inputs_are_refused_without_changing_state() {
 
     let out = w.steer(&["rollback"]);
     refused(&w, &out, 1, "has no previous generation", &before);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("previous generation").count(), 1, "the reason is said once: {stderr}");
     let out = w.steer(&["detach", "--port", "9999"]);
     refused(&w, &out, 1, "no steered group on port 9999", &before);
 }
@@ -175,4 +180,15 @@ fn a_state_dir_removed_without_detach_is_recovered_and_a_live_one_is_named() {
     w.promote(&a);
     let r = w.requests("127.0.0.1:8080", 300);
     assert_eq!(crate::common::answered_by(&r, "a"), 300);
+}
+
+#[test]
+fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let Some(w) = World::new("nocolour") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    let out = w.steer(&["-v", "promote", &a.pid().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("promote"), "-v logs the promotion: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no ANSI escape codes in a pipe: {stderr:?}");
 }
