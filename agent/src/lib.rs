@@ -9,13 +9,15 @@
 //! Layout:
 //! - [`paths`]: state directory, pin names, environment variables.
 //! - [`preflight`]: kernel version and capability checks.
-//! - [`proc`], [`diag`], [`netns`], [`sockets`]: discovery and duplication.
+//! - [`proc`], [`sockdiag`], [`netns`], [`sockets`]: discovery and duplication.
 //! - [`state`]: the pinned program and maps, the lock, atomic creation.
 //! - [`policy`]: pure rules for promote, canary, rollback and slot allocation.
 //! - [`ops`]: one module per command (check, promote, rollback, status, detach).
+//! - [`daemon`]: the sidecar: events → decisions ([`daemon::core`], pure) → effects.
+//! - [`metrics`]: the daemon's `/metrics` and `/healthz`.
+//! - [`btf`]: field offsets from the kernel's BTF, for the daemon's raw tracepoints.
 pub mod btf;
 pub mod daemon;
-pub mod diag;
 pub mod metrics;
 pub mod netns;
 pub mod ops;
@@ -24,5 +26,6 @@ pub mod policy;
 pub mod preflight;
 pub mod proc;
 pub mod program;
+pub mod sockdiag;
 pub mod sockets;
 pub mod state;

@@ -1,5 +1,6 @@
 //! What `/proc` says about a process: whether it exists, its name, its network
-//! namespace, and which of its descriptors are sockets.
+//! namespace, its start time, parent and children, and which of its descriptors
+//! are sockets.
 use std::{collections::HashMap, fs, io, path::PathBuf};
 
 /// Errors reading a process's `/proc` entries.
@@ -98,9 +99,78 @@ pub fn comm(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
 }
 
+/// A process start time in clock ticks since boot (`/proc/PID/stat` field 22):
+/// larger is newer.
+#[must_use]
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_field(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?, 22)
+}
+
+/// The parent's pid (`/proc/PID/stat` field 4).
+#[must_use]
+pub fn parent(pid: u32) -> Option<u32> {
+    stat_field(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?, 4).and_then(|p| u32::try_from(p).ok())
+}
+
+/// The children of `pid`'s main thread (`/proc/PID/task/PID/children`).
+#[must_use]
+pub fn children(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|text| text.split_whitespace().filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Numeric field `n` (1-based, as in proc(5)) of the text of a `/proc/PID/stat`,
+/// from field 3 on.
+#[must_use]
+pub fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    // The comm field may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_are_read_after_the_last_parenthesis() {
+        let stat = "42 (a) b) (c) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0";
+        assert_eq!(stat_field(stat, 4), Some(7));
+        assert_eq!(stat_field(stat, 22), Some(12345));
+        assert_eq!(stat_field(stat, 2), None);
+        assert_eq!(stat_field("no parenthesis", 4), None);
+        assert_eq!(stat_field("1 (x)", 4), None);
+    }
+
+    #[test]
+    fn start_time_parent_and_children_of_our_own_process() {
+        let me = std::process::id();
+        let started = start_time(me).expect("own stat");
+        assert!(start_time(1).is_some_and(|init| init <= started));
+        let expected = rustix::process::getppid().map(|p| p.as_raw_nonzero().get().unsigned_abs());
+        assert_eq!(parent(me), expected);
+        // A shell whose main thread forks a sleep: the sleep is its child.
+        let mut shell =
+            std::process::Command::new("sh").args(["-c", "sleep 5 & wait"]).spawn().expect("spawn sh");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let kids = loop {
+            let kids = children(shell.id());
+            if !kids.is_empty() || std::time::Instant::now() > deadline {
+                break kids;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(kids.len(), 1, "{kids:?}");
+        assert_eq!(parent(kids[0]), Some(shell.id()));
+        assert!(children(u32::MAX).is_empty());
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(i32::try_from(kids[0]).unwrap()).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+        let _ = shell.kill();
+        let _ = shell.wait();
+    }
 
     #[test]
     fn socket_links() {

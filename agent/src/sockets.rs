@@ -12,9 +12,9 @@ use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open}
 use steer_abi::{AF_INET, AF_INET6, GroupKey, IPPROTO_TCP};
 
 use crate::{
-    diag::{self, DiagError, Listener},
     netns,
     proc::{ProcError, Process},
+    sockdiag::{self, DiagError, Listener},
 };
 
 /// Why a process's sockets cannot be steered.
@@ -122,9 +122,9 @@ fn held_listeners(process: &Process, fds: &HashMap<u64, u32>) -> Result<Vec<List
 /// Listeners of the process's network namespace: sock_diag inside it, or its
 /// `/proc/PID/net/tcp{,6}` when the namespace cannot be entered.
 pub fn namespace_listeners(process: &Process) -> Result<Vec<Listener>, SocketError> {
-    match netns::run_in(process.pid, process.netns, diag::listeners) {
+    match netns::run_in(process.pid, process.netns, sockdiag::listeners) {
         Ok(result) => Ok(result?),
-        Err(_) => Ok(diag::listeners_from_proc(process.pid)?),
+        Err(_) => Ok(sockdiag::listeners_from_proc(process.pid)?),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::{metrics::DaemonStats, preflight};
 pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> anyhow::Result<()> {
     preflight::all()?;
     // First, so that the first log line says where events come from and why.
-    let (watcher, chosen) = super::source::open(opts.source)?;
+    let (mut source, chosen) = super::source::open(opts.source, &opts.filter, opts.poll_interval)?;
     let poll_interval_ms = u64::try_from(opts.poll_interval.as_millis()).unwrap_or(u64::MAX);
     if chosen.source == "poll" && opts.source != super::Source::Poll {
         tracing::warn!(
@@ -78,10 +78,24 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
             }
         });
     }
-    let result = super::run(state_dir, opts, watcher, &stats, &stop);
+    let world = super::world::System { filter: opts.filter.clone() };
+    let mut steerer = super::steerer::State { state_dir: state_dir.to_path_buf() };
+    let filter = opts.filter.clone();
+    let (upkeep, upkeep_thread) = super::upkeep::start(state_dir, move || super::world::candidates(&filter))
+        .context("start the upkeep thread")?;
+    // Only now, from this thread, so that the threads started before keep the
+    // normal policy at --nice. Not when polling: it waits out its interval
+    // anyway, and would scan /proc at real-time priority.
+    if !source.is_polling() {
+        set_realtime(opts.rt_priority);
+    }
+    super::run(opts, source.as_mut(), &world, &mut steerer, Some(&upkeep), &stats, &stop);
+    drop(upkeep);
+    let _ = upkeep_thread.join();
+    drop(source);
     let _ = done_tx.send(());
     rt.shutdown_timeout(Duration::from_secs(1));
-    result
+    Ok(())
 }
 
 /// Runs the calling thread (and so every thread started after it) at `nice`.
@@ -120,7 +134,7 @@ const RT_BURST_LIMIT_US: (u64, u64) = (1_000_000, 2_000_000);
 /// a CPU; a real-time thread preempts them at once. It needs CAP_SYS_NICE, or an
 /// RLIMIT_RTPRIO of at least `priority` (the shipped unit's `LimitRTPRIO=1`);
 /// without either the thread stays at `--nice` and the daemon says so.
-pub(super) fn set_realtime(priority: u8) {
+fn set_realtime(priority: u8) {
     if priority == 0 {
         return;
     }

@@ -1,7 +1,22 @@
-//! Choosing where the daemon's listener events come from: raw tracepoints
-//! (no tracefs), classic tracepoints (tracefs, mounted if need be), or polling,
-//! in that order under `auto`, and saying which and why.
-use super::tracepoint::Watcher;
+//! Where the daemon's listener events come from: the [`EventSource`] trait, and
+//! choosing one: raw tracepoints (no tracefs), classic tracepoints (tracefs,
+//! mounted if need be), or polling, in that order under `auto`, saying which
+//! and why.
+use std::{collections::BTreeSet, time::Duration};
+
+use super::{Event, Filter, poll::Poller, tracepoint::Watcher};
+
+/// A stream of listener events.
+pub trait EventSource {
+    /// Waits up to `timeout` for events, then appends every event there is to `out`.
+    fn wait(&mut self, timeout: Duration, out: &mut Vec<Event>);
+    /// Makes `pids` the processes whose forks are reported, where the source can.
+    fn watch_forks(&mut self, _pids: &BTreeSet<u32>) {}
+    /// Whether this source polls (it then runs at `--nice`, never real-time).
+    fn is_polling(&self) -> bool {
+        false
+    }
+}
 
 /// Where listener events come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,7 +47,20 @@ const RAW_REASON: &str =
 
 /// Opens the source `wanted` asks for. `Raw` and `Tracepoint` fail when they
 /// cannot load; `Auto` falls back, and its reason names each cause.
-pub fn open(wanted: Source) -> anyhow::Result<(Option<Watcher>, Chosen)> {
+pub fn open(
+    wanted: Source,
+    filter: &Filter,
+    interval: Duration,
+) -> anyhow::Result<(Box<dyn EventSource>, Chosen)> {
+    let (watcher, chosen) = open_watcher(wanted)?;
+    let source: Box<dyn EventSource> = match watcher {
+        Some(w) => Box::new(w),
+        None => Box::new(Poller::new(filter.clone(), interval)),
+    };
+    Ok((source, chosen))
+}
+
+fn open_watcher(wanted: Source) -> anyhow::Result<(Option<Watcher>, Chosen)> {
     let chosen = |w: &Watcher, reason: String| Chosen {
         source: w.attach().as_str(),
         reason,

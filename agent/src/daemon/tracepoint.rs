@@ -16,7 +16,7 @@ use aya::{
 };
 use steer_abi::{ListenEvent, watch};
 
-use super::Event;
+use super::{Event, source::EventSource};
 use crate::{btf::Btf, program};
 
 /// Where tracepoint formats live: tracefs, or tracefs under debugfs.
@@ -194,10 +194,12 @@ impl Watcher {
     pub fn mounted_tracefs(&self) -> bool {
         self.mounted.is_some()
     }
+}
 
+impl EventSource for Watcher {
     /// Makes `pids` the processes whose forks are reported (at most
     /// [`watch::WATCHED_MAX`]; the rest are left out, with a debug line).
-    pub fn watch_forks(&mut self, pids: &BTreeSet<u32>) {
+    fn watch_forks(&mut self, pids: &BTreeSet<u32>) {
         let Some(map) = self.watched.as_mut() else { return };
         for pid in self.listed.difference(pids) {
             let _ = map.remove(pid);
@@ -211,7 +213,7 @@ impl Watcher {
     }
 
     /// Waits up to `timeout` for events, then appends every event there is to `out`.
-    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<Event>) {
+    fn wait(&mut self, timeout: Duration, out: &mut Vec<Event>) {
         // Returns at once when unread events are waiting (the ring buffer's poll
         // compares the consumer and producer positions).
         let mut pfd = libc::pollfd { fd: self.ring.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };

@@ -1,7 +1,6 @@
 //! The commands of the CLI contract, one file each. Every command validates
 //! everything it can before it changes anything, so a refused command leaves
 //! the state as it was.
-pub mod attach;
 pub mod check;
 pub mod detach;
 pub mod promote;

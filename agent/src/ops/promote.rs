@@ -78,6 +78,12 @@ struct Plan {
 /// Runs a promote. Every refusal happens before the first write.
 pub fn run(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpError> {
     preflight::all()?;
+    run_checked(state_dir, req)
+}
+
+/// [`run`] for a caller that has run the preflight checks already (the daemon,
+/// once at start): the same plan and apply, without them.
+pub fn run_checked(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpError> {
     let process = Process::open(req.pid)?;
     let listening = sockets::listening_sockets(&process, &req.ports)?;
     // Every port named must match: a typo in one of several is not a partial success.
@@ -113,7 +119,7 @@ pub fn run(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpError> {
     for plan in plans {
         changes.push(apply(&mut instance, &process, plan, req.take_over)?);
     }
-    release_unreferenced(&mut instance)?;
+    instance.release_unreferenced()?;
     // Every duplicate was dropped inside apply(): none outlives this call.
     Ok(changes)
 }
@@ -237,29 +243,5 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
     Ok(change)
 }
 
-/// Distinct pids recorded for the slots of `range`.
-#[must_use]
-pub fn pids_of(metas: &Slots, range: SlotRange) -> Vec<u32> {
-    let mut pids: Vec<u32> = (range.first..range.first + range.count)
-        .filter_map(|s| metas.get(&s))
-        .filter(|m| m.cookie != 0 && m.cookie != u64::MAX)
-        .map(|m| m.pid)
-        .collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids
-}
-
-/// Frees slots that no group's configuration refers to any more (a generation
-/// two promotes back): the program can never select them.
-pub fn release_unreferenced(instance: &mut Instance) -> Result<(), OpError> {
-    let referenced: Vec<SlotRange> =
-        instance.groups().iter().flat_map(|g| policy::ranges(&g.config)).collect();
-    let used: Vec<u32> = instance.slots()?.iter().map(|s| s.slot).collect();
-    for slot in used {
-        if !referenced.iter().any(|r| r.contains(slot)) {
-            instance.free_slot(slot)?;
-        }
-    }
-    Ok(())
-}
+/// Kept here for the commands that name it; it lives with the state now.
+pub use crate::state::pids_of;

@@ -252,6 +252,36 @@ impl Instance {
         }
         Ok(dead)
     }
+
+    /// Frees slots that no group's configuration refers to any more (a
+    /// generation two promotes back): the program can never select them.
+    pub fn release_unreferenced(&mut self) -> Result<(), StateError> {
+        let referenced: Vec<steer_abi::SlotRange> = self
+            .groups()
+            .iter()
+            .flat_map(|g| [g.config.active, g.config.previous, g.config.canary])
+            .collect();
+        let used: Vec<u32> = self.slots()?.iter().map(|s| s.slot).collect();
+        for slot in used {
+            if !referenced.iter().any(|r| r.contains(slot)) {
+                self.free_slot(slot)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Distinct pids recorded for the slots of `range`.
+#[must_use]
+pub fn pids_of(metas: &BTreeMap<u32, SlotMeta>, range: steer_abi::SlotRange) -> Vec<u32> {
+    let mut pids: Vec<u32> = (range.first..range.first + range.count)
+        .filter_map(|s| metas.get(&s))
+        .filter(|m| m.cookie != 0 && m.cookie != u64::MAX)
+        .map(|m| m.pid)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 fn sum(values: &PerCpuValues<Counters>) -> [u64; counter::COUNT] {

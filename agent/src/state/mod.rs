@@ -15,7 +15,7 @@ use std::{
 
 pub use bpffs::{BPF_FS_MAGIC, ensure_bpffs, is_bpffs};
 pub use create::load_program;
-pub use instance::{GroupView, Instance, SlotView};
+pub use instance::{GroupView, Instance, SlotView, pids_of};
 
 use crate::paths;
 

@@ -1,36 +1,81 @@
-//! Re-attaching the program to configured groups that lost it (a group that
-//! emptied and formed again has no program), and the periodic slot upkeep the
-//! daemon runs. Neither changes which generation is active.
+//! The daemon's upkeep, on a thread of its own: it frees the slots of closed
+//! sockets, corrects the recorded owners of inherited ones, and tells the event
+//! loop which groups' active generation shrank. It reads `/proc` and takes
+//! milliseconds, so an event never waits behind it. It never changes which
+//! generation is active.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    os::fd::AsFd as _,
+    collections::{BTreeMap, HashMap},
     path::Path,
+    sync::mpsc,
+    time::Duration,
 };
 
-use super::{OpError, promote::release_unreferenced};
 use crate::{
-    preflight,
+    ops::OpError,
     proc::Process,
-    sockets,
     state::{SlotView, StateDir},
 };
 
-/// Attaches the program to every group of PID's listeners that has a
-/// configuration; returns those groups.
-pub fn reattach(state_dir: &Path, pid: u32, ports: &[u16]) -> Result<Vec<String>, OpError> {
-    preflight::all()?;
-    let process = Process::open(pid)?;
-    let listening = sockets::listening_sockets(&process, ports)?;
-    let candidates = sockets::duplicate(&process, &listening)?;
-    let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(Vec::new()) };
-    let Some(instance) = state.instance(process.netns)? else { return Ok(Vec::new()) };
-    let mut done = BTreeSet::new();
-    for c in &candidates {
-        if instance.config(&c.key).is_some() && done.insert(c.key) {
-            instance.attach(c.dup.as_fd())?;
+/// How often the upkeep runs without a nudge.
+pub const PERIOD: Duration = Duration::from_secs(1);
+/// After a listener closes, the upkeep waits this long (its process is
+/// usually closing the rest), then frees the slots.
+const CLOSE_SETTLE: Duration = Duration::from_millis(200);
+
+/// The event loop's ends of the upkeep thread's channels.
+#[derive(Debug)]
+pub struct Handle {
+    /// A listener closed: run soon.
+    pub nudge: mpsc::Sender<()>,
+    /// Groups whose active generation shrank.
+    pub shrunk: mpsc::Receiver<(u64, u16)>,
+}
+
+/// Starts the upkeep thread on `state_dir`; `candidates` lists the processes
+/// that may hold inherited sockets. It returns when the handle is dropped.
+pub fn start(
+    state_dir: &Path,
+    candidates: impl Fn() -> Vec<Process> + Send + 'static,
+) -> std::io::Result<(Handle, std::thread::JoinHandle<()>)> {
+    let (nudge, nudges) = mpsc::channel::<()>();
+    let (shrunk_tx, shrunk) = mpsc::channel::<(u64, u16)>();
+    let dir = state_dir.to_path_buf();
+    let thread = std::thread::Builder::new()
+        .name("steer-upkeep".into())
+        .spawn(move || run(&dir, &candidates, &nudges, &shrunk_tx))?;
+    Ok((Handle { nudge, shrunk }, thread))
+}
+
+/// Every [`PERIOD`], and [`CLOSE_SETTLE`] after a nudge, runs [`maintain`] and
+/// sends the groups whose active generation lost sockets. Returns when the
+/// event loop drops its sender.
+fn run(
+    state_dir: &Path,
+    candidates: &impl Fn() -> Vec<Process>,
+    nudges: &mpsc::Receiver<()>,
+    shrunk: &mpsc::Sender<(u64, u16)>,
+) {
+    loop {
+        match nudges.recv_timeout(PERIOD) {
+            Ok(()) => {
+                std::thread::sleep(CLOSE_SETTLE);
+                while nudges.try_recv().is_ok() {}
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        match maintain(state_dir, candidates) {
+            Ok(upkeep) => {
+                if upkeep.freed > 0 {
+                    tracing::debug!(freed = upkeep.freed, "reclaimed slots");
+                }
+                for group in upkeep.shrunk {
+                    let _ = shrunk.send(group);
+                }
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "slot upkeep failed"),
         }
     }
-    Ok(done.iter().map(sockets::key_label).collect())
 }
 
 /// What [`maintain`] did.
@@ -38,9 +83,10 @@ pub fn reattach(state_dir: &Path, pid: u32, ports: &[u16]) -> Result<Vec<String>
 pub struct Upkeep {
     /// Slots freed.
     pub freed: usize,
-    /// Ports of groups whose active generation lost sockets (some of its slots
-    /// were freed), so a fresh promote of the port's holder would change it.
-    pub shrunk: Vec<u16>,
+    /// Groups, as (network namespace, port), whose active generation lost
+    /// sockets (some of its slots were freed), so a fresh promote of the
+    /// port's holder would change it.
+    pub shrunk: Vec<(u64, u16)>,
 }
 
 /// Frees the slots of closed sockets and of generations no configuration
@@ -49,7 +95,7 @@ pub struct Upkeep {
 /// a recorded socket whose recorded process exited; it is only called when
 /// such a socket exists, and without the state's lock held: reading the `/proc`
 /// of every candidate takes milliseconds, and a promotion must not wait for it.
-pub fn maintain(state_dir: &Path, candidates: impl Fn() -> Vec<Process>) -> Result<Upkeep, OpError> {
+pub fn maintain(state_dir: &Path, candidates: &impl Fn() -> Vec<Process>) -> Result<Upkeep, OpError> {
     let mut upkeep = Upkeep::default();
     let mut orphans: BTreeMap<u64, Vec<SlotView>> = BTreeMap::new();
     {
@@ -58,7 +104,7 @@ pub fn maintain(state_dir: &Path, candidates: impl Fn() -> Vec<Process>) -> Resu
             let Some(mut instance) = state.instance(netns)? else { continue };
             let before = instance.slot_metas()?.len();
             instance.reclaim()?;
-            release_unreferenced(&mut instance)?;
+            instance.release_unreferenced()?;
             let metas = instance.slot_metas()?;
             upkeep.freed += before - metas.len();
             for group in instance.groups() {
@@ -66,7 +112,7 @@ pub fn maintain(state_dir: &Path, candidates: impl Fn() -> Vec<Process>) -> Resu
                 if !active.is_none()
                     && (active.first..active.first + active.count).any(|s| !metas.contains_key(&s))
                 {
-                    upkeep.shrunk.push(group.key.port);
+                    upkeep.shrunk.push((netns, group.key.port));
                 }
             }
             // Live sockets whose recorded process no longer holds them: a
@@ -83,7 +129,7 @@ pub fn maintain(state_dir: &Path, candidates: impl Fn() -> Vec<Process>) -> Resu
         }
     }
     if !orphans.is_empty() {
-        refresh_owners(state_dir, &orphans, &candidates)?;
+        refresh_owners(state_dir, &orphans, candidates)?;
     }
     Ok(upkeep)
 }

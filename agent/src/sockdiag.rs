@@ -233,5 +233,5 @@ pub fn parse_proc_line(line: &str) -> Option<Listener> {
 }
 
 #[cfg(test)]
-#[path = "diag_tests.rs"]
+#[path = "sockdiag_tests.rs"]
 mod tests;

@@ -1,0 +1,86 @@
+//! The polling source, for when no tracepoint can be loaded: sock_diag per
+//! watched namespace every `--poll-interval`, compared with what it saw before.
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use super::{Event, Filter, monotonic_ns, source::EventSource, world::candidates};
+use crate::{proc::Process, sockets};
+
+/// The polling source: it lists the listeners of each watched namespace with
+/// sock_diag every interval and reports the ones it has not seen, with the
+/// processes that hold them.
+#[derive(Debug)]
+pub struct Poller {
+    filter: Filter,
+    interval: Duration,
+    next: Instant,
+    /// Listener inodes seen, per network namespace.
+    known: HashMap<u64, HashSet<u64>>,
+    primed: bool,
+}
+
+impl Poller {
+    /// A poller that has recorded what listens now (adoption handles that).
+    #[must_use]
+    pub fn new(filter: Filter, interval: Duration) -> Self {
+        let mut poller =
+            Self { filter, interval, next: Instant::now() + interval, known: HashMap::new(), primed: false };
+        poller.poll();
+        poller
+    }
+
+    /// New listeners of matching processes since the last call, as (pid, port).
+    /// The first call only records what exists.
+    fn poll(&mut self) -> Vec<(u32, u16)> {
+        let filter = &self.filter;
+        let mut by_ns: HashMap<u64, Vec<Process>> = HashMap::new();
+        for p in candidates(filter) {
+            by_ns.entry(p.netns).or_default().push(p);
+        }
+        let mut found = Vec::new();
+        let mut known = HashMap::new();
+        for (netns, processes) in by_ns {
+            let Ok(listeners) = sockets::namespace_listeners(&processes[0]) else { continue };
+            let seen = self.known.get(&netns);
+            let fresh: Vec<_> = listeners
+                .iter()
+                .filter(|l| filter.port_matches(l.addr.port()))
+                .filter(|l| self.primed && !seen.is_some_and(|s| s.contains(&l.inode)))
+                .collect();
+            if !fresh.is_empty() {
+                for p in &processes {
+                    let Ok(fds) = p.socket_fds() else { continue };
+                    found.extend(
+                        fresh.iter().filter(|l| fds.contains_key(&l.inode)).map(|l| (p.pid, l.addr.port())),
+                    );
+                }
+            }
+            known.insert(netns, listeners.iter().map(|l| l.inode).collect());
+        }
+        self.known = known;
+        self.primed = true;
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+}
+
+impl EventSource for Poller {
+    fn wait(&mut self, timeout: Duration, out: &mut Vec<Event>) {
+        let now = Instant::now();
+        std::thread::sleep((now + timeout).min(self.next).saturating_duration_since(now));
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next = now + self.interval;
+        let ktime_ns = monotonic_ns();
+        out.extend(self.poll().into_iter().map(|(pid, port)| Event::Polled { pid, port, ktime_ns }));
+    }
+
+    fn is_polling(&self) -> bool {
+        true
+    }
+}

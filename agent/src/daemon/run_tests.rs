@@ -1,0 +1,136 @@
+//! `daemon::run` in-process: a scripted event source, a scripted world and a
+//! steerer that records what it was asked, so the loop's wiring is tested
+//! without privileges and without reading the log.
+use std::{
+    collections::{BTreeSet, VecDeque},
+    sync::{Arc, Mutex},
+};
+
+use super::{fake::Fake, *};
+use crate::{
+    daemon::fake::p,
+    ops::{OpError, promote::Change},
+    sockets::SocketError,
+};
+
+/// Hands out one batch of events per wait (an empty one waits out the
+/// timeout, as a quiet source does); sets `stop` when the script ends.
+struct Script {
+    batches: VecDeque<Vec<Event>>,
+    stop: Arc<AtomicBool>,
+    watched: Arc<Mutex<Vec<BTreeSet<u32>>>>,
+}
+
+impl EventSource for Script {
+    fn wait(&mut self, timeout: Duration, out: &mut Vec<Event>) {
+        match self.batches.pop_front() {
+            Some(batch) if batch.is_empty() => std::thread::sleep(timeout),
+            Some(batch) => out.extend(batch),
+            None => self.stop.store(true, Ordering::Relaxed),
+        }
+    }
+
+    fn watch_forks(&mut self, pids: &BTreeSet<u32>) {
+        self.watched.lock().unwrap().push(pids.clone());
+    }
+}
+
+/// Fails the first `fail_first` promotions of each pid as not ready, then succeeds.
+#[derive(Default)]
+struct Recorder {
+    calls: Vec<(u32, Vec<u16>)>,
+    fail_first: usize,
+}
+
+impl Steerer for Recorder {
+    fn promote(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<Change>, StepError> {
+        self.calls.push((pid, scope.to_vec()));
+        if self.calls.iter().filter(|(p, _)| *p == pid).count() <= self.fail_first {
+            return Err(OpError::Socket(SocketError::Vanished { pid }).into());
+        }
+        Ok(vec![Change {
+            group: "127.0.0.1:80".into(),
+            pid,
+            sockets: 1,
+            first_slot: 0,
+            changed: true,
+            generation: 1,
+            outcome: "promoted".into(),
+            previous_pids: Vec::new(),
+        }])
+    }
+
+    fn reattach(&mut self, _pid: u32, _scope: &[u16]) -> Result<Vec<String>, StepError> {
+        Ok(Vec::new())
+    }
+}
+
+fn options(ports: &[u16]) -> Options {
+    Options {
+        filter: Filter { ports: ports.to_vec(), ..Filter::default() },
+        policy: Policy::Newest,
+        ready_delay: Duration::ZERO,
+        source: Source::Poll,
+        poll_interval: Duration::from_millis(100),
+        nice: 0,
+        rt_priority: 0,
+    }
+}
+
+fn run_script(
+    world: &Fake,
+    steerer: &mut Recorder,
+    batches: Vec<Vec<Event>>,
+) -> (DaemonStats, Vec<BTreeSet<u32>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let watched = Arc::new(Mutex::new(Vec::new()));
+    let mut source =
+        Script { batches: batches.into(), stop: Arc::clone(&stop), watched: Arc::clone(&watched) };
+    let stats = DaemonStats::new();
+    run(&options(&[80]), &mut source, world, steerer, None, &stats, &stop);
+    let watched = watched.lock().unwrap().clone();
+    (stats, watched)
+}
+
+#[test]
+fn the_loop_adopts_promotes_each_listen_retries_and_counts() {
+    let world = Fake::with([p(1, "srv", 10, 10, &[80]), p(1, "srv", 20, 20, &[80])]);
+    let mut steerer = Recorder { fail_first: 1, ..Recorder::default() };
+    let listen = Event::Listen { pid: 20, port: 80, ktime_ns: 1 };
+    // Adoption (the newest, 20, fails once, is retried), then a listen of 20
+    // again and a close; empty batches let the retry come due.
+    let batches = vec![vec![], vec![], vec![listen, Event::Closed], vec![]];
+    let (stats, watched) = run_script(&world, &mut steerer, batches);
+    let promoted: Vec<u32> = steerer.calls.iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(promoted[0], 20, "adoption takes the newest: {promoted:?}");
+    assert!(promoted.iter().all(|pid| *pid == 20), "{promoted:?}");
+    assert!(promoted.len() >= 2, "the failed adoption was tried again: {promoted:?}");
+    assert_eq!(steerer.calls[0].1, vec![80]);
+    let events = stats.events();
+    assert_eq!((events.listen, events.close, events.fork), (1, 1, 0));
+    assert!(stats.promotions().values().sum::<u64>() >= 1);
+    assert!(
+        watched.iter().any(|set| set.contains(&20)),
+        "the promoted process's forks are watched: {watched:?}"
+    );
+    assert!(!matches!(stats.health(std::time::Instant::now()), crate::metrics::Health::Starting));
+}
+
+#[test]
+fn a_stop_seen_with_a_batch_of_events_acts_on_none_of_them() {
+    // Nothing to adopt: the process listens on nothing yet.
+    let world = Fake::with([p(1, "srv", 10, 10, &[])]);
+    let stop = Arc::new(AtomicBool::new(false));
+    /// Delivers a listen event and the stop together.
+    struct StopWithEvent(Arc<AtomicBool>);
+    impl EventSource for StopWithEvent {
+        fn wait(&mut self, _timeout: Duration, out: &mut Vec<Event>) {
+            out.push(Event::Listen { pid: 10, port: 80, ktime_ns: 1 });
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let mut steerer = Recorder::default();
+    let stats = DaemonStats::new();
+    run(&options(&[80]), &mut StopWithEvent(Arc::clone(&stop)), &world, &mut steerer, None, &stats, &stop);
+    assert!(steerer.calls.is_empty(), "{:?}", steerer.calls);
+}

@@ -1,0 +1,135 @@
+//! What the daemon's core may ask about the machine: the process table and
+//! listener discovery, behind a trait, so that the core's rules are tested
+//! against a scripted world. [`System`] answers from `/proc` and the sockets.
+use std::collections::{BTreeMap, BTreeSet};
+
+use steer_abi::GroupKey;
+
+use super::Filter;
+use crate::{proc, proc::Process, sockets};
+
+/// A process as the core sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    /// Inode of its network namespace.
+    pub netns: u64,
+    pub comm: String,
+    /// Whether it passes `--comm`, `--netns` and `--cgroup`.
+    pub matches: bool,
+}
+
+/// The (port, socket inode) of each listener a process holds.
+pub type ListenerSet = BTreeSet<(u16, u64)>;
+
+/// The questions the core asks. Every answer may be stale by the time it is
+/// used (processes come and go); the core treats them as hints and the
+/// promotion itself verifies.
+pub trait World {
+    /// The process, if it exists.
+    fn process(&self, pid: u32) -> Option<ProcInfo>;
+    /// Start time in clock ticks since boot; larger is newer.
+    fn start_time(&self, pid: u32) -> Option<u64>;
+    fn parent(&self, pid: u32) -> Option<u32>;
+    fn children(&self, pid: u32) -> Vec<u32>;
+    /// The listeners `pid` holds on `ports` (all when empty); `None` when it
+    /// holds none or cannot be read.
+    fn listeners(&self, pid: u32, ports: &[u16]) -> Option<ListenerSet>;
+    /// The newest matching process (by start time, then pid: pids wrap, and
+    /// start times tick every 10 ms) that holds a listener on `port`, in
+    /// `netns` when given.
+    fn newest_holder(&self, netns: Option<u64>, port: u16) -> Option<u32>;
+    /// For each group with matching listeners: the newest process listening in
+    /// it, its network namespace and the port.
+    fn newest_per_group(&self) -> Vec<(u32, u64, u16)>;
+}
+
+/// The machine itself, seen through `/proc` and the processes' sockets, with
+/// the operator's filter applied.
+#[derive(Debug, Clone)]
+pub struct System {
+    pub filter: Filter,
+}
+
+impl System {
+    /// Processes that pass the filter, excluding ourselves. With no `--comm`,
+    /// every process (the port filter then decides).
+    #[must_use]
+    pub fn candidates(&self) -> Vec<Process> {
+        candidates(&self.filter)
+    }
+}
+
+/// Processes that pass `filter`, excluding ourselves.
+#[must_use]
+pub fn candidates(filter: &Filter) -> Vec<Process> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| proc::comm(*pid).is_some_and(|c| filter.comm_matches(&c)))
+        .filter_map(|pid| Process::open(pid).ok())
+        .filter(|p| filter.netns_matches(p.netns) && filter.cgroup_matches(p.pid))
+        .collect()
+}
+
+impl World for System {
+    fn process(&self, pid: u32) -> Option<ProcInfo> {
+        let p = Process::open(pid).ok()?;
+        let matches = self.filter.process_matches(&p);
+        Some(ProcInfo { pid, netns: p.netns, comm: p.comm, matches })
+    }
+
+    fn start_time(&self, pid: u32) -> Option<u64> {
+        proc::start_time(pid)
+    }
+
+    fn parent(&self, pid: u32) -> Option<u32> {
+        proc::parent(pid)
+    }
+
+    fn children(&self, pid: u32) -> Vec<u32> {
+        proc::children(pid)
+    }
+
+    fn listeners(&self, pid: u32, ports: &[u16]) -> Option<ListenerSet> {
+        let process = Process::open(pid).ok()?;
+        let found = sockets::listening_sockets(&process, ports).ok()?;
+        Some(found.into_iter().map(|(_, l)| (l.addr.port(), l.inode)).collect())
+    }
+
+    fn newest_holder(&self, netns: Option<u64>, port: u16) -> Option<u32> {
+        // Newest first, so the search usually stops at once, at a fresh process
+        // with few sockets whose listeners are read from the sockets themselves.
+        let mut procs: Vec<((u64, u32), Process)> = self
+            .candidates()
+            .into_iter()
+            .filter(|p| netns.is_none_or(|n| n == p.netns))
+            .filter_map(|p| Some(((proc::start_time(p.pid)?, p.pid), p)))
+            .collect();
+        procs.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+        procs
+            .into_iter()
+            .find(|(_, p)| sockets::listening_sockets(p, &[port]).is_ok_and(|ls| !ls.is_empty()))
+            .map(|(_, p)| p.pid)
+    }
+
+    fn newest_per_group(&self) -> Vec<(u32, u64, u16)> {
+        let mut best: BTreeMap<(u64, GroupKey), (u64, u32, u16)> = BTreeMap::new();
+        for process in self.candidates() {
+            let Ok(listening) = sockets::listening_sockets(&process, &self.filter.ports) else { continue };
+            let Some(started) = proc::start_time(process.pid) else { continue };
+            for (_, l) in listening {
+                let key = (process.netns, sockets::group_key(l.addr, 0));
+                let entry = best.entry(key).or_insert((started, process.pid, l.addr.port()));
+                if (started, process.pid) > (entry.0, entry.1) {
+                    *entry = (started, process.pid, l.addr.port());
+                }
+            }
+        }
+        best.into_iter().map(|((netns, _), (_, pid, port))| (pid, netns, port)).collect()
+    }
+}
