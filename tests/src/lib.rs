@@ -12,10 +12,14 @@
 //!   and a latency histogram.
 //! - [`haproxy`], [`nginx`]: drivers that run the real servers in a namespace, write
 //!   their configs, reload them, and find which process holds the listeners.
+//! - [`docker`], [`image`]: the Docker CLI for the container tests, and building the
+//!   `steer` and HAProxy images they run (`cargo xtask image` builds them the same way).
 //! - [`procfs`]: the `/proc` reading, signalling and bounded polling those drivers share.
 //! - [`require_privileges`]: decide whether a privileged test runs, skips, or fails.
 
+pub mod docker;
 pub mod haproxy;
+pub mod image;
 pub mod load;
 pub mod netns;
 pub mod nginx;

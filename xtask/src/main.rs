@@ -4,10 +4,11 @@
 //! Layout: `setup.rs` installs what building and testing need, `test.rs` runs the checks
 //! and tests in CI's order, `demo.rs` shows steer at work, `bench.rs` measures it,
 //! `release.rs` holds what demo and bench share (preflight, release build, the `steer`
-//! binary), and `util.rs` runs commands.
+//! binary), `image.rs` builds the container images, and `util.rs` runs commands.
 
 mod bench;
 mod demo;
+mod image;
 mod release;
 mod setup;
 mod test;
@@ -36,6 +37,9 @@ enum Command {
     /// Measure steer: HAProxy's reload methods side by side, the daemon's latency and memory,
     /// the program's overhead, promote speed and scale; writes target/bench/ (needs root).
     Bench(bench::Options),
+    /// Check the Dockerfiles with hadolint and build the local images: `steer:dev` (a
+    /// static `steer` in `FROM scratch`) and `steer-haproxy:dev` (for the container tests).
+    Image,
 }
 
 fn main() -> ExitCode {
@@ -54,5 +58,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test(options) => test::run(&options).map(|()| ExitCode::SUCCESS),
         Command::Demo(options) => demo::run(&options),
         Command::Bench(options) => bench::run(&options),
+        Command::Image => image::run().map(|()| ExitCode::SUCCESS),
     }
 }

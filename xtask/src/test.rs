@@ -39,7 +39,7 @@ pub fn run(options: &Options) -> Result<()> {
         ("clippy (host)", host_clippy()),
         ("clippy (eBPF)", ebpf_clippy()),
         ("tests", tests(options)),
-        ("real-server tests", server_tests()),
+        ("real-server and container tests", server_tests()),
     ];
     if options.no_setup {
         println!("== setup: skipped (--no-setup)");
@@ -53,6 +53,8 @@ pub fn run(options: &Options) -> Result<()> {
     if !passed_env.is_empty() {
         println!("environment for the tests: {}", passed_env.join(" "));
     }
+    // hadolint, and the images the container tests run (they build them too, if missing).
+    step("images", crate::image::run_if_docker)?;
     for (name, command) in &mut steps {
         step(name, || util::run(command))?;
     }
@@ -69,7 +71,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     println!(
         "xtask test: all {} steps passed in {}",
-        steps.len() + usize::from(!options.no_setup) + usize::from(ran_bench),
+        steps.len() + 1 + usize::from(!options.no_setup) + usize::from(ran_bench),
         minutes(start.elapsed())
     );
     Ok(())
@@ -131,10 +133,11 @@ fn ebpf_clippy() -> Command {
 /// Every unit and integration test of the host crates. The environment (`CI`,
 /// `STEER_*`) passes through: the privileged tests read it to decide whether a
 /// missing capability is a skip or a failure.
-/// The real-server end-to-end tests (`servers::`) run in a step of their own.
+/// The real-server and container end-to-end tests (`servers::`, `containers::`) run in a
+/// step of their own.
 fn tests(options: &Options) -> Command {
     let mut command = cargo(["test", "--workspace", "--exclude", EBPF_CRATE, "--no-fail-fast"]);
-    command.args(["--", "--skip", SERVER_TESTS]);
+    command.args(["--", "--skip", SERVER_TESTS, "--skip", CONTAINER_TESTS]);
     if let Some(threads) = options.test_threads {
         command.args(["--test-threads", &threads.to_string()]);
     }
@@ -145,9 +148,11 @@ fn tests(options: &Options) -> Command {
 /// at a time after the others: each saturates this 2-core machine by itself,
 /// and HAProxy's reload time (and so the test's length) grows with contention.
 const SERVER_TESTS: &str = "servers::";
+/// Real containers under load (`containers::`), one at a time for the same reason.
+const CONTAINER_TESTS: &str = "containers::";
 
 fn server_tests() -> Command {
     let mut command = cargo(["test", "-p", "steer-tests", "--test", "e2e", "--no-fail-fast"]);
-    command.args(["--", SERVER_TESTS, "--test-threads", "1"]);
+    command.args(["--", SERVER_TESTS, CONTAINER_TESTS, "--test-threads", "1"]);
     command
 }

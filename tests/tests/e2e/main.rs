@@ -3,7 +3,9 @@
 //! path ran (counters, which generation answered), not just that nothing failed.
 //! Without privileges they skip with a printed reason; with `CI=true` they fail.
 mod common;
+mod containers;
 mod daemon;
+mod deploy;
 mod errors;
 mod handover;
 mod servers;
