@@ -150,6 +150,17 @@ pub fn allocate(used: &Slots, max_slots: u32, needed: u32) -> Result<SlotRange, 
     Err(PolicyError::SockarrayFull { needed, free })
 }
 
+/// Whether the sockets of `active` are all among `cookies`: a promotion of
+/// those sockets plus more is the same generation grown (a process whose
+/// sockets listen one after another, HAProxy `shards`), not a new one, and
+/// keeps the previous generation for rollback.
+#[must_use]
+pub fn grows(active: SlotRange, metas: &Slots, cookies: &[u64]) -> bool {
+    !active.is_none()
+        && (active.first..active.first + active.count)
+            .all(|s| metas.get(&s).is_some_and(|m| cookies.contains(&m.cookie)))
+}
+
 #[cfg(test)]
 #[path = "policy_tests.rs"]
 mod tests;

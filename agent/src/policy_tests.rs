@@ -144,3 +144,15 @@ fn the_interim_configuration_points_at_the_sockets_already_in_place() {
         GroupConfig { generation: 8, active: A, canary: range, canary_weight: 10, ..GroupConfig::default() };
     assert_eq!(interim(&canary, range, 1), GroupConfig { canary: part, ..canary });
 }
+
+#[test]
+fn a_generation_grows_when_every_active_socket_is_among_the_new_ones() {
+    let meta = |cookie| SlotMeta { cookie, ..SlotMeta::default() };
+    let metas: Slots = [(0, meta(10)), (1, meta(11)), (3, meta(30))].into();
+    let two = SlotRange { first: 0, count: 2 };
+    assert!(grows(two, &metas, &[10, 11, 12]));
+    assert!(grows(SlotRange { first: 0, count: 1 }, &metas, &[10, 12]));
+    assert!(!grows(two, &metas, &[10, 12]), "a socket of the active generation is not in the new set");
+    assert!(!grows(SlotRange { first: 2, count: 1 }, &metas, &[10]), "an empty slot");
+    assert!(!grows(SlotRange::NONE, &metas, &[10]), "no active generation");
+}

@@ -53,6 +53,9 @@ pub struct ServerArgs {
     /// Start without accepting (as after `pause`).
     #[arg(long)]
     pub paused: bool,
+    /// Wait this long between opening one listener and the next.
+    #[arg(long, default_value_t = 0)]
+    pub listen_gap_ms: u64,
 }
 
 impl ServerArgs {
@@ -68,6 +71,7 @@ impl ServerArgs {
             http: false,
             accept_delay_ms: 0,
             paused: false,
+            listen_gap_ms: 0,
         }
     }
 
@@ -82,6 +86,7 @@ impl ServerArgs {
         args.extend(["--listeners".to_owned(), self.listeners.to_string()]);
         args.extend(["--backlog".to_owned(), self.backlog.to_string()]);
         args.extend(["--accept-delay-ms".to_owned(), self.accept_delay_ms.to_string()]);
+        args.extend(["--listen-gap-ms".to_owned(), self.listen_gap_ms.to_string()]);
         for (set, flag) in
             [(self.no_reuseport, "--no-reuseport"), (self.http, "--http"), (self.paused, "--paused")]
         {

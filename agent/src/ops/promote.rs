@@ -134,6 +134,8 @@ fn plan(
     let current = instance.config(&key);
     let cookies: Vec<u64> = sockets.iter().map(|c| c.cookie).collect();
     let existing = current.as_ref().and_then(|c| policy::find_range(c, metas, &cookies));
+    // Read before the stale slots leave `metas` below.
+    let grows = current.as_ref().is_some_and(|c| policy::grows(c.active, metas, &cookies));
     let mut sockets = sockets;
     let (range, fill, stale) = match existing {
         Some(range) => (range, false, Vec::new()),
@@ -152,11 +154,18 @@ fn plan(
             (range, true, stale)
         }
     };
-    let (config, outcome) = policy::promote(current.as_ref(), range, weight.min(WEIGHT_SCALE), fill)
+    let (mut config, outcome) = policy::promote(current.as_ref(), range, weight.min(WEIGHT_SCALE), fill)
         .map_err(OpError::policy(&key))?;
+    // The active generation grown by sockets that listened after it was
+    // promoted: still the same generation, so the previous one stays the
+    // rollback target (and its slots are not released).
+    let grown = grows && outcome == Outcome::Promoted;
+    if grown && let Some(c) = current.as_ref() {
+        config.previous = c.previous;
+    }
     // The generation that stops being active (a canary leaves it active).
     let previous_pids = current
-        .filter(|c| outcome == Outcome::Promoted && !c.active.is_none() && c.active != range)
+        .filter(|c| outcome == Outcome::Promoted && !grown && !c.active.is_none() && c.active != range)
         .map(|c| pids_of(metas, c.active))
         .unwrap_or_default();
     Ok(Plan { key, sockets, range, fill, stale, config, outcome, previous_pids })

@@ -10,9 +10,14 @@ use super::ServerArgs;
 
 /// Every listener `args` asks for: `--listeners` sockets per `--listen` address.
 pub(super) fn bind_all(args: &ServerArgs) -> anyhow::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::new();
+    let mut listeners: Vec<TcpListener> = Vec::new();
     for addr in &args.listen {
         for i in 0..args.listeners {
+            if !listeners.is_empty() && args.listen_gap_ms > 0 {
+                // One listener after another, as a server whose threads each open
+                // their own (HAProxy `shards`).
+                std::thread::sleep(std::time::Duration::from_millis(args.listen_gap_ms));
+            }
             let listener = bind_one(*addr, !args.no_reuseport, args.backlog)
                 .with_context(|| format!("listener {i} on {addr}"))?;
             listeners.push(listener);

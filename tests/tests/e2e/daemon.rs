@@ -385,3 +385,31 @@ fn a_socket_held_by_another_state_is_reported_with_a_command_the_operator_can_ru
     let _ = crate::common::steer_cmd(&other, &["detach"]).output();
     let _ = std::fs::remove_dir_all(&other);
 }
+
+#[test]
+fn a_generation_whose_sockets_listen_one_after_another_keeps_its_rollback_target() {
+    // HAProxy `bind ... shards 2` with two threads opens two sockets per port in
+    // one process; the daemon sees the first listen alone.
+    let Some(w) = World::new("dshards") else { return };
+    let old = w.server("old", &["127.0.0.1:8080"]);
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    d.promoted(&old);
+    let mut args = steer_harness::server::ServerArgs::new("new", [crate::common::addr("127.0.0.1:8080")]);
+    args.listeners = 2;
+    args.listen_gap_ms = 300;
+    let new = w.server_with(args);
+    d.wait_for(&["\"message\":\"promoted\"", &format!("\"pid\":{}", new.pid()), "\"sockets\":2"], "both shards");
+    let group = w.group(8080);
+    let roles = |role: &str| -> Vec<u32> {
+        let mut pids: Vec<u32> = group.sockets.iter().filter(|s| s.role == role).map(|s| s.pid).collect();
+        pids.dedup();
+        pids
+    };
+    assert_eq!(roles("active"), vec![new.pid()], "{group:?}");
+    assert_eq!(roles("previous"), vec![old.pid()], "the real previous generation is kept: {group:?}");
+    let out = w.steer_ok(&["rollback", "--port", "8080"]);
+    assert!(out.contains(&format!("rolled back to pid {}; previous pid {}", old.pid(), new.pid())), "{out}");
+    drop(d);
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(answered_by(&r, "old"), 300, "the rollback restored the old generation");
+}
