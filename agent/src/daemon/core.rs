@@ -11,56 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use super::event::{Event, Trigger};
 use super::{
     Policy,
     steerer::StepError,
+    watched::Watched,
     world::{ListenerSet, World},
 };
 use crate::ops::promote::Change;
-
-/// A listener event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A socket started listening on `port` in process `pid` (which may already
-    /// have exited: daemonising servers listen, then fork).
-    Listen { pid: u32, port: u16, ktime_ns: u64 },
-    /// A listening socket closed (slot upkeep runs soon).
-    Closed,
-    /// A watched process (one that holds a promoted generation, or its
-    /// same-named parent) forked `child`.
-    Forked { parent: u32, child: u32, ktime_ns: u64 },
-    /// The polling source found a listener it had not seen, held by `pid`.
-    Polled { pid: u32, port: u16, ktime_ns: u64 },
-}
-
-/// What led to a promotion; the `trigger` field of the `promoted` log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The daemon started and took over what it found.
-    Adopt,
-    /// A socket started listening.
-    Listen,
-    /// A watched process forked a child that holds exactly its parent's
-    /// listeners (a generation that opened none).
-    Fork,
-    /// The active generation lost sockets; its newest holder is promoted again.
-    Close,
-    /// The polling source found a new listener.
-    Poll,
-}
-
-impl Trigger {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Adopt => "adopt",
-            Self::Listen => "listen",
-            Self::Fork => "fork",
-            Self::Close => "close",
-            Self::Poll => "poll",
-        }
-    }
-}
 
 /// The core's key for work: a network namespace and a port. The address is
 /// resolved when the promotion reads the process's sockets, so every group of
@@ -426,44 +384,6 @@ impl Core {
 fn ports_of(groups: &[(GroupId, Pending)]) -> Vec<u16> {
     let ports: BTreeSet<u16> = groups.iter().map(|(g, _)| g.port).collect();
     ports.into_iter().collect()
-}
-
-/// The processes whose forks the watcher reports: each process a promotion
-/// named, and its parent when that has the same name (nginx's master, which
-/// forks the workers of each new generation). Kept with their start times, so
-/// that a reused pid is not watched.
-#[derive(Debug, Default)]
-struct Watched {
-    pids: BTreeMap<u32, u64>,
-    changed: bool,
-    next_prune: Option<Instant>,
-}
-
-impl Watched {
-    fn add(&mut self, world: &dyn World, pid: u32) {
-        let comm = world.process(pid).map(|i| i.comm);
-        let parent =
-            world.parent(pid).filter(|p| comm.is_some() && world.process(*p).map(|i| i.comm) == comm);
-        for p in std::iter::once(pid).chain(parent) {
-            if self.pids.contains_key(&p) {
-                continue;
-            }
-            if let Some(started) = world.start_time(p) {
-                self.pids.insert(p, started);
-                self.changed = true;
-            }
-        }
-    }
-
-    fn prune(&mut self, now: Instant, world: &dyn World) {
-        if self.next_prune.is_some_and(|t| now < t) {
-            return;
-        }
-        self.next_prune = Some(now + PRUNE_EVERY);
-        let before = self.pids.len();
-        self.pids.retain(|pid, started| world.start_time(*pid) == Some(*started));
-        self.changed |= self.pids.len() != before;
-    }
 }
 
 #[cfg(test)]

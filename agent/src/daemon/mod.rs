@@ -8,13 +8,15 @@
 //! - [`source`]: where events come from ([`source::EventSource`]: the
 //!   [`tracepoint`] watcher, or the [`poll`]er), and choosing one;
 //! - [`core`]: the rules, pure: pending work per group, coalescing, retries,
-//!   trigger attribution, the fork, close and newest-holder rules;
+//!   trigger attribution, the fork, close and newest-holder rules (its inputs in
+//!   `event`, the fork watch list in `watched`);
 //! - [`world`]: what the core asks of the machine (`/proc`, listeners);
 //! - [`steerer`]: the effects, through the CLI's promote code;
 //! - [`upkeep`]: slot upkeep on a thread of its own;
 //! - [`filter`]: which processes the operator named;
 //! - `service`: privileges, signals, metrics, scheduling, and wiring it up.
 pub mod core;
+mod event;
 #[cfg(test)]
 mod fake;
 mod filter;
@@ -24,6 +26,7 @@ pub mod source;
 pub mod steerer;
 mod tracepoint;
 pub mod upkeep;
+mod watched;
 pub mod world;
 
 use std::{
