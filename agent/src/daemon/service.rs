@@ -79,7 +79,7 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
         });
     }
     let world = super::world::System { filter: opts.filter.clone() };
-    let mut steerer = super::steerer::State { state_dir: state_dir.to_path_buf() };
+    let mut steerer = super::steerer::State::new(state_dir.to_path_buf());
     let filter = opts.filter.clone();
     let (upkeep, upkeep_thread) = super::upkeep::start(state_dir, move || super::world::candidates(&filter))
         .context("start the upkeep thread")?;

@@ -7,7 +7,7 @@ use crate::{
     ops::{OpError, promote},
     proc::Process,
     sockets::{self, SocketError},
-    state::{StateDir, StateError},
+    state::{OpenInstances, StateDir, StateError},
 };
 
 /// Why a step failed, and whether trying again can help.
@@ -64,16 +64,25 @@ pub trait Steerer {
 }
 
 /// Steering through the pinned state in `state_dir`, with the CLI's code.
-/// The preflight checks ran once, when the daemon started.
-#[derive(Debug, Clone)]
+/// The preflight checks ran once, when the daemon started, and the instances
+/// it wrote stay open between promotions (each still takes the lock).
+#[derive(Debug)]
 pub struct State {
-    pub state_dir: PathBuf,
+    state_dir: PathBuf,
+    open: OpenInstances,
+}
+
+impl State {
+    #[must_use]
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self { state_dir, open: OpenInstances::default() }
+    }
 }
 
 impl Steerer for State {
     fn promote(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<promote::Change>, StepError> {
         let request = promote::Request { pid, ports: scope.to_vec(), weight: 100, take_over: false };
-        Ok(promote::run_checked(&self.state_dir, &request)?)
+        Ok(promote::run_kept(&self.state_dir, &request, &mut self.open)?)
     }
 
     fn reattach(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<String>, StepError> {

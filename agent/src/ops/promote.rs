@@ -11,7 +11,7 @@ use crate::{
     preflight,
     proc::Process,
     sockets::{self, Candidate},
-    state::{Instance, StateDir},
+    state::{Instance, OpenInstances, StateDir},
 };
 
 /// What to promote.
@@ -78,12 +78,12 @@ struct Plan {
 /// Runs a promote. Every refusal happens before the first write.
 pub fn run(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpError> {
     preflight::all()?;
-    run_checked(state_dir, req)
+    run_kept(state_dir, req, &mut OpenInstances::default())
 }
 
-/// [`run`] for a caller that has run the preflight checks already (the daemon,
-/// once at start): the same plan and apply, without them.
-pub fn run_checked(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpError> {
+/// [`run`] for a caller that has run the preflight checks already and keeps
+/// the instances it wrote open in `open` (the daemon): the same plan and apply.
+pub fn run_kept(state_dir: &Path, req: &Request, open: &mut OpenInstances) -> Result<Vec<Change>, OpError> {
     let process = Process::open(req.pid)?;
     let listening = sockets::listening_sockets(&process, &req.ports)?;
     // Every port named must match: a typo in one of several is not a partial success.
@@ -107,7 +107,7 @@ pub fn run_checked(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpErr
     }
 
     let state = StateDir::open_for_write(state_dir)?;
-    let mut instance = state.instance_or_create(process.netns)?;
+    let mut instance = state.instance_or_create_kept(process.netns, open)?;
     instance.reclaim()?;
     let mut metas = instance.slot_metas()?;
     let plans = by_group
@@ -120,6 +120,7 @@ pub fn run_checked(state_dir: &Path, req: &Request) -> Result<Vec<Change>, OpErr
         changes.push(apply(&mut instance, &process, plan, req.take_over)?);
     }
     instance.release_unreferenced()?;
+    open.keep(instance);
     // Every duplicate was dropped inside apply(): none outlives this call.
     Ok(changes)
 }

@@ -153,6 +153,24 @@ impl StateDir {
         Instance::open(&dir, netns).map(Some)
     }
 
+    /// [`Self::instance_or_create`], taking the instance from `open` when it
+    /// was opened from the directory that is pinned there now (same inode): a
+    /// long-lived writer (the daemon) then skips re-opening every pin.
+    pub fn instance_or_create_kept(
+        &self,
+        netns: u64,
+        open: &mut OpenInstances,
+    ) -> Result<Instance, StateError> {
+        let dir = paths::instance_dir(&self.path, netns);
+        if let Some((ino, instance)) = open.kept.remove(&netns)
+            && instance.dir == dir
+            && dir_inode(&dir) == Some(ino)
+        {
+            return Ok(instance);
+        }
+        self.instance_or_create(netns)
+    }
+
     /// Opens the instance of `netns`, creating it (atomically) when absent.
     /// Only valid on a directory opened for write.
     pub fn instance_or_create(&self, netns: u64) -> Result<Instance, StateError> {
@@ -162,4 +180,33 @@ impl StateDir {
         create::create_instance(&self.path, netns)?;
         Instance::open(&paths::instance_dir(&self.path, netns), netns)
     }
+}
+
+/// Instances a long-lived writer keeps open between writes, by network
+/// namespace, with the inode of the directory each was opened from. An
+/// instance is kept only after a write succeeded with it; a directory removed
+/// or replaced since (another inode) is opened afresh.
+#[derive(Default)]
+pub struct OpenInstances {
+    kept: std::collections::HashMap<u64, (u64, Instance)>,
+}
+
+impl std::fmt::Debug for OpenInstances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenInstances").field("namespaces", &self.kept.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl OpenInstances {
+    /// Keeps `instance` for the next write.
+    pub fn keep(&mut self, instance: Instance) {
+        if let Some(ino) = dir_inode(&instance.dir) {
+            self.kept.insert(instance.netns, (ino, instance));
+        }
+    }
+}
+
+fn dir_inode(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(dir).ok().map(|m| m.ino())
 }

@@ -398,7 +398,10 @@ fn a_generation_whose_sockets_listen_one_after_another_keeps_its_rollback_target
     args.listeners = 2;
     args.listen_gap_ms = 300;
     let new = w.server_with(args);
-    d.wait_for(&["\"message\":\"promoted\"", &format!("\"pid\":{}", new.pid()), "\"sockets\":2"], "both shards");
+    d.wait_for(
+        &["\"message\":\"promoted\"", &format!("\"pid\":{}", new.pid()), "\"sockets\":2"],
+        "both shards",
+    );
     let group = w.group(8080);
     let roles = |role: &str| -> Vec<u32> {
         let mut pids: Vec<u32> = group.sockets.iter().filter(|s| s.role == role).map(|s| s.pid).collect();
@@ -412,4 +415,29 @@ fn a_generation_whose_sockets_listen_one_after_another_keeps_its_rollback_target
     drop(d);
     let r = w.requests("127.0.0.1:8080", 300);
     assert_eq!(answered_by(&r, "old"), 300, "the rollback restored the old generation");
+}
+
+#[test]
+fn a_state_directory_removed_under_a_running_daemon_is_created_again_at_the_next_promotion() {
+    // The daemon keeps the instance it wrote open between promotions; a
+    // directory removed since must not leave it writing to the orphaned maps.
+    let Some(w) = World::new("dremoved") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    d.promoted(&a);
+    let b = w.server("b", &["127.0.0.1:8080"]);
+    d.promoted(&b);
+    std::fs::remove_dir_all(&w.state_dir).expect("remove the state directory");
+    let c = w.server("c", &["127.0.0.1:8080"]);
+    d.promoted(&c);
+    let status = w.status();
+    assert_eq!(status.namespaces.len(), 1, "a fresh instance: {status:?}");
+    let active: Vec<u32> =
+        w.group(8080).sockets.iter().filter(|s| s.role == "active").map(|s| s.pid).collect();
+    assert_eq!(active, vec![c.pid()], "the new state names c");
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(answered_by(&r, "c"), 300, "the fresh program steers to c");
+    assert!(w.counters(8080).steered_active >= 300);
+    drop(d);
+    drop((a, b, c));
 }
