@@ -1,19 +1,120 @@
-//! Which processes the daemon may act on: `--comm`, `--port`, `--netns` and
-//! `--cgroup`, and the rule that joins them.
-use std::fs;
+//! Which processes the daemon may act on: `--comm`, `--port`, `--netns`, and
+//! the rules that verify a process against what the operator named: `--user`,
+//! `--exe`, `--cgroup` and the user namespace. The checks run cheapest first
+//! (the name, the network namespace, the uids), and the costly ones only when
+//! their flag is given.
+use std::{fs, os::unix::fs::MetadataExt as _, path::PathBuf};
 
 use crate::proc::Process;
 
-/// `--comm`, `--port`, `--netns` and `--cgroup`: a listener matches when every
-/// list that is given matches.
+/// A listener matches when every list that is given matches.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub comms: Vec<String>,
     pub ports: Vec<u16>,
-    /// Inodes of the network namespaces to watch (empty: all).
+    /// Inodes of the network namespaces to watch (empty: all, `--netns all`).
     pub netns: Vec<u64>,
     /// Cgroup patterns (empty: any); see [`cgroup_matches`].
     pub cgroups: Vec<String>,
+    /// `--user`: every uid of the process (real, effective, saved, filesystem)
+    /// must be one of these (empty: any).
+    pub users: Vec<u32>,
+    /// `--exe`: the executables a process may run (empty: any).
+    pub exes: Vec<Exe>,
+    /// Inode of the only user namespace whose processes are steered; `None`
+    /// with `--user-namespaces` (any).
+    pub user_namespace: Option<u64>,
+}
+
+/// An executable named with `--exe`, identified by device and inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exe {
+    pub path: PathBuf,
+    /// (device, inode) of `path` when the daemon started.
+    pub id: (u64, u64),
+}
+
+impl Exe {
+    /// Stats `path` (following symlinks).
+    ///
+    /// # Errors
+    /// When `path` cannot be read.
+    pub fn open(path: PathBuf) -> std::io::Result<Self> {
+        let m = fs::metadata(&path)?;
+        Ok(Self { id: (m.dev(), m.ino()), path })
+    }
+
+    /// Whether a process whose `/proc/PID/exe` is the file `id` runs this
+    /// executable: the file as it was when the daemon started, or as it is
+    /// now (a package upgrade replaces it with a new inode; both generations
+    /// of the server match until the daemon restarts).
+    fn matches(&self, id: (u64, u64)) -> bool {
+        id == self.id || fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == id)
+    }
+}
+
+/// Why a process that passed `--comm` and `--netns` is not steered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// A uid not named by `--user` (the effective uid, or none: unreadable).
+    User(Option<u32>),
+    /// In a user namespace other than the initial one, without `--user-namespaces`.
+    UserNamespace,
+    /// Runs no executable named by `--exe`.
+    Exe,
+    /// In no cgroup named by `--cgroup`.
+    Cgroup,
+}
+
+impl Mismatch {
+    /// The label of the rule, for logs.
+    #[must_use]
+    pub fn rule(self) -> &'static str {
+        match self {
+            Self::User(_) => "user",
+            Self::UserNamespace => "user_namespace",
+            Self::Exe => "exe",
+            Self::Cgroup => "cgroup",
+        }
+    }
+}
+
+/// The (real, effective, saved, filesystem) uids from the text of a
+/// `/proc/PID/status`, as seen from the reader's user namespace.
+#[must_use]
+pub fn status_uids(status: &str) -> Option<[u32; 4]> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(str::parse::<u32>);
+    let mut out = [0; 4];
+    for slot in &mut out {
+        *slot = ids.next()?.ok()?;
+    }
+    Some(out)
+}
+
+/// The uid of user `name` in the text of an `/etc/passwd`
+/// (`name:password:uid:gid:gecos:home:shell`). Read by hand, not with
+/// getpwnam(3): a static binary has no NSS.
+#[must_use]
+pub fn passwd_uid(passwd: &str, name: &str) -> Option<u32> {
+    passwd.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.trim().parse().ok()
+    })
+}
+
+/// A `--user`: a uid, or a name looked up in the text of `/etc/passwd`.
+///
+/// # Errors
+/// A sentence for the operator when the name is not there.
+pub fn resolve_user(user: &str, passwd: &str) -> Result<u32, String> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(uid);
+    }
+    passwd_uid(passwd, user).ok_or_else(|| {
+        format!("--user {user}: no such user in /etc/passwd; pass the numeric uid (`id -u {user}` where the user exists)")
+    })
 }
 
 /// Whether `pattern` selects a process whose `/proc/PID/cgroup` reads `text`.
@@ -46,13 +147,48 @@ impl Filter {
         self.comms.is_empty() || self.comms.iter().any(|c| c == comm)
     }
 
-    /// Whether `process` matches `--comm`, `--netns` and `--cgroup` (its cgroups
-    /// are read only when a `--cgroup` is given; an unreadable file matches none).
+    /// Whether `process` matches `--comm`, `--netns` and every rule of [`Self::verify`].
     #[must_use]
     pub fn process_matches(&self, process: &Process) -> bool {
-        self.comm_matches(&process.comm)
-            && self.netns_matches(process.netns)
-            && self.cgroup_matches(process.pid)
+        self.comm_matches(&process.comm) && self.netns_matches(process.netns) && self.verify(process.pid).is_ok()
+    }
+
+    /// Checks `pid` against what the operator named, cheapest first: its uids
+    /// (`/proc/PID/status`), its user namespace, then only when given, its
+    /// executable and its cgroups. Anything unreadable (the process left, or
+    /// steer may not look) fails the rule.
+    ///
+    /// # Errors
+    /// The first rule that fails.
+    pub fn verify(&self, pid: u32) -> Result<(), Mismatch> {
+        if !self.users.is_empty() {
+            let uids = fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| status_uids(&s));
+            if !uids.is_some_and(|ids| self.uids_match(ids)) {
+                return Err(Mismatch::User(uids.map(|ids| ids[1])));
+            }
+        }
+        if let Some(initial) = self.user_namespace
+            && ns_inode(pid, "user") != Some(initial)
+        {
+            return Err(Mismatch::UserNamespace);
+        }
+        if !self.exes.is_empty() {
+            let id = fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| (m.dev(), m.ino()));
+            if !id.is_some_and(|id| self.exes.iter().any(|e| e.matches(id))) {
+                return Err(Mismatch::Exe);
+            }
+        }
+        if !self.cgroup_matches(pid) {
+            return Err(Mismatch::Cgroup);
+        }
+        Ok(())
+    }
+
+    /// Whether every one of a process's uids is named by `--user`: a process
+    /// that can switch to another uid (a saved uid of root) is as good as it.
+    #[must_use]
+    pub fn uids_match(&self, uids: [u32; 4]) -> bool {
+        self.users.is_empty() || uids.iter().all(|u| self.users.contains(u))
     }
 
     #[must_use]
@@ -70,56 +206,23 @@ impl Filter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_combine() {
-        let f =
-            Filter { comms: vec!["haproxy".into()], ports: vec![80], netns: vec![7], cgroups: Vec::new() };
-        assert!(f.netns_matches(7) && !f.netns_matches(8));
-        assert!(f.comm_matches("haproxy") && !f.comm_matches("nginx"));
-        assert!(f.port_matches(80) && !f.port_matches(81));
-        let any = Filter::default();
-        assert!(any.comm_matches("x") && any.port_matches(1));
-    }
-
-    /// /proc/PID/cgroup of a pod's container (cgroup v2, systemd driver), of a
-    /// Docker container on cgroup v1, and as another cgroup namespace shows it.
-    const POD: &str = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b_3c.slice/cri-containerd-9f8e.scope\n";
-    const DOCKER_V1: &str = "12:memory:/docker/4d5e6f\n11:cpu,cpuacct:/docker/4d5e6f\n0::/\n";
-    const RELATIVE: &str = "0::/../../kubepods-burstable-pod1a2b_3c.slice/cri-containerd-9f8e.scope\n";
-
-    #[test]
-    fn cgroup_patterns_match_a_prefix_or_a_part_of_any_hierarchys_path() {
-        for (pattern, text, expected) in [
-            ("/kubepods.slice", POD, true),
-            ("/kubepods.slice/", POD, true),
-            ("/kubepods", POD, false), // a prefix of a name is not a parent cgroup
-            ("/system.slice", POD, false),
-            ("pod1a2b_3c", POD, true),
-            ("pod1a2b_3c", RELATIVE, true),
-            ("/kubepods.slice", RELATIVE, false), // relative to another namespace: unknown
-            ("docker/4d5e6f", DOCKER_V1, true),
-            ("/docker", DOCKER_V1, true),
-            ("/docker/4d5e6f", DOCKER_V1, true),
-            ("4d5e6f", POD, false),
-            ("/", DOCKER_V1, true),
-            ("x", "", false),
-        ] {
-            assert_eq!(cgroup_matches(pattern, text), expected, "{pattern} in {text:?}");
-        }
-    }
-
-    #[test]
-    fn the_cgroup_filter_reads_the_process_and_matches_nothing_unreadable() {
-        let mut f = Filter::default();
-        assert!(f.cgroup_matches(u32::MAX), "no --cgroup: anything");
-        f.cgroups = vec!["/".into()];
-        assert!(f.cgroup_matches(std::process::id()));
-        assert!(!f.cgroup_matches(u32::MAX), "a process that is gone matches no --cgroup");
-        f.cgroups = vec!["/no-such-cgroup-anywhere".into()];
-        assert!(!f.cgroup_matches(std::process::id()));
-    }
+/// Inode of `/proc/PID/ns/KIND` (`net`, `user`), if it can be read.
+#[must_use]
+pub fn ns_inode(pid: impl std::fmt::Display, kind: &str) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/ns/{kind}")).ok().map(|m| m.ino())
 }
+
+/// The user namespace the daemon trusts without `--user-namespaces`: the
+/// initial one, read from `/proc/1/ns/user`. Where that cannot be read (pid 1
+/// belongs to a parent namespace or sandbox that steer may not ptrace), the
+/// daemon's own, `/proc/self/ns/user`: a process in a user namespace of its
+/// own (`unshare -r`) differs from both, and that is the case the rule exists
+/// for. The second value says which was taken.
+#[must_use]
+pub fn initial_user_namespace() -> Option<(u64, &'static str)> {
+    ns_inode(1, "user").map(|i| (i, "/proc/1/ns/user")).or_else(|| ns_inode("self", "user").map(|i| (i, "/proc/self/ns/user")))
+}
+
+#[cfg(test)]
+#[path = "filter_tests.rs"]
+mod tests;
