@@ -47,7 +47,7 @@ enum Command {
         #[arg(long)]
         take_over: bool,
     },
-    /// Make the previous generation active again, if it still listens
+    /// End a running canary; without one, make the previous generation active again, if it still listens
     Rollback {
         /// Only the groups on this port (repeatable)
         #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]

@@ -177,7 +177,7 @@ struct ResultLabels {
 }
 
 /// The program's counters as (`path` label, value).
-fn paths(c: &Counters) -> [(&'static str, u64); 7] {
+fn paths(c: &Counters) -> [(&'static str, u64); 8] {
     [
         ("steered_active", c.steered_active),
         ("steered_canary", c.steered_canary),
@@ -186,6 +186,7 @@ fn paths(c: &Counters) -> [(&'static str, u64); 7] {
         ("fallback_empty_slot", c.fallback_empty_slot),
         ("helper_error", c.helper_error),
         ("migrated_by_kernel", c.migrated_by_kernel),
+        ("canary_to_active", c.canary_to_active),
     ]
 }
 

@@ -1,5 +1,5 @@
 //! The steering policy as pure functions: how a group's configuration changes
-//! on promote, canary and rollback, and where a generation's sockets go in the
+//! on promote, canary and rollback (which ends a canary before anything else), and where a generation's sockets go in the
 //! sockarray. No I/O here, so every rule is unit-tested.
 use std::collections::BTreeMap;
 
@@ -80,23 +80,76 @@ pub fn promote(
     Ok((config, Outcome::Canary { weight }))
 }
 
-/// The configuration after a rollback; `previous_live` says whether the
-/// previous generation's sockets all still sit in their slots.
-pub fn rollback(current: &GroupConfig, previous_live: bool) -> Result<GroupConfig, PolicyError> {
-    if current.previous.is_none() {
-        return Err(PolicyError::NoPrevious);
+/// What `steer rollback` does to a group, by the group's state. `status` shows
+/// it, and [`rollback`] follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackEffect {
+    /// A canary runs: rollback ends it. The canary gets no more new
+    /// connections, and the active generation, unchanged, gets them all.
+    EndsCanary,
+    /// The previous generation still listens: rollback makes it active again,
+    /// and the active one becomes the previous.
+    RestoresPrevious,
+    /// Refused: the group has no previous generation.
+    RefusedNoPrevious,
+    /// Refused: the previous generation no longer listens.
+    RefusedPreviousGone,
+}
+
+impl RollbackEffect {
+    /// One sentence for `steer status`.
+    #[must_use]
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::EndsCanary => "ends the canary; the active generation gets every new connection",
+            Self::RestoresPrevious => "makes the previous generation active again",
+            Self::RefusedNoPrevious => "refused: there is no previous generation",
+            Self::RefusedPreviousGone => "refused: the previous generation no longer listens",
+        }
     }
-    if !previous_live {
-        return Err(PolicyError::PreviousGone);
+}
+
+/// What a rollback would do to `current`; `previous_live` says whether the
+/// previous generation's sockets all still sit in their slots. Ending a canary
+/// comes first: an operator who rolls back during a canary aborts the canary,
+/// and the generation that was active before it stays active.
+#[must_use]
+pub fn rollback_effect(current: &GroupConfig, previous_live: bool) -> RollbackEffect {
+    if !current.canary.is_none() {
+        RollbackEffect::EndsCanary
+    } else if current.previous.is_none() {
+        RollbackEffect::RefusedNoPrevious
+    } else if previous_live {
+        RollbackEffect::RestoresPrevious
+    } else {
+        RollbackEffect::RefusedPreviousGone
     }
-    Ok(GroupConfig {
-        generation: current.generation + 1,
-        active: current.previous,
-        previous: current.active,
-        canary: SlotRange::NONE,
-        canary_weight: 0,
-        flags: 0,
-    })
+}
+
+/// The configuration after a rollback, and what it did (see [`rollback_effect`]).
+pub fn rollback(
+    current: &GroupConfig,
+    previous_live: bool,
+) -> Result<(GroupConfig, RollbackEffect), PolicyError> {
+    let effect = rollback_effect(current, previous_live);
+    let generation = current.generation + 1;
+    let config = match effect {
+        RollbackEffect::EndsCanary => {
+            GroupConfig { generation, canary: SlotRange::NONE, canary_weight: 0, ..*current }
+        }
+        RollbackEffect::RestoresPrevious => GroupConfig {
+            generation,
+            active: current.previous,
+            previous: current.active,
+            canary: SlotRange::NONE,
+            canary_weight: 0,
+            flags: 0,
+        },
+        RollbackEffect::RefusedNoPrevious => return Err(PolicyError::NoPrevious),
+        RollbackEffect::RefusedPreviousGone => return Err(PolicyError::PreviousGone),
+    };
+    Ok((config, effect))
 }
 
 /// The configuration to hold while the first `moving` sockets of a generation

@@ -71,10 +71,72 @@ fn promoting_the_active_generation_while_a_canary_runs_ends_the_canary() {
 #[test]
 fn rollback_swaps_active_and_previous() {
     let (cfg, _) = promote(Some(&active(A)), B, 100, false).unwrap();
-    let back = rollback(&cfg, true).unwrap();
-    assert_eq!((back.active, back.previous), (A, B));
+    let (back, effect) = rollback(&cfg, true).unwrap();
+    assert_eq!(effect, RollbackEffect::RestoresPrevious);
+    assert_eq!((back.active, back.previous, back.generation), (A, B, cfg.generation + 1));
     assert_eq!(rollback(&active(A), true).unwrap_err(), PolicyError::NoPrevious);
     assert_eq!(rollback(&cfg, false).unwrap_err(), PolicyError::PreviousGone);
+}
+
+/// Z, then A, then B at 25 %: rollback ends B's canary and leaves A active
+/// with Z as its rollback target, whether Z still listens or not.
+#[test]
+fn rollback_during_a_canary_ends_it_and_keeps_the_active_generation() {
+    let (cfg, _) = promote(Some(&active(C)), A, 100, false).unwrap();
+    let (cfg, _) = promote(Some(&cfg), B, 25, false).unwrap();
+    assert_eq!((cfg.active, cfg.previous, cfg.canary, cfg.canary_weight), (A, C, B, 25));
+    for previous_live in [true, false] {
+        let (back, effect) = rollback(&cfg, previous_live).unwrap();
+        assert_eq!(effect, RollbackEffect::EndsCanary);
+        assert_eq!(
+            back,
+            GroupConfig { generation: cfg.generation + 1, active: A, previous: C, ..GroupConfig::default() }
+        );
+        // A second rollback is then an ordinary one, back to Z.
+        let (again, effect) = rollback(&back, true).unwrap();
+        assert_eq!((effect, again.active, again.previous), (RollbackEffect::RestoresPrevious, C, A));
+    }
+}
+
+/// A then B at 25 %, no generation before A: rollback still ends the canary,
+/// and only a second one is refused.
+#[test]
+fn rollback_during_a_canary_without_a_previous_generation_ends_it() {
+    let (cfg, _) = promote(Some(&active(A)), B, 25, false).unwrap();
+    let (back, effect) = rollback(&cfg, false).unwrap();
+    assert_eq!(effect, RollbackEffect::EndsCanary);
+    assert_eq!(back, GroupConfig { generation: cfg.generation + 1, active: A, ..GroupConfig::default() });
+    assert_eq!(rollback(&back, false).unwrap_err(), PolicyError::NoPrevious);
+}
+
+#[test]
+fn rollback_effect_by_state() {
+    let canary = GroupConfig { canary: B, canary_weight: 25, ..active(A) };
+    let with_previous = GroupConfig { previous: C, ..active(A) };
+    let table = [
+        (canary, false, RollbackEffect::EndsCanary),
+        (GroupConfig { previous: C, ..canary }, true, RollbackEffect::EndsCanary),
+        (active(A), true, RollbackEffect::RefusedNoPrevious),
+        (with_previous, false, RollbackEffect::RefusedPreviousGone),
+        (with_previous, true, RollbackEffect::RestoresPrevious),
+    ];
+    for (config, previous_live, effect) in table {
+        assert_eq!(rollback_effect(&config, previous_live), effect, "{config:?} live={previous_live}");
+        match effect {
+            RollbackEffect::RefusedNoPrevious | RollbackEffect::RefusedPreviousGone => {
+                assert!(rollback(&config, previous_live).is_err());
+            }
+            _ => assert_eq!(rollback(&config, previous_live).unwrap().1, effect),
+        }
+    }
+    let sentences = [
+        RollbackEffect::EndsCanary,
+        RollbackEffect::RestoresPrevious,
+        RollbackEffect::RefusedNoPrevious,
+        RollbackEffect::RefusedPreviousGone,
+    ]
+    .map(RollbackEffect::describe);
+    assert!(sentences.iter().all(|s| !s.is_empty() && !s.contains('\n')), "{sentences:?}");
 }
 
 fn metas(cookies: &[u64]) -> Slots {

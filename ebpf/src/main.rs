@@ -1,7 +1,8 @@
 //! The steer reuseport program: one `sk_reuseport/migrate` program serves every
 //! reuseport group it is attached to. It reads the group from `ctx->sk`, looks up
 //! that group's configuration, and selects the active (or canary) generation's
-//! socket from the REUSEPORT_SOCKARRAY. Anything unexpected fails open: it returns
+//! socket from the REUSEPORT_SOCKARRAY; a canary whose socket is gone yields its
+//! share to the active generation. Anything else unexpected fails open: it returns
 //! `SK_PASS` without a selection and the kernel's own hash pick applies
 //! (net/core/sock_reuseport.c: `reuseport_select_sock` falls back to
 //! `reuseport_select_sock_by_hash` when the program selected nothing). It never
@@ -20,7 +21,7 @@ use aya_ebpf::{
     programs::SkReuseportContext,
 };
 use steer_abi::{
-    Counters, GroupConfig, GroupKey, Info, MAX_GROUPS, MAX_SLOTS, SlotMeta, SlotRange, WEIGHT_SCALE, counter,
+    Counters, GroupConfig, GroupKey, Info, MAX_GROUPS, MAX_SLOTS, SlotMeta, SlotRange, counter, pick,
 };
 
 /// The sockets, one per slot; the agent inserts them, the kernel clears a slot
@@ -104,45 +105,70 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
         return Err(SK_PASS);
     };
 
-    let (range, path) = choose(config, migrating, ctx.hash());
+    let hash = ctx.hash();
+    let (range, path) = choose(config, migrating, hash);
     if range.is_none() {
         count(&key, if migrating { counter::MIGRATED_BY_KERNEL } else { counter::EMPTY_SLOT });
         return Err(SK_PASS);
     }
-    let slot = range.first + ctx.hash() % range.count;
+    let err = match select(ctx, range, hash) {
+        Ok(()) => return selected(&key, path),
+        Err(err) => err,
+    };
+    // A migration the program cannot place: the kernel picks another
+    // live member (net/core/sock_reuseport.c, `reuseport_migrate_sock`).
+    if migrating {
+        count(&key, counter::MIGRATED_BY_KERNEL);
+        return Err(SK_PASS);
+    }
+    // The canary's socket is gone (its process exited): its share goes to the
+    // active generation, not to the kernel's pick among every member still
+    // listening, which includes the demoted previous generation.
+    let err = if path == counter::CANARY && !config.active.is_none() {
+        match select(ctx, config.active, hash) {
+            Ok(()) => return selected(&key, counter::CANARY_TO_ACTIVE),
+            Err(err) => err,
+        }
+    } else {
+        err
+    };
+    count(&key, if err == -ENOENT { counter::EMPTY_SLOT } else { counter::HELPER_ERROR });
+    Err(SK_PASS)
+}
+
+/// Selects the socket of `range` that the hash's low bits pick, and counts
+/// the selection on that slot; `Err` holds the helper's negative errno.
+#[inline(always)]
+fn select(ctx: &SkReuseportContext, range: SlotRange, hash: u32) -> Result<(), i64> {
+    let slot = range.first + pick::socket_index(hash, range.count);
     match STEER_SOCKETS.select(ctx, slot) {
         0 => {
-            count(&key, path);
             if let Some(hits) = STEER_SSTATS.get_ptr_mut(slot) {
                 // SAFETY: per-CPU value, only this CPU writes it.
                 unsafe { *hits += 1 };
             }
-            Ok(SK_PASS)
+            Ok(())
         }
-        // A migration the program cannot place: the kernel picks another
-        // live member (net/core/sock_reuseport.c, `reuseport_migrate_sock`).
-        _ if migrating => {
-            count(&key, counter::MIGRATED_BY_KERNEL);
-            Err(SK_PASS)
-        }
-        err if err == -ENOENT => {
-            count(&key, counter::EMPTY_SLOT);
-            Err(SK_PASS)
-        }
-        _ => {
-            count(&key, counter::HELPER_ERROR);
-            Err(SK_PASS)
-        }
+        err => Err(err),
     }
 }
 
-/// Which generation gets this connection, and which counter records it.
+/// Counts a successful selection on `path` and lets the kernel use it.
+#[inline(always)]
+fn selected(key: &GroupKey, path: usize) -> Result<u32, u32> {
+    count(key, path);
+    Ok(SK_PASS)
+}
+
+/// Which generation gets this connection, and which counter records it. The
+/// canary share is decided by the hash's high bits, independent of the low
+/// bits that pick the socket inside the generation (`steer_abi::pick`).
 #[inline(always)]
 fn choose(config: &GroupConfig, migrating: bool, hash: u32) -> (SlotRange, usize) {
     if migrating {
         return (config.active, counter::MIGRATED);
     }
-    if !config.canary.is_none() && hash % WEIGHT_SCALE < config.canary_weight {
+    if !config.canary.is_none() && pick::share_bucket(hash) < config.canary_weight {
         return (config.canary, counter::CANARY);
     }
     (config.active, counter::ACTIVE)

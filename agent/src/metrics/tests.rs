@@ -15,6 +15,7 @@ use tokio::{
 use super::http::{MAX_REQUEST, Route, head_complete, route};
 use super::*;
 use crate::ops::status::{Group, Namespace, Socket};
+use crate::policy::RollbackEffect;
 
 /// `/proc/net/netstat` of a 6.18 kernel, as read on the development machine.
 const NETSTAT: &str = "TcpExt: SyncookiesSent SyncookiesRecv SyncookiesFailed EmbryonicRsts PruneCalled RcvPruned OfoPruned OutOfWindowIcmps LockDroppedIcmps ArpFilter TW TWRecycled TWKilled PAWSActive PAWSEstab BeyondWindow TSEcrRejected PAWSOldAck PAWSTimewait DelayedACKs DelayedACKLocked DelayedACKLost ListenOverflows ListenDrops TCPHPHits TCPPureAcks TCPHPAcks TCPRenoRecovery TCPSackRecovery TCPSACKReneging TCPSACKReorder TCPRenoReorder TCPTSReorder TCPFullUndo TCPPartialUndo TCPDSACKUndo TCPLossUndo TCPLostRetransmit TCPRenoFailures TCPSackFailures TCPLossFailures TCPFastRetrans TCPSlowStartRetrans TCPTimeouts TCPLossProbes TCPLossProbeRecovery TCPRenoRecoveryFail TCPSackRecoveryFail TCPRcvCollapsed TCPBacklogCoalesce TCPDSACKOldSent TCPDSACKOfoSent TCPDSACKRecv TCPDSACKOfoRecv TCPAbortOnData TCPAbortOnClose TCPAbortOnMemory TCPAbortOnTimeout TCPAbortOnLinger TCPAbortFailed TCPMemoryPressures TCPMemoryPressuresChrono TCPSACKDiscard TCPDSACKIgnoredOld TCPDSACKIgnoredNoUndo TCPSpuriousRTOs TCPMD5NotFound TCPMD5Unexpected TCPMD5Failure TCPSackShifted TCPSackMerged TCPSackShiftFallback TCPBacklogDrop PFMemallocDrop TCPMinTTLDrop TCPDeferAcceptDrop IPReversePathFilter TCPTimeWaitOverflow TCPReqQFullDoCookies TCPReqQFullDrop TCPRetransFail TCPRcvCoalesce TCPOFOQueue TCPOFODrop TCPOFOMerge TCPChallengeACK TCPSYNChallenge TCPFastOpenActive TCPFastOpenActiveFail TCPFastOpenPassive TCPFastOpenPassiveFail TCPFastOpenListenOverflow TCPFastOpenCookieReqd TCPFastOpenBlackhole TCPSpuriousRtxHostQueues BusyPollRxPackets TCPAutoCorking TCPFromZeroWindowAdv TCPToZeroWindowAdv TCPWantZeroWindowAdv TCPSynRetrans TCPOrigDataSent TCPHystartTrainDetect TCPHystartTrainCwnd TCPHystartDelayDetect TCPHystartDelayCwnd TCPACKSkippedSynRecv TCPACKSkippedPAWS TCPACKSkippedSeq TCPACKSkippedFinWait2 TCPACKSkippedTimeWait TCPACKSkippedChallenge TCPWinProbe TCPKeepAlive TCPMTUPFail TCPMTUPSuccess TCPDelivered TCPDeliveredCE TCPAckCompressed TCPZeroWindowDrop TCPRcvQDrop TCPWqueueTooBig TCPFastOpenPassiveAltKey TcpTimeoutRehash TcpDuplicateDataRehash TCPDSACKRecvSegs TCPDSACKIgnoredDubious TCPMigrateReqSuccess TCPMigrateReqFailure TCPPLBRehash TCPAORequired TCPAOBad TCPAOKeyNotFound TCPAOGood TCPAODroppedIcmps
@@ -48,6 +49,7 @@ fn status() -> Status {
         ifindex: 0,
         generation: 2,
         canary_weight: 0,
+        rollback: RollbackEffect::RestoresPrevious,
         counters: Counters { steered_active: 500, fallback_empty_slot: 3, ..Counters::default() },
         sockets: vec![socket(0, "previous", 100, 3, Some(0), 120), socket(1, "active", 200, 5, Some(2), 380)],
     };
@@ -57,6 +59,7 @@ fn status() -> Status {
         ifindex: 0,
         generation: 1,
         canary_weight: 25,
+        rollback: RollbackEffect::EndsCanary,
         counters: Counters { steered_active: 75, steered_canary: 25, migrated: 4, ..Counters::default() },
         sockets: vec![socket(2, "active", 300, 7, None, 75), socket(3, "canary", 400, 8, Some(1), 25)],
     };
@@ -122,7 +125,8 @@ fn render_shows_every_family_with_the_maps_values() {
     assert_eq!(value(&text, total, &[ns, web, r#"path="helper_error""#]), "0");
     assert_eq!(value(&text, total, &[ns, api, r#"path="steered_canary""#]), "25");
     assert_eq!(value(&text, total, &[ns, api, r#"path="migrated""#]), "4");
-    assert_eq!(text.lines().filter(|l| l.starts_with("steer_connections_total{")).count(), 14);
+    assert_eq!(value(&text, total, &[ns, api, r#"path="canary_to_active""#]), "0");
+    assert_eq!(text.lines().filter(|l| l.starts_with("steer_connections_total{")).count(), 16);
 
     assert_eq!(value(&text, "steer_promotions_total", &[web]), "2");
     assert_eq!(value(&text, "steer_promotions_total", &[api]), "1");

@@ -6,6 +6,7 @@ use serde::Serialize;
 use steer_abi::{GroupConfig, counter};
 
 use crate::{
+    policy::{self, RollbackEffect},
     proc, sockets,
     state::{StateDir, StateError},
 };
@@ -54,6 +55,9 @@ pub struct Group {
     pub ifindex: u32,
     pub generation: u64,
     pub canary_weight: u32,
+    /// What `steer rollback` would do now: `ends_canary`, `restores_previous`,
+    /// `refused_no_previous` or `refused_previous_gone`.
+    pub rollback: RollbackEffect,
     pub counters: Counters,
     pub sockets: Vec<Socket>,
 }
@@ -89,6 +93,10 @@ pub struct Counters {
     /// member because the program could not place them (the closing socket was
     /// the active one).
     pub migrated_by_kernel: u64,
+    /// New connections drawn for the canary that went to the active generation
+    /// because the canary's socket had closed.
+    #[serde(default)]
+    pub canary_to_active: u64,
 }
 
 impl From<[u64; counter::COUNT]> for Counters {
@@ -101,6 +109,7 @@ impl From<[u64; counter::COUNT]> for Counters {
             fallback_empty_slot: v[counter::EMPTY_SLOT],
             helper_error: v[counter::HELPER_ERROR],
             migrated_by_kernel: v[counter::MIGRATED_BY_KERNEL],
+            canary_to_active: v[counter::CANARY_TO_ACTIVE],
         }
     }
 }
@@ -140,6 +149,10 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
                 ifindex: g.key.ifindex,
                 generation: g.config.generation,
                 canary_weight: g.config.canary_weight,
+                rollback: policy::rollback_effect(
+                    &g.config,
+                    super::rollback::previous_live(&g.config, &slots),
+                ),
                 counters: g.counters.into(),
                 sockets: slots
                     .iter()
@@ -209,15 +222,17 @@ pub fn render(status: &Status) -> String {
             let c = &g.counters;
             let _ = writeln!(
                 out,
-                "  counters: active {} canary {} migrated {} (by kernel {}) fallback(no config {} empty slot {}) helper errors {}",
+                "  counters: active {} canary {} (to active {}) migrated {} (by kernel {}) fallback(no config {} empty slot {}) helper errors {}",
                 c.steered_active,
                 c.steered_canary,
+                c.canary_to_active,
                 c.migrated,
                 c.migrated_by_kernel,
                 c.fallback_no_config,
                 c.fallback_empty_slot,
                 c.helper_error
             );
+            let _ = writeln!(out, "  rollback: {}", g.rollback.describe());
         }
     }
     out

@@ -17,6 +17,35 @@ pub const MAX_GROUPS: u32 = 4096;
 /// The canary share is expressed in percent.
 pub const WEIGHT_SCALE: u32 = 100;
 
+/// How the program turns a connection's hash (`ctx->hash`, for TCP the kernel's
+/// `inet_ehashfn` of the 4-tuple, a jhash) into its two decisions. Each takes its
+/// own half of the hash, so they are independent: with the same bits, a canary of
+/// `w` % would only ever see hashes with `hash % 100 < w`, and the socket inside
+/// it (`hash % count`) would follow from that (at 10 % and 4 sockets, 3:3:2:2; at
+/// 1 %, every canary connection on its first socket).
+pub mod pick {
+    use super::WEIGHT_SCALE;
+
+    /// The connection's bucket for the canary share, `0..WEIGHT_SCALE`, from the
+    /// hash's high 16 bits: the canary takes the buckets below its weight.
+    #[inline(always)]
+    #[must_use]
+    pub const fn share_bucket(hash: u32) -> u32 {
+        ((hash >> 16) * WEIGHT_SCALE) >> 16
+    }
+
+    /// The index of the socket inside a generation of `count` sockets, from the
+    /// hash's low 16 bits (0 when `count` is 0).
+    #[inline(always)]
+    #[must_use]
+    pub const fn socket_index(hash: u32, count: u32) -> u32 {
+        match (hash & 0xffff).checked_rem(count) {
+            Some(i) => i,
+            None => 0,
+        }
+    }
+}
+
 /// `AF_INET` and `AF_INET6` as the kernel reports them in `bpf_sock.family`.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -109,8 +138,13 @@ pub mod counter {
     /// it leaves the sockarray before its queue migrates); the kernel moved it
     /// to another live member of the group.
     pub const MIGRATED_BY_KERNEL: usize = 6;
+    /// A new connection drawn for the canary went to the active generation,
+    /// because the canary's socket could not take it (it closed: the canary's
+    /// process exited). Without this the kernel would pick among every member
+    /// still listening, the demoted previous generation included.
+    pub const CANARY_TO_ACTIVE: usize = 7;
     /// How many counters are in use.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     /// Names used by `steer status` and the metrics, in index order.
     pub const NAMES: [&str; COUNT] = [
         "steered_active",
@@ -120,6 +154,7 @@ pub mod counter {
         "fallback_empty_slot",
         "helper_error",
         "migrated_by_kernel",
+        "canary_to_active",
     ];
 }
 
@@ -288,6 +323,34 @@ mod tests {
     fn counter_names_cover_every_index() {
         assert_eq!(counter::NAMES.len(), counter::COUNT);
         assert_eq!(counter::NAMES[counter::MIGRATED], "migrated");
+    }
+
+    /// Over every high half and 16 low halves, a 10 % canary takes its share and
+    /// its connections spread exactly evenly over its 4 sockets. (With the same
+    /// bits, `hash % 100 < 10` then `hash % 4`, this grid gives them unevenly.)
+    #[test]
+    fn share_and_socket_come_from_independent_bits() {
+        let (weight, count) = (10, 4);
+        let mut per_socket = [0_u64; 4];
+        let mut canary = 0_u64;
+        let mut all = 0_u64;
+        for high in 0..=0xffff_u32 {
+            for low in 0..16 {
+                let hash = high << 16 | low;
+                all += 1;
+                if pick::share_bucket(hash) < weight {
+                    canary += 1;
+                    per_socket[pick::socket_index(hash, count) as usize] += 1;
+                }
+            }
+        }
+        let share = canary as f64 / all as f64;
+        assert!((share - 0.10).abs() < 0.001, "canary share {share}");
+        assert!(per_socket.iter().all(|n| *n == canary / 4), "{per_socket:?} of {canary}");
+        assert_eq!(pick::share_bucket(u32::MAX), WEIGHT_SCALE - 1);
+        assert_eq!(pick::share_bucket(0xffff), 0);
+        assert_eq!(pick::socket_index(7, 0), 0);
+        assert_eq!(pick::socket_index(0x0005_0006, 4), 2);
     }
 
     #[test]

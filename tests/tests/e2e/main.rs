@@ -2,6 +2,7 @@
 //! in a fresh network namespace with its own state directory. They prove the eBPF
 //! path ran (counters, which generation answered), not just that nothing failed.
 //! Without privileges they skip with a printed reason; with `CI=true` they fail.
+mod canary;
 mod common;
 mod containers;
 mod daemon;
