@@ -220,7 +220,7 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
                     group: g.address.clone(),
                     pid: s.pid,
                     fd: s.fd,
-                    role: s.role.clone(),
+                    role: s.role.to_string(),
                 };
                 if let Some(queue) = s.accept_queue {
                     accept_queue.get_or_create(&labels).set(i64::from(queue));

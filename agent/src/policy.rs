@@ -28,16 +28,36 @@ pub enum PolicyError {
 }
 
 /// What a promote did to one group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Nothing changed: the sockets already get every new connection.
     AlreadyActive,
     /// Nothing changed: the sockets already get this canary share.
-    AlreadyCanary,
+    AlreadyCanary { weight: u32 },
     /// The sockets now get every new connection.
     Promoted,
     /// The sockets now get `weight` percent of new connections.
     Canary { weight: u32 },
+}
+
+impl Outcome {
+    /// Whether the group's configuration changed.
+    #[must_use]
+    pub fn changed(self) -> bool {
+        !matches!(self, Self::AlreadyActive | Self::AlreadyCanary { .. })
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AlreadyActive => f.write_str("already active"),
+            Self::AlreadyCanary { weight } => write!(f, "already canary at {weight}%"),
+            Self::Promoted => f.write_str("promoted"),
+            Self::Canary { weight } => write!(f, "canary at {weight}%"),
+        }
+    }
 }
 
 /// The configuration after promoting the generation in `target` with `weight`
@@ -74,7 +94,7 @@ pub fn promote(
         return Err(PolicyError::CanaryIsActive);
     }
     if cur.canary == target && cur.canary_weight == weight && !fresh {
-        return Ok((cur, Outcome::AlreadyCanary));
+        return Ok((cur, Outcome::AlreadyCanary { weight }));
     }
     let config = GroupConfig { generation: next_gen, canary: target, canary_weight: weight, ..cur };
     Ok((config, Outcome::Canary { weight }))

@@ -47,7 +47,9 @@ fn canary_takes_a_share_and_full_promote_ends_it() {
     assert_eq!(out, Outcome::Canary { weight: 10 });
     assert_eq!((cfg.active, cfg.canary, cfg.canary_weight), (A, B, 10));
     let (again, out) = promote(Some(&cfg), B, 10, false).unwrap();
-    assert_eq!(out, Outcome::AlreadyCanary);
+    assert_eq!(out, Outcome::AlreadyCanary { weight: 10 });
+    assert_eq!(out.to_string(), "already canary at 10%");
+    assert!(!out.changed() && Outcome::Promoted.changed());
     assert_eq!(again, cfg);
     let (cfg, out) = promote(Some(&cfg), B, 100, false).unwrap();
     assert_eq!(out, Outcome::Promoted);

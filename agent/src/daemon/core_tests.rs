@@ -27,7 +27,7 @@ fn change(pid: u32) -> Done {
         first_slot: 0,
         changed: true,
         generation: 1,
-        outcome: "promoted".into(),
+        outcome: crate::policy::Outcome::Promoted,
         previous_pids: Vec::new(),
     }])
 }

@@ -55,7 +55,7 @@ impl Steerer for Recorder {
             first_slot: 0,
             changed: true,
             generation: 1,
-            outcome: "promoted".into(),
+            outcome: crate::policy::Outcome::Promoted,
             previous_pids: Vec::new(),
         }])
     }

@@ -29,7 +29,7 @@ MPTcpExt: 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 
 fn socket(slot: u32, role: &str, pid: u32, fd: u32, accept_queue: Option<u32>, selected: u64) -> Socket {
     Socket {
         slot,
-        role: role.to_owned(),
+        role: role.parse().expect("a role"),
         pid,
         comm: Some("server".to_owned()),
         fd,

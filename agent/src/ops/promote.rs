@@ -34,7 +34,7 @@ pub struct Change {
     pub pid: u32,
     pub sockets: usize,
     pub first_slot: u32,
-    pub outcome: String,
+    pub outcome: Outcome,
     /// Whether the configuration changed (false for "already active").
     pub changed: bool,
     /// The group's configuration generation after the change.
@@ -231,20 +231,13 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
     if let Some(first) = sockets.first() {
         instance.attach(first.dup.as_fd())?;
     }
-    let plan_outcome = outcome;
-    let outcome = match outcome {
-        Outcome::AlreadyActive => "already active".to_owned(),
-        Outcome::AlreadyCanary => format!("already canary at {}%", config.canary_weight),
-        Outcome::Promoted => "promoted".to_owned(),
-        Outcome::Canary { weight } => format!("canary at {weight}%"),
-    };
     tracing::info!(pid = process.pid, group = %sockets::key_label(&key), first_slot = range.first, generation = config.generation, %outcome, "promote");
     let change = Change {
         group: sockets::key_label(&key),
         pid: process.pid,
         sockets: sockets.len(),
         first_slot: range.first,
-        changed: !matches!(plan_outcome, Outcome::AlreadyActive | Outcome::AlreadyCanary),
+        changed: outcome.changed(),
         generation: config.generation,
         outcome,
         previous_pids,

@@ -66,8 +66,7 @@ pub struct Group {
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Socket {
     pub slot: u32,
-    /// `active`, `previous`, `canary` or `unreferenced`.
-    pub role: String,
+    pub role: Role,
     pub pid: u32,
     pub comm: Option<String>,
     pub fd: u32,
@@ -114,15 +113,65 @@ impl From<[u64; counter::COUNT]> for Counters {
     }
 }
 
-fn role(config: &GroupConfig, slot: u32) -> &'static str {
+fn role(config: &GroupConfig, slot: u32) -> Role {
     if config.active.contains(slot) {
-        "active"
+        Role::Active
     } else if config.canary.contains(slot) {
-        "canary"
+        Role::Canary
     } else if config.previous.contains(slot) {
-        "previous"
+        Role::Previous
     } else {
-        "unreferenced"
+        Role::Unreferenced
+    }
+}
+
+/// What a socket's slot is to its group (`"active"` and so on in the JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Gets new connections (all, or all but the canary's share).
+    Active,
+    /// Gets the canary's share.
+    Canary,
+    /// The rollback target; gets none.
+    Previous,
+    /// No configuration names it; its slot is freed on the next write.
+    Unreferenced,
+}
+
+impl Role {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Canary => "canary",
+            Self::Previous => "previous",
+            Self::Unreferenced => "unreferenced",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// So that `socket.role == "active"` reads as it did when the role was text.
+impl PartialEq<&str> for Role {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Active, Self::Canary, Self::Previous, Self::Unreferenced]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("no role {s:?}"))
     }
 }
 
@@ -159,7 +208,7 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
                     .filter(|s| s.meta.group == g.key)
                     .map(|s| Socket {
                         slot: s.slot,
-                        role: role(&g.config, s.slot).to_owned(),
+                        role: role(&g.config, s.slot),
                         pid: s.meta.pid,
                         comm: proc::comm(s.meta.pid),
                         fd: s.meta.fd,
@@ -211,7 +260,7 @@ pub fn render(status: &Status) -> String {
             );
             for s in &g.sockets {
                 let queue = s.accept_queue.map_or_else(|| "-".to_owned(), |q| q.to_string());
-                let role = if s.live { s.role.clone() } else { format!("{} (closed)", s.role) };
+                let role = if s.live { s.role.to_string() } else { format!("{} (closed)", s.role) };
                 let comm = s.comm.clone().unwrap_or_else(|| "-".to_owned());
                 let _ = writeln!(
                     out,
