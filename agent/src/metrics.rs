@@ -319,4 +319,5 @@ pub fn migrate_req_counters(netstat: &str) -> (u64, u64) {
 }
 
 #[cfg(test)]
+#[path = "metrics_tests.rs"]
 mod tests;
