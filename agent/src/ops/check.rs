@@ -85,7 +85,7 @@ fn bpffs_item(state_dir: &Path) -> Item {
             name: "bpffs",
             ok: true,
             detail: format!(
-                "{} is not on bpffs; steer mounts bpffs there on first promote",
+                "{} is not on bpffs; steer mounts bpffs there on first promote if the directory is empty",
                 state_dir.display()
             ),
         }

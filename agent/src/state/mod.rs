@@ -30,6 +30,15 @@ pub enum StateError {
     #[error("{path} is not on a bpf filesystem; pick a state directory on bpffs (default {default})", default = paths::DEFAULT_STATE_DIR)]
     NotBpffs { path: PathBuf },
     #[error(
+        "{path} is not on a bpf filesystem and is not empty, so steer will not mount bpffs over it; pick an empty directory or one on bpffs (default {default}), or mount bpffs there yourself",
+        default = paths::DEFAULT_STATE_DIR
+    )]
+    NotEmpty { path: PathBuf },
+    #[error(
+        "no bpffs at {path} in this mount namespace, and one mounted now would vanish with it: steer runs in a mount namespace of its own (as under `ip netns exec`, which gives a fresh /sys); mount bpffs where every steer sees it (`mount -t bpf bpf {path}` on the host), or bind-mount the host's /sys/fs/bpf into this namespace"
+    )]
+    PrivateMount { path: PathBuf },
+    #[error(
         "the state in {path} was written by ABI version {found}, this steer speaks {expected}; detach with the steer that wrote it (`steer detach`), remove {path}, then promote again with this steer"
     )]
     AbiMismatch { path: PathBuf, found: u32, expected: u32 },

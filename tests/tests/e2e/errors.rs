@@ -192,3 +192,39 @@ fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(stderr.contains("promote"), "-v logs the promotion: {stderr}");
     assert!(!stderr.contains('\u{1b}'), "no ANSI escape codes in a pipe: {stderr:?}");
 }
+
+#[test]
+fn bpffs_is_mounted_only_on_an_empty_directory_and_never_in_a_namespace_of_steers_own() {
+    let Some(w) = World::new("bpffsrules") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    let pid = a.pid().to_string();
+
+    // A directory that holds something: not hidden under a mount.
+    let full = std::env::temp_dir().join(format!("steer-full-{}", std::process::id()));
+    std::fs::create_dir_all(&full).expect("create dir");
+    std::fs::write(full.join("keep"), "mine").expect("write file");
+    let out = crate::common::steer_cmd(&full, &["promote", &pid]).output().expect("steer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not empty, so steer will not mount bpffs over it"), "{stderr}");
+    assert!(!steer::state::is_bpffs(&full), "nothing was mounted");
+    assert_eq!(std::fs::read_to_string(full.join("keep")).ok().as_deref(), Some("mine"));
+    let _ = std::fs::remove_dir_all(&full);
+
+    // A mount namespace of steer's own without bpffs (as under `ip netns exec`):
+    // a bpffs mounted there would vanish with it.
+    let script = format!(
+        "while mountpoint -q /sys/fs/bpf; do umount -l /sys/fs/bpf || exit 97; done; exec {} --state-dir /sys/fs/bpf/steer-private-{} promote {pid}",
+        steer_bin().display(),
+        std::process::id()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mount namespace of its own"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
+    assert!(w.status().namespaces.is_empty(), "no state anywhere");
+}
