@@ -86,8 +86,8 @@ enum Command {
         /// newest: promote each new generation as soon as it listens; manual: only re-attach and report
         #[arg(long, value_enum, default_value_t = Policy::Newest)]
         policy: Policy,
-        /// Wait this long after a generation listens before promoting it
-        #[arg(long, value_name = "MS", default_value_t = 0)]
+        /// Wait this long after a generation listens before promoting it (at most an hour)
+        #[arg(long, value_name = "MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=3_600_000))]
         ready_delay: u64,
         /// Serve Prometheus metrics on /metrics and /healthz at ADDR (e.g. 127.0.0.1:9477); off by default
         #[arg(long, value_name = "ADDR")]
@@ -98,8 +98,8 @@ enum Command {
         /// Where listener events come from: raw tracepoints (no tracefs), tracefs tracepoints, polling, or the first that works
         #[arg(long, value_enum, default_value_t = Source::Auto)]
         source: Source,
-        /// How often the polling source looks for new listeners
-        #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        /// How often the polling source looks for new listeners (1 ms to an hour)
+        #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         poll_interval: u64,
         /// Scheduling niceness (-20..19): a reload keeps the CPU busy, and a promotion waits for it
         #[arg(long, value_name = "N", default_value_t = -10, allow_negative_numbers = true,

@@ -228,3 +228,47 @@ fn bpffs_is_mounted_only_on_an_empty_directory_and_never_in_a_namespace_of_steer
     assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
     assert!(w.status().namespaces.is_empty(), "no state anywhere");
 }
+
+/// Every bad input of the table: its exit status, a sentence that says what
+/// to do, and no change to the state.
+#[test]
+fn bad_input_table() {
+    let Some(w) = World::new("badtable") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    w.promote(&a);
+    let before = w.status_json();
+    let pid = a.pid().to_string();
+    // A zombie: a child that exited and was not waited for.
+    let zombie = w.ns.command("sh").args(["-c", "exit 0"]).spawn().expect("spawn sh");
+    let zombie_pid = zombie.id().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["promote", "0"], 1, "no process with pid 0"),
+        (vec!["promote", "-5"], 2, ""),
+        (vec!["promote", "99999999999"], 2, ""),
+        (vec!["promote", "4194304"], 1, "no process with pid 4194304"),
+        (vec!["promote", "abc"], 2, ""),
+        (vec!["promote", "2"], 1, "has no listening TCP socket"),
+        (vec!["promote", &zombie_pid], 1, "no process with pid"),
+        (vec!["promote", &pid, "--port", "0"], 2, ""),
+        (vec!["promote", &pid, "--port", "65536"], 2, ""),
+        (vec!["promote", &pid, "--weight", "0"], 2, ""),
+        (vec!["promote", &pid, "--weight", "101"], 2, ""),
+        (vec!["daemon", "--comm", "a-name-of-16-byt"], 2, "15"),
+        (vec!["daemon", "--port", "8080", "--ready-delay", "18446744073709551615"], 2, ""),
+        (vec!["daemon", "--port", "8080", "--poll-interval", "18446744073709551615"], 2, ""),
+    ];
+    for (args, code, needle) in cases {
+        let out = w.steer(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?} should say {needle:?}: {stderr}");
+        if code == 1 {
+            assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: one sentence: {stderr}");
+        }
+        assert_eq!(w.status_json(), before, "{args:?} changed the state");
+    }
+    let mut zombie = zombie;
+    let _ = zombie.wait();
+}
