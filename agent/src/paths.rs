@@ -15,6 +15,14 @@ pub const MAX_SLOTS_ENV: &str = "STEER_MAX_SLOTS";
 /// old-kernel refusal can be tested on a new kernel.
 pub const KERNEL_RELEASE_ENV: &str = "STEER_KERNEL_RELEASE";
 
+/// How long a writer waits for the state's lock, in milliseconds (default
+/// [`LOCK_WAIT_MS`]).
+pub const LOCK_WAIT_ENV: &str = "STEER_LOCK_WAIT_MS";
+/// A writer waits this long for another writer to finish, then gives up and
+/// names it: a promote holds the lock for milliseconds, so only a writer that
+/// was stopped or hangs holds it this long.
+pub const LOCK_WAIT_MS: u64 = 5_000;
+
 /// Instance directories are named `net-<netns inode>`.
 pub const INSTANCE_PREFIX: &str = "net-";
 

@@ -38,7 +38,10 @@ impl From<OpError> for StepError {
                 | SocketError::Diag(_)
                 | SocketError::Vanished { .. }
                 | SocketError::NoListeners { .. },
-            ) => Self::NotReady(e),
+            )
+            // Another writer holds the lock (a CLI command, or one that was stopped):
+            // the core tries again after its backoff.
+            | OpError::State(StateError::Locked { .. }) => Self::NotReady(e),
             OpError::State(StateError::SocketBusy { cookie, pid, fd }) => Self::Busy { cookie, pid, fd },
             other => Self::Failed(other),
         }

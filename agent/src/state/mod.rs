@@ -62,6 +62,10 @@ pub enum StateError {
         "socket fd {fd} of pid {pid} (cookie {cookie}) is held by another steer state directory, or by one removed without `steer detach`; detach it there (`steer --state-dir OTHER detach`), or pass --take-over to make this state steer the group"
     )]
     SocketBusy { cookie: u64, pid: u32, fd: u32 },
+    #[error(
+        "another steer ({holder}) has held the lock of {path} for {waited_ms} ms; wait for it to finish, or stop it if it hangs (a stopped `steer` holds the lock until it exits)"
+    )]
+    Locked { path: PathBuf, holder: String, waited_ms: u64 },
     #[error("cannot read the pinned state at {path}: permission denied; run steer as root or with CAP_BPF")]
     Permission { path: PathBuf },
     #[error("cannot load the steering program into the kernel")]
@@ -117,8 +121,7 @@ impl StateDir {
         ensure_bpffs(path)?;
         fs::create_dir_all(path).map_err(StateError::io("create", path))?;
         let lock = File::open(path).map_err(StateError::io("open", path))?;
-        rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| StateError::Io { what: "lock", path: path.to_path_buf(), source: e.into() })?;
+        take_lock(&lock, path)?;
         Ok(Self { path: path.to_path_buf(), _lock: Some(lock) })
     }
 
@@ -218,4 +221,67 @@ impl OpenInstances {
 fn dir_inode(dir: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
     fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+/// Takes the writer lock on the state directory, waiting at most
+/// [`paths::LOCK_WAIT_MS`] (or `STEER_LOCK_WAIT_MS`) for another writer.
+fn take_lock(lock: &File, path: &Path) -> Result<(), StateError> {
+    use rustix::fs::FlockOperation;
+    let wait =
+        std::env::var(paths::LOCK_WAIT_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(paths::LOCK_WAIT_MS);
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(200);
+    loop {
+        match rustix::fs::flock(lock.as_fd(), FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(e) => {
+                return Err(StateError::Io { what: "lock", path: path.to_path_buf(), source: e.into() });
+            }
+        }
+        let waited = start.elapsed();
+        if waited >= std::time::Duration::from_millis(wait) {
+            let holder =
+                lock_holder(lock).map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
+            let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+            return Err(StateError::Locked { path: path.to_path_buf(), holder, waited_ms });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The pid holding a flock on `file`'s inode, from `/proc/locks`
+/// (`N: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE START END`).
+fn lock_holder(file: &File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = file.metadata().ok()?.ino();
+    lock_holder_in(&fs::read_to_string("/proc/locks").ok()?, ino)
+}
+
+/// [`lock_holder`] on the text of `/proc/locks`.
+#[must_use]
+pub fn lock_holder_in(locks: &str, ino: u64) -> Option<u32> {
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (kind, pid, id) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
+        let found: u64 = id.rsplit(':').next()?.parse().ok()?;
+        (*kind == "FLOCK" && found == ino).then(|| pid.parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::lock_holder_in;
+
+    #[test]
+    fn the_lock_holder_is_read_from_proc_locks() {
+        let locks = "1: POSIX  ADVISORY  WRITE 10 00:19:777 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 00:1a:777 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 17 fe:00:5382423 0 EOF\n";
+        assert_eq!(lock_holder_in(locks, 777), Some(4242));
+        assert_eq!(lock_holder_in(locks, 5_382_423), Some(17));
+        assert_eq!(lock_holder_in(locks, 1), None);
+        assert_eq!(lock_holder_in("garbage\n\n1:", 777), None);
+    }
 }

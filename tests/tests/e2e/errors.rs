@@ -272,3 +272,27 @@ fn bad_input_table() {
     let mut zombie = zombie;
     let _ = zombie.wait();
 }
+
+#[test]
+fn a_held_lock_is_waited_for_a_bounded_time_and_its_holder_named() {
+    let Some(w) = World::new("locked") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    w.promote(&a);
+    let before = w.status_json();
+    // Another writer that holds the lock and does not let go (a stopped steer).
+    let mut holder =
+        Command::new("flock").arg("-o").arg(&w.state_dir).args(["sleep", "30"]).spawn().expect("spawn flock");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let out = w.steer_env(&["promote", &a.pid().to_string()], &[("STEER_LOCK_WAIT_MS", "500")]);
+    let took = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("(pid {}) has held the lock", holder.id())), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(3), "bounded: {took:?}");
+    assert_eq!(w.status_json(), before);
+    // Free again: the same command works.
+    w.steer_ok(&["promote", &a.pid().to_string()]);
+}
