@@ -81,10 +81,20 @@ pub fn listening_sockets(process: &Process, ports: &[u16]) -> Result<Vec<(u32, L
         return Err(SocketError::NoListeners {
             pid: process.pid,
             comm: process.comm.clone(),
-            ports: crate::ops::ports_phrase(ports),
+            ports: ports_phrase(ports),
         });
     }
     Ok(out)
+}
+
+/// " on port 80" / " on ports 80, 443" / "".
+#[must_use]
+pub fn ports_phrase(ports: &[u16]) -> String {
+    match ports {
+        [] => String::new(),
+        [p] => format!(" on port {p}"),
+        _ => format!(" on ports {}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")),
+    }
 }
 
 /// Up to this many sockets, a process's listeners are found by looking at each

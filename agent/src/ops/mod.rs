@@ -4,6 +4,8 @@
 pub mod check;
 pub mod detach;
 pub mod promote;
+pub mod ready;
+pub mod reload;
 pub mod rollback;
 pub mod status;
 
@@ -46,15 +48,9 @@ impl OpError {
     }
 }
 
-/// " on port 80" / " on ports 80, 443" / "".
-#[must_use]
-pub fn ports_phrase(ports: &[u16]) -> String {
-    match ports {
-        [] => String::new(),
-        [p] => format!(" on port {p}"),
-        _ => format!(" on ports {}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")),
-    }
-}
+/// " on port 80" / " on ports 80, 443" / "" (it lives with the sockets, which name ports in
+/// their errors too).
+pub use crate::sockets::ports_phrase;
 
 /// Whether a group passes a `--port` filter.
 #[must_use]
