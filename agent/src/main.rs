@@ -173,7 +173,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let state_dir = paths::state_dir(cli.state_dir.as_deref());
     match cli.command {
         Command::Check { json } => {
-            let items = ops::check::run(&state_dir);
+            let items = ops::check::run(&state_dir, || {
+                let chosen = daemon::source::probe();
+                format!("{} for the daemon: {}", chosen.source, chosen.reason)
+            });
             if json {
                 println!("{}", serde_json::to_string_pretty(&items)?);
             } else {

@@ -16,8 +16,10 @@ pub struct Item {
 }
 
 /// Runs every check; the report says what to fix for each failed one.
+/// `event_source` says which source the daemon would use here and why
+/// (`daemon::source::probe`; the daemon is a layer above the commands).
 #[must_use]
-pub fn run(state_dir: &Path) -> Vec<Item> {
+pub fn run(state_dir: &Path, event_source: impl FnOnce() -> String) -> Vec<Item> {
     let mut items = Vec::new();
     let kernel = preflight::kernel();
     items.push(match &kernel {
@@ -53,12 +55,7 @@ pub fn run(state_dir: &Path) -> Vec<Item> {
     }
     if privileges.is_ok() {
         // Always ok: the daemon polls when no tracepoint works; the detail says which.
-        let chosen = crate::daemon::source::probe();
-        items.push(Item {
-            name: "event source",
-            ok: true,
-            detail: format!("{} for the daemon: {}", chosen.source, chosen.reason),
-        });
+        items.push(Item { name: "event source", ok: true, detail: event_source() });
     }
     let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
     items.push(Item {
