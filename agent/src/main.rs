@@ -65,6 +65,35 @@ enum Command {
         #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
         ports: Vec<u16>,
     },
+    /// Start CMD as the new generation, wait until it listens and is ready, promote it, let the
+    /// old generation drain, then signal it
+    Reload {
+        /// The process serving now (the active generation)
+        #[arg(long, value_name = "PID")]
+        old: u32,
+        /// Ready when CMD exits 0; run through `sh -c` with STEER_PID, STEER_PORT and STEER_ADDR set
+        #[arg(long, value_name = "CMD")]
+        ready_cmd: Option<String>,
+        /// Ready when GET URL answers 2xx; URL is the new generation's own health address
+        /// (http://127.0.0.1:8404/health), not the reloaded one
+        #[arg(long, value_name = "URL")]
+        ready_http: Option<steer::ops::ready::HttpProbe>,
+        /// Seconds the new generation has, from its start, to listen and pass the readiness check
+        #[arg(long, value_name = "S", default_value_t = 30.0, value_parser = parse_seconds)]
+        ready_timeout: f64,
+        /// Signal sent to the old generation once it has drained: TERM, SIGUSR1, QUIT, 15, ...
+        #[arg(long, value_name = "SIG", default_value = "TERM")]
+        signal: steer::ops::reload::Signal,
+        /// Seconds to wait for the old generation's accept queues and pending handshakes to empty
+        #[arg(long, value_name = "S", default_value_t = 10.0, value_parser = parse_seconds)]
+        drain_timeout: f64,
+        /// Only the groups on this port (repeatable); default: every group in which --old is active
+        #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+        ports: Vec<u16>,
+        /// The new generation's command line
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
     /// Watch for new listeners and promote per policy (the sidecar)
     #[command(group(clap::ArgGroup::new("select").args(["comms", "ports"]).required(true).multiple(true)))]
     Daemon {
@@ -127,6 +156,14 @@ fn parse_comm(name: &str) -> Result<String, String> {
     }
 }
 
+/// A number of seconds, fractions allowed, up to a day.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds from 0 to 86400")),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -136,6 +173,19 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (json, daemon) = match &cli.command {
+        Command::Reload { old, ready_cmd, ready_http, ready_timeout, signal, drain_timeout, ports, cmd } => {
+            let request = ops::reload::Request {
+                old,
+                ports,
+                cmd,
+                gate: ops::ready::Gate { cmd: ready_cmd, http: ready_http },
+                ready_timeout: std::time::Duration::from_secs_f64(ready_timeout),
+                drain_timeout: std::time::Duration::from_secs_f64(drain_timeout),
+                signal,
+            };
+            print!("{}", ops::reload::run(&state_dir, &request)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Daemon { log_format, .. } => (*log_format == LogFormat::Json, true),
         _ => (false, false),
     };

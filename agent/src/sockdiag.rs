@@ -45,6 +45,7 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
 const TCP_LISTEN: u8 = 10;
+const TCP_SYN_RECV: u8 = 3;
 const NLMSG_HDR: usize = 16;
 /// `struct inet_diag_msg`.
 const DIAG_MSG_LEN: usize = 72;
@@ -52,6 +53,16 @@ const DIAG_MSG_LEN: usize = 72;
 /// Lists the listening TCP sockets (IPv4 and IPv6) of the calling thread's
 /// network namespace.
 pub fn listeners() -> Result<Vec<Listener>, DiagError> {
+    let sock = netlink_socket()?;
+    let mut out = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        send_request(&sock, family, 1 << TCP_LISTEN)?;
+        read_dump(&sock, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn netlink_socket() -> Result<OwnedFd, DiagError> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let raw =
         unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
@@ -59,16 +70,68 @@ pub fn listeners() -> Result<Vec<Listener>, DiagError> {
         return Err(DiagError::Netlink(io::Error::last_os_error()));
     }
     // SAFETY: raw is a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A handshake in progress: a request socket waiting for the client's ACK
+/// (the listener's SYN queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handshake {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Pending handshakes of the calling thread's network namespace whose local
+/// port is one of `ports`.
+///
+/// The kernel keeps no SYN-queue length that userspace can read per listener
+/// (`inet_csk_reqsk_queue_len` is reported nowhere: `tcp_get_info` gives a
+/// listener's accept queue only). Each request socket, though, sits in the
+/// established hash as `TCP_NEW_SYN_RECV`, and a dump that asks for
+/// `TCP_SYN_RECV` returns them (net/ipv4/inet_diag.c, `inet_diag_dump_icsk`
+/// adds `TCPF_NEW_SYN_RECV`; `inet_req_diag_fill` reports them as
+/// `TCP_SYN_RECV`). What the dump does not say is which listener a request
+/// belongs to: the two generations of a group share its address and port.
+pub fn pending_handshakes(ports: &[u16]) -> Result<Vec<Handshake>, DiagError> {
+    let sock = netlink_socket()?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        send_request(&sock, family)?;
-        read_dump(&sock, &mut out)?;
+        send_request(&sock, family, 1 << TCP_SYN_RECV)?;
+        read_each(&sock, |body| {
+            out.extend(parse_handshake(body)?.filter(|h| ports.contains(&h.local.port())));
+            Ok(())
+        })?;
     }
     Ok(out)
 }
 
-fn send_request(sock: &OwnedFd, family: u8) -> Result<(), DiagError> {
+/// `struct inet_diag_msg` → handshake (None for a socket in another state).
+pub fn parse_handshake(b: &[u8]) -> Result<Option<Handshake>, DiagError> {
+    if b.len() < DIAG_MSG_LEN {
+        return Err(DiagError::Malformed("short inet_diag_msg"));
+    }
+    if b[1] != TCP_SYN_RECV {
+        return Ok(None);
+    }
+    let (Some(local_ip), Some(remote_ip)) = (diag_ip(b[0], &b[8..24]), diag_ip(b[0], &b[24..40])) else {
+        return Ok(None);
+    };
+    Ok(Some(Handshake {
+        local: SocketAddr::new(local_ip, u16::from_be_bytes([b[4], b[5]])),
+        remote: SocketAddr::new(remote_ip, u16::from_be_bytes([b[6], b[7]])),
+    }))
+}
+
+/// An address of `inet_diag_sockid` (16 bytes; IPv4 in the first 4).
+fn diag_ip(family: u8, b: &[u8]) -> Option<IpAddr> {
+    match i32::from(family) {
+        libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
+        _ => None,
+    }
+}
+
+fn send_request(sock: &OwnedFd, family: u8, states: u32) -> Result<(), DiagError> {
     let mut req = [0_u8; NLMSG_HDR + 56];
     let len = req.len() as u32;
     req[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -78,7 +141,7 @@ fn send_request(sock: &OwnedFd, family: u8) -> Result<(), DiagError> {
     // struct inet_diag_req_v2: family, protocol, ext, pad, states, id.
     req[16] = family;
     req[17] = libc::IPPROTO_TCP as u8;
-    req[20..24].copy_from_slice(&(1_u32 << TCP_LISTEN).to_ne_bytes());
+    req[20..24].copy_from_slice(&states.to_ne_bytes());
     // SAFETY: req is a valid buffer of req.len() bytes.
     let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if sent < 0 {
@@ -88,6 +151,16 @@ fn send_request(sock: &OwnedFd, family: u8) -> Result<(), DiagError> {
 }
 
 fn read_dump(sock: &OwnedFd, out: &mut Vec<Listener>) -> Result<(), DiagError> {
+    read_each(sock, |body| {
+        if let Some(listener) = parse_msg(body)? {
+            out.push(listener);
+        }
+        Ok(())
+    })
+}
+
+/// Reads a dump to its end, handing each `inet_diag_msg` to `each`.
+fn read_each(sock: &OwnedFd, mut each: impl FnMut(&[u8]) -> Result<(), DiagError>) -> Result<(), DiagError> {
     let mut buf = vec![0_u8; 64 * 1024];
     loop {
         // SAFETY: buf is valid for buf.len() bytes.
@@ -100,14 +173,28 @@ fn read_dump(sock: &OwnedFd, out: &mut Vec<Listener>) -> Result<(), DiagError> {
             return Err(DiagError::Netlink(err));
         }
         let n = usize::try_from(n).map_err(|_| DiagError::Malformed("negative length"))?;
-        if parse_dump(&buf[..n], out)? {
+        if walk_dump(&buf[..n], &mut each)? {
             return Ok(());
         }
     }
 }
 
 /// Parses one datagram of a dump into `out`; true once `NLMSG_DONE` is seen.
-pub fn parse_dump(mut buf: &[u8], out: &mut Vec<Listener>) -> Result<bool, DiagError> {
+pub fn parse_dump(buf: &[u8], out: &mut Vec<Listener>) -> Result<bool, DiagError> {
+    walk_dump(buf, &mut |body| {
+        if let Some(listener) = parse_msg(body)? {
+            out.push(listener);
+        }
+        Ok(())
+    })
+}
+
+/// Walks one datagram of a dump, handing each `inet_diag_msg` to `each`; true
+/// once `NLMSG_DONE` is seen.
+fn walk_dump(
+    mut buf: &[u8],
+    each: &mut impl FnMut(&[u8]) -> Result<(), DiagError>,
+) -> Result<bool, DiagError> {
     while buf.len() >= NLMSG_HDR {
         let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
         let kind = u16::from_ne_bytes(buf[4..6].try_into().expect("2 bytes"));
@@ -126,11 +213,7 @@ pub fn parse_dump(mut buf: &[u8], out: &mut Vec<Listener>) -> Result<bool, DiagE
                     return Err(DiagError::Netlink(io::Error::from_raw_os_error(-code)));
                 }
             }
-            SOCK_DIAG_BY_FAMILY => {
-                if let Some(listener) = parse_msg(body)? {
-                    out.push(listener);
-                }
-            }
+            SOCK_DIAG_BY_FAMILY => each(body)?,
             _ => {}
         }
         buf = &buf[len.next_multiple_of(4).min(buf.len())..];

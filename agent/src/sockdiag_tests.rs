@@ -96,3 +96,20 @@ fn parses_proc_net_tcp() {
     assert_eq!(l.uid, Some(998));
     assert!(parse_proc_line("  sl  local_address rem_address   st").is_none());
 }
+
+#[test]
+fn parses_pending_handshakes_and_skips_other_states() {
+    let mut msg = [0_u8; DIAG_MSG_LEN];
+    msg[0] = libc::AF_INET as u8;
+    msg[1] = TCP_SYN_RECV;
+    msg[4..6].copy_from_slice(&8080_u16.to_be_bytes());
+    msg[6..8].copy_from_slice(&40000_u16.to_be_bytes());
+    msg[8..12].copy_from_slice(&[127, 0, 0, 1]);
+    msg[24..28].copy_from_slice(&[127, 0, 0, 2]);
+    let h = parse_handshake(&msg).unwrap().expect("a handshake");
+    assert_eq!(h.local, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(h.remote, "127.0.0.2:40000".parse().unwrap());
+    msg[1] = TCP_LISTEN;
+    assert_eq!(parse_handshake(&msg).unwrap(), None);
+    assert!(parse_handshake(&msg[..10]).is_err());
+}

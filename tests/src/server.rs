@@ -6,6 +6,8 @@
 //! listens, then `ok <cmd>` (or `err <cmd>: <reason>`) per stdin command:
 //! `pause`, `resume`, `close` (close every listener without accepting its queue; the
 //! process stays up so in-flight connections finish), `exit`. EOF on stdin exits too.
+//! SIGTERM stops it gracefully: the listeners close once each accept thread has
+//! answered the connection in hand, then it exits 0.
 
 mod accept;
 mod driver;
@@ -110,6 +112,9 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
         args.generation
     );
     let listeners = listen::bind_all(args)?;
+    // Blocked here, so that every thread started below inherits the mask and
+    // only `stop_on_sigterm`'s sigwait takes the signal.
+    let sigterm = block_sigterm()?;
     let initial = if args.paused { Mode::Paused } else { Mode::Running };
     let control = Arc::new(Control::new(listeners.len(), initial));
     let pid = std::process::id();
@@ -122,6 +127,11 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
             .spawn(move || accept::accept_loop(index, listener, &control, &reply, delay))
             .context("spawning an accept thread")?;
     }
+    let stopper = Arc::clone(&control);
+    std::thread::Builder::new()
+        .name("sigterm".to_owned())
+        .spawn(move || stop_on_sigterm(&sigterm, &stopper))
+        .context("spawning the SIGTERM thread")?;
     say(&format!("ready pid={pid} gen={}", args.generation))?;
 
     for line in std::io::stdin().lock().lines() {
@@ -144,6 +154,33 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Blocks SIGTERM in the calling thread; returns the set to wait on.
+fn block_sigterm() -> anyhow::Result<libc::sigset_t> {
+    // SAFETY: the set is initialised by sigemptyset before use, and
+    // pthread_sigmask only changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+        ensure!(rc == 0, "pthread_sigmask: {}", std::io::Error::from_raw_os_error(rc));
+        Ok(set)
+    }
+}
+
+/// A graceful stop, as real servers do on their stop signal: on SIGTERM, close
+/// every listener once its accept thread has finished the connection in hand
+/// (the line protocol answers inline), then exit 0.
+fn stop_on_sigterm(set: &libc::sigset_t, control: &Control) {
+    let mut sig = 0;
+    // SAFETY: a valid, initialised set and an int to write to.
+    while unsafe { libc::sigwait(set, &raw mut sig) } != 0 {}
+    if let Err(e) = control.set(Mode::Closed, COMMAND_TIMEOUT) {
+        eprintln!("steer-testserver: closing on SIGTERM: {e:#}");
+    }
+    std::process::exit(0);
 }
 
 /// Prints one line on stdout and flushes it.

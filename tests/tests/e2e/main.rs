@@ -9,5 +9,6 @@ mod daemon;
 mod deploy;
 mod errors;
 mod handover;
+mod reload;
 mod servers;
 mod steering;
