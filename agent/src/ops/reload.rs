@@ -3,16 +3,23 @@
 //! it, waits until the old generation has nothing left queued, and only then
 //! signals it. Until the promote, nothing is changed; a refusal before it
 //! leaves the old generation active and kills nothing.
+mod drain;
+mod signal;
+mod tree;
+
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     path::Path,
-    process::{Child, Command},
+    process::Child,
     time::{Duration, Instant},
 };
 
+pub use drain::Drain;
+pub use signal::Signal;
 use steer_abi::GroupKey;
+use tree::{descendants, exit_phrase, find_listener, is_alive, reap, spawn};
 
 use super::{
     OpError,
@@ -20,22 +27,21 @@ use super::{
     ready::{Gate, NotReady, Target},
 };
 use crate::{
-    netns, preflight,
-    proc::{self, ProcError, Process},
-    sockdiag::{self, Handshake},
+    preflight,
+    proc::{ProcError, Process},
     sockets::{self, SocketError},
     state::StateDir,
 };
 
 /// How often the new generation's listeners are looked for.
 const LISTEN_POLL: Duration = Duration::from_millis(10);
-/// How long a listening CMD that has forked a listening child gets to exit
-/// (a daemonising server's parent) before it is taken as the new generation.
-const SETTLE: Duration = Duration::from_millis(50);
+/// How long a listening CMD that has forked a child gets to exit (a
+/// daemonising server's parent) before it is taken as the new generation.
+/// HAProxy `-D` exits within milliseconds on a quiet machine, but took over
+/// 50 ms on a busy one.
+const SETTLE: Duration = Duration::from_millis(300);
 /// How often a gate that said "not ready" is asked again.
 const READY_POLL: Duration = Duration::from_millis(100);
-/// How often the old generation's queues are read while it drains.
-const DRAIN_POLL: Duration = Duration::from_millis(2);
 
 /// What to reload.
 #[derive(Debug, Clone)]
@@ -53,73 +59,6 @@ pub struct Request {
     pub drain_timeout: Duration,
     pub signal: Signal,
 }
-
-/// A signal, by number, with the name it is reported under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Signal {
-    pub number: i32,
-    pub name: &'static str,
-}
-
-const SIGNALS: [(&str, i32); 15] = [
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("USR2", libc::SIGUSR2),
-    ("TERM", libc::SIGTERM),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("WINCH", libc::SIGWINCH),
-    ("ALRM", libc::SIGALRM),
-    ("PWR", libc::SIGPWR),
-    ("TTIN", libc::SIGTTIN),
-    ("TTOU", libc::SIGTTOU),
-];
-
-impl Signal {
-    pub const TERM: Signal = Signal { number: libc::SIGTERM, name: "SIGTERM" };
-}
-
-impl std::fmt::Display for Signal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name)
-    }
-}
-
-impl std::str::FromStr for Signal {
-    type Err = String;
-
-    /// `TERM`, `SIGTERM`, `sigterm`, `15`; numbers up to `SIGRTMAX` (64).
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Ok(number) = s.parse::<i32>() {
-            if let Some((name, _)) = SIGNALS.iter().find(|(_, n)| *n == number) {
-                let name = SIGNAL_NAMES.iter().find(|full| &full[3..] == *name).copied().unwrap_or("SIG?");
-                return Ok(Signal { number, name });
-            }
-            return if (1..=64).contains(&number) {
-                Ok(Signal { number, name: "signal" })
-            } else {
-                Err(format!("{number} is not a signal number (1 to 64)"))
-            };
-        }
-        let upper = s.to_ascii_uppercase();
-        let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-        SIGNALS
-            .iter()
-            .position(|(name, _)| *name == bare)
-            .map(|i| Signal { number: SIGNALS[i].1, name: SIGNAL_NAMES[i] })
-            .ok_or_else(|| format!("{s:?} is not a signal name or number (e.g. TERM, SIGUSR1, QUIT, 15)"))
-    }
-}
-
-/// `SIGNALS`' names with the `SIG` prefix, in the same order.
-const SIGNAL_NAMES: [&str; 15] = [
-    "SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGTERM", "SIGCONT", "SIGSTOP",
-    "SIGTSTP", "SIGWINCH", "SIGALRM", "SIGPWR", "SIGTTIN", "SIGTTOU",
-];
 
 /// Why a reload was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -182,21 +121,6 @@ pub struct Report {
     pub signal: Signal,
 }
 
-/// How the old generation drained after the promote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Drain {
-    pub elapsed: Duration,
-    /// False when `--drain-timeout` ran out first.
-    pub drained: bool,
-    /// Connections left in the old sockets' accept queues at the end.
-    pub queued: u32,
-    /// Handshakes pending at the promote and still pending at the end; `None`
-    /// when they could not be read (no CAP_SYS_ADMIN to enter the namespace).
-    pub handshakes: Option<usize>,
-    /// The old process exited by itself meanwhile.
-    pub old_exited: bool,
-}
-
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "new generation: pid {} ({})", self.new_pid, self.new_comm)?;
@@ -231,119 +155,173 @@ pub fn run(state_dir: &Path, req: &Request) -> Result<Report, ReloadError> {
     preflight::all().map_err(OpError::from)?;
     let old = Process::open(req.old)?;
     let old_pidfd = sockets::open_pidfd(old.pid)?;
-    let groups = active_groups(state_dir, &old, &req.ports)?;
-    let ports: Vec<u16> = groups.iter().map(|g| g.port).collect::<BTreeSet<_>>().into_iter().collect();
-    let addrs: Vec<SocketAddr> = groups.iter().map(sockets::key_addr).collect();
-    let labels = groups.iter().map(sockets::key_label).collect::<Vec<_>>().join(", ");
-    if let Some(probe) = &req.gate.http
-        && addrs
-            .iter()
-            .any(|a| a.port() == probe.addr.port() && (a.ip() == probe.addr.ip() || a.ip().is_unspecified()))
-    {
-        return Err(ReloadError::ProbeOnGroup { url: probe.to_string() });
-    }
+    let scope = Scope::of(state_dir, &old, req)?;
+    let deadline = Instant::now() + req.ready_timeout;
 
-    let started = Instant::now();
-    let deadline = started + req.ready_timeout;
-    let secs = req.ready_timeout.as_secs_f64();
-    let cmd_text = req.cmd.join(" ");
-    let mut child = spawn(&req.cmd).map_err(|source| ReloadError::Spawn {
-        cmd: cmd_text.clone(),
-        old: old.pid,
-        source,
-    })?;
-    tracing::info!(pid = child.id(), cmd = %cmd_text, "started the new generation");
-
-    // 2. Its listeners, in the old generation's namespace and groups.
-    let new = loop {
-        if let Some(found) = find_listener(&old, &groups, child.id()) {
-            // A daemonising server's parent listens, forks the child that keeps
-            // the sockets, and exits: give it a moment to, so that the child
-            // is the one promoted (a server's master that stays is kept).
-            if found.pid != child.id() || descendants().len() < 2 {
-                break found;
-            }
-            std::thread::sleep(SETTLE);
-            if is_alive(found.pid) {
-                break found;
-            }
-            continue;
-        }
-        match child.try_wait() {
-            Ok(Some(status)) if !status.success() || descendants().is_empty() => {
-                return Err(ReloadError::Exited {
-                    cmd: cmd_text,
-                    pid: child.id(),
-                    how: exit_phrase(status),
-                    groups: labels,
-                    old: old.pid,
-                });
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            return Err(ReloadError::NoListeners { pid: child.id(), groups: labels, secs, old: old.pid });
-        }
-        std::thread::sleep(LISTEN_POLL);
-    };
+    // 1-3. Start CMD, wait for its listeners, then its readiness.
+    let cmd = req.cmd.join(" ");
+    let mut child =
+        spawn(&req.cmd).map_err(|source| ReloadError::Spawn { cmd: cmd.clone(), old: old.pid, source })?;
+    tracing::info!(pid = child.id(), %cmd, "started the new generation");
+    let new = wait_listening(&old, &scope, &mut child, &cmd, req, deadline)?;
     tracing::info!(pid = new.pid, comm = %new.comm, "the new generation listens");
-
-    // 3. The readiness gate.
-    loop {
-        let target = Target { process: &new, groups: &addrs };
-        match req.gate.check(target, deadline) {
-            Ok(()) => break,
-            Err(reason) => {
-                if Process::open(new.pid).is_err() {
-                    return Err(ReloadError::ExitedUnready { pid: new.pid, old: old.pid });
-                }
-                if Instant::now() + READY_POLL >= deadline {
-                    return Err(ReloadError::NotReady { pid: new.pid, secs, reason, old: old.pid });
-                }
-                tracing::debug!(pid = new.pid, %reason, "not ready yet");
-                std::thread::sleep(READY_POLL);
-            }
-        }
-    }
+    wait_ready(&old, &new, &scope, req, deadline)?;
     reap(&mut child);
-    // A daemonising server's parent can listen, pass, and exit: its child holds the same sockets.
-    let mut new = match Process::open(new.pid) {
-        Ok(_) => new,
-        Err(_) => find_listener(&old, &groups, child.id())
-            .ok_or(ReloadError::ExitedUnready { pid: new.pid, old: old.pid })?,
-    };
 
     // 4. Promote. From here on the new generation gets every new connection.
-    let promote_req = promote::Request { pid: new.pid, ports: ports.clone(), weight: 100, take_over: false };
-    let changes = match promote::run(state_dir, &promote_req) {
-        // It exited between the check and the promote (refused before any write): its child holds the sockets.
-        Err(
-            OpError::Socket(SocketError::Vanished { .. }) | OpError::Proc(ProcError::NoSuchProcess { .. }),
-        ) => {
-            let again = find_listener(&old, &groups, child.id())
-                .ok_or(ReloadError::ExitedUnready { pid: new.pid, old: old.pid })?;
-            new = again;
-            promote::run(state_dir, &promote::Request { pid: new.pid, ..promote_req })?
-        }
-        other => other?,
-    };
+    let (new, changes) = promote_new(state_dir, &old, new, &scope, child.id())?;
 
     // 5. Drain: the old sockets' accept queues, and the handshakes pending at the promote.
-    let old_inodes: BTreeSet<u64> = sockets::listening_sockets(&old, &ports)
-        .map(|l| l.iter().filter(|(_, l)| addrs.contains(&l.addr)).map(|(_, l)| l.inode).collect())
+    let old_inodes: BTreeSet<u64> = sockets::listening_sockets(&old, &scope.ports)
+        .map(|l| l.iter().filter(|(_, l)| scope.addrs.contains(&l.addr)).map(|(_, l)| l.inode).collect())
         .unwrap_or_default();
-    let drain = drain(&old, &old_inodes, &ports, req.drain_timeout);
+    let drain = drain::drain(&old, &old_inodes, &scope.ports, req.drain_timeout);
 
     // 6. Signal the old generation (through its pidfd: never another process that reused the pid).
     if !drain.old_exited {
-        send_signal(&old_pidfd, req.signal).map_err(|source| ReloadError::Signal {
-            new: new.pid,
-            old: old.pid,
-            signal: req.signal,
-            source,
-        })?;
+        signal_old(&old_pidfd, req.signal, new.pid, old.pid)?;
     }
     Ok(Report { new_pid: new.pid, new_comm: new.comm, changes, old_pid: old.pid, drain, signal: req.signal })
+}
+
+/// The groups a reload hands over, checked before anything starts.
+struct Scope {
+    groups: Vec<GroupKey>,
+    ports: Vec<u16>,
+    addrs: Vec<SocketAddr>,
+    /// The groups as one phrase, for messages.
+    labels: String,
+}
+
+impl Scope {
+    fn of(state_dir: &Path, old: &Process, req: &Request) -> Result<Self, ReloadError> {
+        let groups = active_groups(state_dir, old, &req.ports)?;
+        let ports: Vec<u16> = groups.iter().map(|g| g.port).collect::<BTreeSet<_>>().into_iter().collect();
+        let addrs: Vec<SocketAddr> = groups.iter().map(sockets::key_addr).collect();
+        let labels = groups.iter().map(sockets::key_label).collect::<Vec<_>>().join(", ");
+        // A probe of a reloaded address would reach the active (old) generation.
+        if let Some(probe) = &req.gate.http
+            && addrs.iter().any(|a| {
+                a.port() == probe.addr.port() && (a.ip() == probe.addr.ip() || a.ip().is_unspecified())
+            })
+        {
+            return Err(ReloadError::ProbeOnGroup { url: probe.to_string() });
+        }
+        Ok(Self { groups, ports, addrs, labels })
+    }
+}
+
+/// Waits until a process of CMD's tree listens in every group of `scope`.
+fn wait_listening(
+    old: &Process,
+    scope: &Scope,
+    child: &mut Child,
+    cmd: &str,
+    req: &Request,
+    deadline: Instant,
+) -> Result<Process, ReloadError> {
+    loop {
+        if let Some(found) = find_listener(old, &scope.groups, child.id()) {
+            // A daemonising server's parent listens, forks the child that keeps
+            // the sockets, and exits: give CMD a moment to, so that the child
+            // is the one promoted (a server that stays is kept, SETTLE later).
+            if found.pid != child.id() {
+                return Ok(found);
+            }
+            let settle = Instant::now() + SETTLE;
+            while is_alive(found.pid) && Instant::now() < settle {
+                std::thread::sleep(LISTEN_POLL);
+            }
+            if is_alive(found.pid) {
+                return Ok(found);
+            }
+            continue;
+        }
+        if let Ok(Some(status)) = child.try_wait()
+            && (!status.success() || descendants().is_empty())
+        {
+            return Err(ReloadError::Exited {
+                cmd: cmd.to_owned(),
+                pid: child.id(),
+                how: exit_phrase(status),
+                groups: scope.labels.clone(),
+                old: old.pid,
+            });
+        }
+        if Instant::now() >= deadline {
+            let secs = req.ready_timeout.as_secs_f64();
+            return Err(ReloadError::NoListeners {
+                pid: child.id(),
+                groups: scope.labels.clone(),
+                secs,
+                old: old.pid,
+            });
+        }
+        std::thread::sleep(LISTEN_POLL);
+    }
+}
+
+/// Asks the readiness gate until it passes, the new generation exits, or the deadline.
+fn wait_ready(
+    old: &Process,
+    new: &Process,
+    scope: &Scope,
+    req: &Request,
+    deadline: Instant,
+) -> Result<(), ReloadError> {
+    loop {
+        let target = Target { process: new, groups: &scope.addrs };
+        let Err(reason) = req.gate.check(target, deadline) else { return Ok(()) };
+        if Process::open(new.pid).is_err() {
+            return Err(ReloadError::ExitedUnready { pid: new.pid, old: old.pid });
+        }
+        if Instant::now() + READY_POLL >= deadline {
+            let secs = req.ready_timeout.as_secs_f64();
+            return Err(ReloadError::NotReady { pid: new.pid, secs, reason, old: old.pid });
+        }
+        tracing::debug!(pid = new.pid, %reason, "not ready yet");
+        std::thread::sleep(READY_POLL);
+    }
+}
+
+/// Promotes the new generation. A daemonising server's parent can listen,
+/// pass, and exit before or during the promote (refused before any write):
+/// its child, which holds the same sockets, is promoted instead.
+fn promote_new(
+    state_dir: &Path,
+    old: &Process,
+    new: Process,
+    scope: &Scope,
+    root: u32,
+) -> Result<(Process, Vec<Change>), ReloadError> {
+    let left = || ReloadError::ExitedUnready { pid: new.pid, old: old.pid };
+    let mut new = match Process::open(new.pid) {
+        Ok(_) => new.clone(),
+        Err(_) => find_listener(old, &scope.groups, root).ok_or_else(left)?,
+    };
+    let request =
+        promote::Request { pid: new.pid, ports: scope.ports.clone(), weight: 100, take_over: false };
+    let changes = match promote::run(state_dir, &request) {
+        Err(
+            OpError::Socket(SocketError::Vanished { .. }) | OpError::Proc(ProcError::NoSuchProcess { .. }),
+        ) => {
+            new = find_listener(old, &scope.groups, root).ok_or_else(left)?;
+            promote::run(state_dir, &promote::Request { pid: new.pid, ..request })?
+        }
+        other => other?,
+    };
+    // Promoted, then gone (a parent slower to exit than SETTLE): the sockets
+    // are the same, and the report names the child that holds them.
+    if !is_alive(new.pid)
+        && let Some(child) = find_listener(old, &scope.groups, root)
+    {
+        new = child;
+    }
+    Ok((new, changes))
+}
+
+fn signal_old(pidfd: &OwnedFd, signal: Signal, new: u32, old: u32) -> Result<(), ReloadError> {
+    signal::send_signal(pidfd, signal).map_err(|source| ReloadError::Signal { new, old, signal, source })
 }
 
 /// The groups of `old`'s listeners (on `ports`, if given) in which `old` is the
@@ -394,235 +372,6 @@ fn active_groups(state_dir: &Path, old: &Process, ports: &[u16]) -> Result<Vec<G
     }
 }
 
-/// Starts CMD in a session of its own (so that steer's exit, or a signal to
-/// steer's process group, does not reach it), with steer's stdio. Steer
-/// becomes a child subreaper first, so a daemonising server's child is
-/// reparented to steer rather than to init, and stays findable as a descendant.
-fn spawn(cmd: &[String]) -> std::io::Result<Child> {
-    let (program, args) = cmd.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper; a daemonising server's child may not be found");
-    }
-    let mut command = Command::new(program);
-    command.args(args);
-    // SAFETY: setsid is async-signal-safe, and nothing else runs between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
-}
-
-/// Every live descendant of steer: the new generation, the children it forked,
-/// and their orphans (reparented to steer, the subreaper), oldest first.
-fn descendants() -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut queue: Vec<u32> = std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|t| t.file_name().to_str().and_then(|s| s.parse().ok()))
-        .flat_map(|tid: u32| task_children(std::process::id(), tid))
-        .collect();
-    while let Some(pid) = queue.pop() {
-        if out.contains(&pid) || !is_alive(pid) {
-            continue;
-        }
-        out.push(pid);
-        queue.extend(proc::children(pid));
-    }
-    out.sort_by_key(|p| (proc::start_time(*p).unwrap_or(u64::MAX), *p));
-    out
-}
-
-/// Exists and is not a zombie (`/proc/PID/stat` field 3).
-fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.get(s.rfind(')')? + 1..)
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(|st| st != "Z" && st != "X")
-        })
-        .unwrap_or(false)
-}
-
-fn task_children(pid: u32, tid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
-        .map(|t| t.split_whitespace().filter_map(|c| c.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-/// The oldest of CMD's process tree (CMD itself first) that holds a listener
-/// in every group, in the old generation's network namespace.
-fn find_listener(old: &Process, groups: &[GroupKey], root: u32) -> Option<Process> {
-    let mut pids = descendants();
-    if let Some(i) = pids.iter().position(|p| *p == root) {
-        pids.remove(i);
-        pids.insert(0, root);
-    }
-    pids.into_iter().filter_map(|pid| Process::open(pid).ok()).filter(|p| p.netns == old.netns).find(|p| {
-        let ports: Vec<u16> = groups.iter().map(|g| g.port).collect();
-        let Ok(listening) = sockets::listening_sockets(p, &ports) else { return false };
-        let Ok(candidates) = sockets::duplicate(p, &listening) else { return false };
-        groups.iter().all(|g| candidates.iter().any(|c| c.key == *g))
-    })
-}
-
-/// Reaps CMD if it has exited (a daemonising server's parent), so that it
-/// leaves no zombie behind while steer drains.
-fn reap(child: &mut Child) {
-    let _ = child.try_wait();
-}
-
-fn exit_phrase(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt as _;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("was killed by signal {sig}"),
-        _ => "exited".to_owned(),
-    }
-}
-
-/// Waits until the old sockets' accept queues are empty and every handshake
-/// pending right after the promote has completed or gone, or `timeout`.
-///
-/// After the promote the program sends no new connection to the old sockets,
-/// but a request already in a SYN queue completes on the socket it started on,
-/// and lands in that socket's accept queue. Which listener a request belongs to
-/// is not reported (see [`sockdiag::pending_handshakes`]), so the set taken
-/// right after the promote stands for the old generation's: it holds every
-/// request of the old sockets still pending then (and perhaps a few of the new
-/// one's, which complete just as fast). The handshakes are read before the
-/// queues in each round, so one that completes in between is counted queued.
-fn drain(old: &Process, inodes: &BTreeSet<u64>, ports: &[u16], timeout: Duration) -> Drain {
-    let started = Instant::now();
-    let read_handshakes = || -> Option<BTreeSet<Handshake>> {
-        netns::run_in(old.pid, old.netns, || sockdiag::pending_handshakes(ports))
-            .ok()?
-            .ok()
-            .map(|v| v.into_iter().collect())
-    };
-    let at_promote = read_handshakes();
-    loop {
-        let handshakes = at_promote
-            .as_ref()
-            .and_then(|before| read_handshakes().map(|now| before.intersection(&now).count()));
-        let queued = match Process::open(old.pid) {
-            Ok(p) => queued(&p, inodes, ports),
-            Err(_) => None,
-        };
-        let Some(queued) = queued else {
-            return Drain {
-                elapsed: started.elapsed(),
-                drained: true,
-                queued: 0,
-                handshakes,
-                old_exited: true,
-            };
-        };
-        let drained = queued == 0 && handshakes.unwrap_or(0) == 0;
-        if drained || started.elapsed() >= timeout {
-            return Drain { elapsed: started.elapsed(), drained, queued, handshakes, old_exited: false };
-        }
-        std::thread::sleep(DRAIN_POLL);
-    }
-}
-
-/// The summed accept queues of the old sockets; `None` once the process is gone.
-fn queued(old: &Process, inodes: &BTreeSet<u64>, ports: &[u16]) -> Option<u32> {
-    match sockets::listening_sockets(old, ports) {
-        Ok(listening) => Some(
-            listening.iter().filter(|(_, l)| inodes.contains(&l.inode)).map(|(_, l)| l.accept_queue).sum(),
-        ),
-        Err(SocketError::NoListeners { .. }) => Some(0),
-        Err(_) => proc::comm(old.pid).map(|_| 0),
-    }
-}
-
-/// `pidfd_send_signal(2)`.
-fn send_signal(pidfd: &OwnedFd, signal: Signal) -> std::io::Result<()> {
-    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal.number,
-            std::ptr::null::<u8>(),
-            0,
-        )
-    };
-    if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_parse_by_name_and_number() {
-        for (text, number, name) in [
-            ("TERM", libc::SIGTERM, "SIGTERM"),
-            ("SIGTERM", libc::SIGTERM, "SIGTERM"),
-            ("sigusr1", libc::SIGUSR1, "SIGUSR1"),
-            ("QUIT", libc::SIGQUIT, "SIGQUIT"),
-            ("15", libc::SIGTERM, "SIGTERM"),
-            ("10", libc::SIGUSR1, "SIGUSR1"),
-            ("34", 34, "signal"),
-        ] {
-            assert_eq!(text.parse::<Signal>(), Ok(Signal { number, name }), "{text}");
-        }
-        for bad in ["", "TERMINATE", "0", "65", "-1", "SIG"] {
-            assert!(bad.parse::<Signal>().is_err(), "{bad}");
-        }
-        assert_eq!(Signal::TERM.to_string(), "SIGTERM");
-        assert_eq!(SIGNALS.len(), SIGNAL_NAMES.len());
-        for ((short, _), full) in SIGNALS.iter().zip(SIGNAL_NAMES) {
-            assert_eq!(&full[3..], *short);
-        }
-    }
-
-    #[test]
-    fn our_own_children_are_descendants() {
-        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
-        assert!(descendants().contains(&child.id()));
-        let _ = child.kill();
-        let _ = child.wait();
-        assert!(!descendants().contains(&child.id()));
-    }
-
-    #[test]
-    fn a_report_says_what_happened() {
-        let drain = Drain {
-            elapsed: Duration::from_millis(3),
-            drained: true,
-            queued: 0,
-            handshakes: Some(0),
-            old_exited: false,
-        };
-        let report = Report {
-            new_pid: 20,
-            new_comm: "srv".into(),
-            changes: vec![],
-            old_pid: 10,
-            drain,
-            signal: Signal::TERM,
-        };
-        assert_eq!(
-            report.to_string(),
-            "new generation: pid 20 (srv)\npid 10 drained in 3 ms (accept queue 0, pending handshakes 0)\nsent SIGTERM to pid 10\n"
-        );
-        let timed_out =
-            Report { drain: Drain { drained: false, queued: 4, handshakes: None, ..drain }, ..report };
-        assert!(
-            timed_out
-                .to_string()
-                .contains("did not drain within 3 ms: 4 queued, pending handshakes not measured")
-        );
-    }
-}
+#[path = "reload_tests.rs"]
+mod tests;
