@@ -2,7 +2,6 @@
 //! library function per subcommand.
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use steer::{
     daemon::{self, Policy, Source},
@@ -104,14 +103,44 @@ enum Command {
         /// Watch listeners on this port (repeatable)
         #[arg(long = "port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
         ports: Vec<u16>,
-        /// Only processes in this network namespace (repeatable), e.g. /proc/PID/ns/net or /run/netns/NAME
-        #[arg(long = "netns", value_name = "PATH")]
+        /// Only processes in this network namespace (repeatable), e.g. /proc/PID/ns/net or
+        /// /run/netns/NAME; `all` for every one [default: the daemon's own]
+        #[arg(long = "netns", value_name = "PATH|all")]
         netns: Vec<PathBuf>,
+        /// Only processes whose every uid (real, effective, saved) is USER (repeatable): a uid, or
+        /// a name from /etc/passwd
+        #[arg(long = "user", value_name = "USER", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        users: Vec<String>,
+        /// Only processes running this executable (repeatable), compared by device and inode with
+        /// the file at PATH (as it was at start, or as it is now: an upgraded binary still matches)
+        #[arg(long = "exe", value_name = "PATH")]
+        exes: Vec<PathBuf>,
         /// Only processes in this cgroup (repeatable): /PATH is that cgroup and below, as
         /// /proc/PID/cgroup shows it (e.g. /kubepods.slice); any other TEXT must appear in the
         /// path (a container id, a pod UID)
         #[arg(long = "cgroup", value_name = "PATH|TEXT", value_parser = clap::builder::NonEmptyStringValueParser::new())]
         cgroups: Vec<String>,
+        /// Act on any process that passes --comm and --port, without --user, --exe or --cgroup
+        /// (a process sets its own name, so --comm proves nothing)
+        #[arg(long)]
+        any_process: bool,
+        /// Also act on processes in user namespaces other than the initial one (rootless
+        /// containers, `unshare -r`, pods with hostUsers: false); off by default
+        #[arg(long)]
+        user_namespaces: bool,
+        /// Create pinned state for at most N network namespaces; a promote that needs one more is
+        /// refused
+        #[arg(long, value_name = "N", default_value_t = daemon::Limits::default().instances,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_instances: u32,
+        /// Promote no process that listens in more than N reuseport groups (addresses and ports)
+        #[arg(long, value_name = "N", default_value_t = daemon::Limits::default().groups_per_process,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_groups_per_process: u32,
+        /// Promote one process at most N times a minute (promotions that change something)
+        #[arg(long, value_name = "N", default_value_t = daemon::Limits::default().generations_per_process,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_generations_per_process: u32,
         /// newest: promote each new generation as soon as it listens; manual: only re-attach and report
         #[arg(long, value_enum, default_value_t = Policy::Newest)]
         policy: Policy,
@@ -173,19 +202,6 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (json, daemon) = match &cli.command {
-        Command::Reload { old, ready_cmd, ready_http, ready_timeout, signal, drain_timeout, ports, cmd } => {
-            let request = ops::reload::Request {
-                old,
-                ports,
-                cmd,
-                gate: ops::ready::Gate { cmd: ready_cmd, http: ready_http },
-                ready_timeout: std::time::Duration::from_secs_f64(ready_timeout),
-                drain_timeout: std::time::Duration::from_secs_f64(drain_timeout),
-                signal,
-            };
-            print!("{}", ops::reload::run(&state_dir, &request)?);
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Daemon { log_format, .. } => (*log_format == LogFormat::Json, true),
         _ => (false, false),
     };
@@ -259,11 +275,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ops::detach::run(&state_dir, &ports)?.iter().for_each(|c| println!("{c}"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reload { old, ready_cmd, ready_http, ready_timeout, signal, drain_timeout, ports, cmd } => {
+            let request = ops::reload::Request {
+                old,
+                ports,
+                cmd,
+                gate: ops::ready::Gate { cmd: ready_cmd, http: ready_http },
+                ready_timeout: std::time::Duration::from_secs_f64(ready_timeout),
+                drain_timeout: std::time::Duration::from_secs_f64(drain_timeout),
+                signal,
+            };
+            print!("{}", ops::reload::run(&state_dir, &request)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Daemon {
             comms,
             ports,
             netns,
+            users,
+            exes,
             cgroups,
+            any_process,
+            user_namespaces,
+            max_instances,
+            max_groups_per_process,
+            max_generations_per_process,
             policy,
             ready_delay,
             metrics,
@@ -273,25 +309,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt_priority,
             ..
         } => {
-            let netns = netns
-                .iter()
-                .map(|p| {
-                    std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).with_context(|| {
-                        format!(
-                            "cannot read network namespace {}; pass /proc/PID/ns/net or /run/netns/NAME",
-                            p.display()
-                        )
-                    })
-                })
-                .collect::<anyhow::Result<Vec<u64>>>()?;
+            let named =
+                daemon::Named { comms, ports, netns, cgroups, users, exes, any_process, user_namespaces };
             let opts = daemon::Options {
-                filter: daemon::Filter { comms, ports, netns, cgroups },
+                filter: named.resolve()?,
                 policy,
                 ready_delay: std::time::Duration::from_millis(ready_delay),
                 source,
                 poll_interval: std::time::Duration::from_millis(poll_interval),
                 nice,
                 rt_priority,
+                limits: daemon::Limits {
+                    instances: max_instances,
+                    groups_per_process: max_groups_per_process,
+                    generations_per_process: max_generations_per_process,
+                },
             };
             daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)

@@ -63,8 +63,29 @@ fn bad_usage_is_refused() {
         vec!["steer", "daemon", "--comm", "a-name-of-16-byt"],
         vec!["steer", "daemon", "--comm", ""],
         vec!["steer", "daemon", "--port", "80", "--cgroup", ""],
+        vec!["steer", "daemon", "--port", "80", "--user", ""],
+        vec!["steer", "daemon", "--port", "80", "--max-instances", "0"],
+        vec!["steer", "daemon", "--port", "80", "--max-groups-per-process", "0"],
+        vec!["steer", "daemon", "--port", "80", "--max-generations-per-process", "-1"],
     ] {
         let err = Cli::try_parse_from(&args).unwrap_err();
         assert_eq!(err.exit_code(), 2, "{args:?}");
     }
+}
+
+#[test]
+fn the_daemons_caps_default_to_the_librarys() {
+    let limits = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+        Command::Daemon { max_instances, max_groups_per_process, max_generations_per_process, .. } => {
+            (max_instances, max_groups_per_process, max_generations_per_process)
+        }
+        other => panic!("parsed as {other:?}"),
+    };
+    let d = daemon::Limits::default();
+    assert_eq!(
+        limits(&["steer", "daemon", "--port", "80"]),
+        (d.instances, d.groups_per_process, d.generations_per_process)
+    );
+    assert_eq!((d.instances, d.groups_per_process, d.generations_per_process), (64, 32, 30));
+    assert_eq!(limits(&["steer", "daemon", "--port", "80", "--max-instances", "2"]).0, 2);
 }

@@ -24,6 +24,9 @@ use crate::ops::status::{Counters, Status};
 mod http;
 
 pub use http::serve;
+/// The request-head parser, for the fuzz targets (fuzz/).
+#[doc(hidden)]
+pub use http::{Route, head_complete, route};
 
 /// Where `steer daemon --metrics` listens when given no address of its own.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9477";
@@ -35,11 +38,14 @@ pub struct DaemonStats {
     pub started: Instant,
     /// Promotions per group label (e.g. `127.0.0.1:8080`).
     promotions: Mutex<BTreeMap<String, u64>>,
+    /// Refusals by a cap, per reason (`instances`, `groups`, `generations`).
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Events read from the watcher's ring buffer: sockets that started
     /// listening, listeners that closed, and forks of watched processes.
     listen_events: AtomicU64,
     close_events: AtomicU64,
     fork_events: AtomicU64,
+    lost_events: AtomicU64,
     /// When the event loop last went round, in ms since [`Self::started`] plus
     /// one (0: not yet). It goes round at least every 200 ms.
     heartbeat_ms: AtomicU64,
@@ -70,6 +76,9 @@ pub struct EventCounts {
     pub close: u64,
     /// Forks of watched processes.
     pub fork: u64,
+    /// Events the source lost (its ring buffer was full); each loss makes the
+    /// daemon look at every matching group again.
+    pub lost: u64,
 }
 
 impl DaemonStats {
@@ -78,9 +87,11 @@ impl DaemonStats {
         Self {
             started: Instant::now(),
             promotions: Mutex::new(BTreeMap::new()),
+            refusals: Mutex::new(BTreeMap::new()),
             listen_events: AtomicU64::new(0),
             close_events: AtomicU64::new(0),
             fork_events: AtomicU64::new(0),
+            lost_events: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(0),
         }
     }
@@ -108,6 +119,7 @@ impl DaemonStats {
         self.listen_events.fetch_add(counts.listen, Ordering::Relaxed);
         self.close_events.fetch_add(counts.close, Ordering::Relaxed);
         self.fork_events.fetch_add(counts.fork, Ordering::Relaxed);
+        self.lost_events.fetch_add(counts.lost, Ordering::Relaxed);
     }
 
     /// Events read so far.
@@ -117,6 +129,7 @@ impl DaemonStats {
             listen: self.listen_events.load(Ordering::Relaxed),
             close: self.close_events.load(Ordering::Relaxed),
             fork: self.fork_events.load(Ordering::Relaxed),
+            lost: self.lost_events.load(Ordering::Relaxed),
         }
     }
 
@@ -124,6 +137,18 @@ impl DaemonStats {
     pub fn record_promotion(&self, group: &str) {
         let mut promotions = self.promotions.lock().unwrap_or_else(PoisonError::into_inner);
         *promotions.entry(group.to_owned()).or_default() += 1;
+    }
+
+    /// Counts one refusal by a cap (`reason`: `instances`, `groups`, `generations`).
+    pub fn record_refusal(&self, reason: &'static str) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        *refusals.entry(reason).or_default() += 1;
+    }
+
+    /// Refusals so far, per reason.
+    #[must_use]
+    pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
+        self.refusals.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Promotions so far, per group label.
@@ -169,6 +194,11 @@ struct PromotionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -235,6 +265,14 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
         promotions.get_or_create(&PromotionLabels { group }).inc_by(count);
     }
 
+    let refusals = Family::<ReasonLabels, Counter>::default();
+    for reason in ["instances", "groups", "generations"] {
+        refusals.get_or_create(&ReasonLabels { reason }).inc_by(0);
+    }
+    for (reason, count) in stats.refusals() {
+        refusals.get_or_create(&ReasonLabels { reason }).inc_by(count);
+    }
+
     let migrate = Family::<ResultLabels, Counter>::default();
     let (success, failure) = migrate_req_counters(netstat);
     migrate.get_or_create(&ResultLabels { result: "success" }).inc_by(success);
@@ -278,6 +316,18 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
         "daemon_listener_events",
         "Events the daemon read from its tracepoints: listen, close, and forks of watched processes (0 when polling)",
         events,
+    );
+    let lost = Counter::<u64>::default();
+    lost.inc_by(counts.lost);
+    registry.register(
+        "daemon_events_lost",
+        "Listener events the daemon's source lost because its ring buffer was full; each loss makes it look at every matching group again",
+        lost,
+    );
+    registry.register(
+        "daemon_refusals",
+        "Processes (or, for instances, network namespaces) a cap kept the daemon from promoting, by reason",
+        refusals,
     );
     registry.register_with_unit("daemon_uptime", "Time since the daemon started", Unit::Seconds, uptime);
     // -1 until the event loop first goes round.

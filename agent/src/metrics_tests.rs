@@ -97,8 +97,9 @@ fn render_shows_every_family_with_the_maps_values() {
     stats.record_promotion("127.0.0.1:8080");
     stats.record_promotion("[::1]:9090");
     stats.record_events(EventCounts { listen: 3, ..EventCounts::default() });
-    stats.record_events(EventCounts { listen: 1, close: 2, fork: 5 });
+    stats.record_events(EventCounts { listen: 1, close: 2, fork: 5, lost: 7 });
     let text = render(&status(), &stats, NETSTAT).unwrap();
+    assert!(text.contains("steer_daemon_events_lost_total 7"), "{text}");
 
     for family in [
         "# TYPE steer_connections counter",

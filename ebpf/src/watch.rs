@@ -19,13 +19,40 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use steer_abi::{IPPROTO_TCP, ListenEvent, watch};
 
 #[map(name = "STEER_EVENTS")]
 static STEER_EVENTS: RingBuf = RingBuf::with_byte_size(watch::EVENTS_BYTES, 0);
+
+/// Events lost because the ring buffer was full (one per-CPU counter); the
+/// daemon exports it and rescans when it grows.
+#[map(name = "STEER_WATCH_DROPS")]
+static STEER_WATCH_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The ports whose listen and close events are reported when
+/// `STEER_PORT_FILTER` is set; the daemon fills it from `--port`.
+#[map(name = "STEER_WATCH_PORTS")]
+static STEER_WATCH_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(watch::PORTS_MAX, 0);
+
+/// 1: report listen and close events only on the ports in `STEER_WATCH_PORTS`
+/// (set by the daemon before load; 0 reports every port).
+#[unsafe(no_mangle)]
+static STEER_PORT_FILTER: u32 = 0;
+
+/// Whether a listen or close on `port` is reported (every one of the host's
+/// listeners passes here, so the daemon wakes only for its own).
+#[inline(always)]
+fn port_watched(port: u16) -> bool {
+    // SAFETY: a read of a static; the loader rewrote its value in .rodata.
+    if unsafe { core::ptr::read_volatile(&STEER_PORT_FILTER) } == 0 {
+        return true;
+    }
+    // SAFETY: the value is only tested for presence.
+    unsafe { STEER_WATCH_PORTS.get(port) }.is_some()
+}
 
 /// The processes whose forks are reported, by tgid; the daemon fills it.
 #[map(name = "STEER_WATCHED")]
@@ -55,6 +82,9 @@ fn try_watch(ctx: &TracePointContext) -> Result<(), ()> {
     let new: i32 = unsafe { ctx.read_at(NEWSTATE) }.map_err(|_| ())?;
     let Some(kind) = listener_change(old, new) else { return Ok(()) };
     let port: u16 = unsafe { ctx.read_at(SPORT) }.map_err(|_| ())?;
+    if !port_watched(port) {
+        return Ok(());
+    }
     let family: u16 = unsafe { ctx.read_at(FAMILY) }.map_err(|_| ())?;
     report(ctx.tgid(), kind, port, family, 0)
 }
@@ -87,7 +117,14 @@ fn report(pid: u32, kind: u32, port: u16, family: u16, child: u32) -> Result<(),
         child,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    STEER_EVENTS.output::<ListenEvent>(event, 0).map_err(|_| ())
+    if STEER_EVENTS.output::<ListenEvent>(event, 0).is_err() {
+        if let Some(drops) = STEER_WATCH_DROPS.get_ptr_mut(0) {
+            // SAFETY: per-CPU value, only this CPU writes it.
+            unsafe { *drops += 1 };
+        }
+        return Err(());
+    }
+    Ok(())
 }
 
 /// `task:task_newtask` offsets: the new task's pid and the clone flags.
@@ -165,6 +202,9 @@ fn try_watch_raw(ctx: &RawTracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let port: u16 = read_kernel(sk, offset(&STEER_OFF_SKC_NUM))?;
+    if !port_watched(port) {
+        return Ok(());
+    }
     let family: u16 = read_kernel(sk, offset(&STEER_OFF_SKC_FAMILY))?;
     report(current_tgid(), kind, port, family, 0)
 }

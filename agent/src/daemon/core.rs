@@ -98,6 +98,8 @@ pub enum Report {
     Left { pid: u32, port: u16, error: String },
     /// Work for a port whose listener is gone, with no holder left.
     Gone { port: u16 },
+    /// A cap refused the step (logged once where it was decided); not retried.
+    Refused { pid: u32, port: u16, error: String },
 }
 
 /// Attempts while the process lives: the event can arrive before the socket
@@ -193,7 +195,8 @@ impl Core {
                         self.queue(GroupId { netns, port }, self.fresh(now, ktime_ns, child, Trigger::Fork));
                     }
                 }
-                Event::Listen { .. } | Event::Polled { .. } | Event::Closed => {}
+                // Lost events: the loop runs adoption again.
+                Event::Listen { .. } | Event::Polled { .. } | Event::Closed | Event::Lost { .. } => {}
             }
         }
     }
@@ -286,6 +289,12 @@ impl Core {
             Ok(Done::Reattached(found)) => {
                 return vec![Report::Reattached { pid, ports: ports_of(&groups), groups: found }];
             }
+            Err(StepError::Refused(error)) => {
+                return groups
+                    .iter()
+                    .map(|(g, _)| Report::Refused { pid, port: g.port, error: error.clone() })
+                    .collect();
+            }
             Err(e) => e,
         };
         let alive = world.process(pid).is_some();
@@ -334,8 +343,8 @@ impl Core {
         Pending { due: now + self.config.ready_delay, ktime_ns, pid, tries: 0, fallbacks: 0, trigger }
     }
 
-    /// The youngest child of `pid` with the same name, if it holds every
-    /// listener its parent holds on `port`: the serving process of a
+    /// The youngest matching child of `pid` with the same name, if it holds
+    /// every listener its parent holds on `port`: the serving process of a
     /// daemonising server (HAProxy `-D`), not an older worker of a master
     /// (nginx) that has just opened more sockets and not yet forked their workers.
     fn forked_child(&self, world: &dyn World, pid: u32, port: u16) -> Option<u32> {
@@ -343,7 +352,7 @@ impl Core {
         let child = world
             .children(pid)
             .into_iter()
-            .filter(|c| world.process(*c).is_some_and(|i| i.comm == comm))
+            .filter(|c| world.process(*c).is_some_and(|i| i.matches && i.comm == comm))
             .max()?;
         let mine = world.listeners(pid, &[port])?;
         mine.is_subset(&world.listeners(child, &[port])?).then_some(child)

@@ -323,3 +323,44 @@ fn promoted_processes_and_their_same_named_parents_are_watched_until_they_exit()
     c.prune_watched(t + PRUNE_EVERY, &world);
     assert_eq!(c.watch_changes(), Some([].into()));
 }
+
+#[test]
+fn a_child_that_fails_the_filter_is_never_named_in_its_parents_place() {
+    // A same-named child holding its parent's sockets, but not one the operator
+    // named (another uid, executable or cgroup): the parent is promoted, and
+    // once it has left, nobody.
+    let t = Instant::now();
+    let (_, mut child) = p(1, "haproxy", 11, 11, &[80]);
+    child.parent = 10;
+    child.listeners = [(80, 8010)].into();
+    child.matches = false;
+    let mut world = Fake::with([p(1, "haproxy", 10, 10, &[80]), (11, child)]);
+    let mut c = core(Policy::Newest, &[80]);
+    c.observe(&[listen(10, 80, 1)], t, &world);
+    assert_eq!(pids(&c.take_due(t, &world).0), vec![10]);
+    world.procs.remove(&10);
+    c.observe(&[listen(10, 80, 2)], t, &world);
+    let (d, r) = c.take_due(t, &world);
+    assert!(d.is_empty(), "{d:?}");
+    assert!(matches!(r[..], [Report::Gone { port: 80 }]), "{r:?}");
+}
+
+#[test]
+fn a_step_a_cap_refused_is_reported_quietly_and_not_tried_again() {
+    let t = Instant::now();
+    let world = Fake::with([p(1, "srv", 10, 10, &[80, 81])]);
+    let mut c = core(Policy::Newest, &[80, 81]);
+    c.observe(&[listen(10, 80, 1), listen(10, 81, 1)], t, &world);
+    let (mut d, _) = c.take_due(t, &world);
+    let refused = StepError::Refused("too many".into());
+    assert!(!refused.retryable());
+    let reports = c.settle(d.remove(0), Err(refused), t, &world);
+    assert!(
+        matches!(
+            reports[..],
+            [Report::Refused { pid: 10, port: 80, .. }, Report::Refused { pid: 10, port: 81, .. }]
+        ),
+        "{reports:?}"
+    );
+    assert!(c.pending().is_empty(), "nothing retried");
+}

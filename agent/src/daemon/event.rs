@@ -13,6 +13,9 @@ pub enum Event {
     Forked { parent: u32, child: u32, ktime_ns: u64 },
     /// The polling source found a listener it had not seen, held by `pid`.
     Polled { pid: u32, port: u16, ktime_ns: u64 },
+    /// The source lost `count` events (its ring buffer was full): every
+    /// matching group is looked at again, as at start.
+    Lost { count: u64 },
 }
 
 /// What led to a promotion; the `trigger` field of the `promoted` log line.

@@ -5,8 +5,6 @@
 //! their flag is given.
 use std::{fs, os::unix::fs::MetadataExt as _, path::PathBuf};
 
-use crate::proc::Process;
-
 /// A listener matches when every list that is given matches.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -147,12 +145,6 @@ impl Filter {
         self.comms.is_empty() || self.comms.iter().any(|c| c == comm)
     }
 
-    /// Whether `process` matches `--comm`, `--netns` and every rule of [`Self::verify`].
-    #[must_use]
-    pub fn process_matches(&self, process: &Process) -> bool {
-        self.comm_matches(&process.comm) && self.netns_matches(process.netns) && self.verify(process.pid).is_ok()
-    }
-
     /// Checks `pid` against what the operator named, cheapest first: its uids
     /// (`/proc/PID/status`), its user namespace, then only when given, its
     /// executable and its cgroups. Anything unreadable (the process left, or
@@ -206,6 +198,129 @@ impl Filter {
     }
 }
 
+/// The selectors as the operator gave them, before they are resolved into a
+/// [`Filter`] when the daemon starts.
+#[derive(Debug, Clone, Default)]
+pub struct Named {
+    pub comms: Vec<String>,
+    pub ports: Vec<u16>,
+    /// `--netns`: paths, or `all`; none: the daemon's own.
+    pub netns: Vec<PathBuf>,
+    pub cgroups: Vec<String>,
+    /// `--user`: names or uids.
+    pub users: Vec<String>,
+    pub exes: Vec<PathBuf>,
+    pub any_process: bool,
+    pub user_namespaces: bool,
+}
+
+/// Why the selectors cannot be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum NamedError {
+    #[error(
+        "the daemon would act on every process that passes --comm and --port, and a process sets its own name, so --comm proves nothing; name who may be steered with --user, --exe or --cgroup, or pass --any-process if you mean it"
+    )]
+    NothingVerified,
+    #[error("{0}")]
+    User(String),
+    #[error("cannot read /etc/passwd to look up --user {user}; pass the numeric uid")]
+    Passwd {
+        user: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read --exe {}; pass the path of the server's executable", path.display())]
+    Exe {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read network namespace {}; pass /proc/PID/ns/net, /run/netns/NAME or all", path.display())]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--netns all watches every network namespace; give it alone, without paths")]
+    NetnsAllWithPaths,
+    #[error("cannot read the daemon's own network namespace (/proc/self/ns/net)")]
+    OwnNetns,
+    #[error(
+        "cannot read /proc/1/ns/user nor /proc/self/ns/user to tell the initial user namespace; pass --user-namespaces to act on processes in any"
+    )]
+    UserNamespace,
+}
+
+impl Named {
+    /// Resolves names into what the checks compare: uids (from
+    /// `/etc/passwd`), executables' device and inode, namespaces' inodes, and
+    /// the initial user namespace unless `--user-namespaces`.
+    ///
+    /// # Errors
+    /// Nothing verifies a process (no `--user`, `--exe`, `--cgroup`, and no
+    /// `--any-process`), or a name cannot be resolved.
+    pub fn resolve(self) -> Result<Filter, NamedError> {
+        if self.users.is_empty() && self.exes.is_empty() && self.cgroups.is_empty() && !self.any_process {
+            return Err(NamedError::NothingVerified);
+        }
+        let mut passwd = None;
+        let mut users = Vec::new();
+        for user in &self.users {
+            let uid = match user.parse::<u32>() {
+                Ok(uid) => uid,
+                Err(_) => {
+                    if passwd.is_none() {
+                        let text = fs::read_to_string("/etc/passwd")
+                            .map_err(|source| NamedError::Passwd { user: user.clone(), source })?;
+                        passwd = Some(text);
+                    }
+                    resolve_user(user, passwd.as_deref().unwrap_or_default()).map_err(NamedError::User)?
+                }
+            };
+            users.push(uid);
+        }
+        let exes = self
+            .exes
+            .into_iter()
+            .map(|path| Exe::open(path.clone()).map_err(|source| NamedError::Exe { path, source }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let all = self.netns.iter().any(|p| p.as_os_str() == "all");
+        let netns = if all {
+            if self.netns.len() > 1 {
+                return Err(NamedError::NetnsAllWithPaths);
+            }
+            Vec::new()
+        } else if self.netns.is_empty() {
+            vec![ns_inode("self", "net").ok_or(NamedError::OwnNetns)?]
+        } else {
+            self.netns
+                .iter()
+                .map(|path| {
+                    fs::metadata(path)
+                        .map(|m| m.ino())
+                        .map_err(|source| NamedError::Netns { path: path.clone(), source })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let user_namespace = if self.user_namespaces {
+            None
+        } else {
+            let (inode, path) = initial_user_namespace().ok_or(NamedError::UserNamespace)?;
+            tracing::debug!(inode, path, "trusted user namespace");
+            Some(inode)
+        };
+        Ok(Filter {
+            comms: self.comms,
+            ports: self.ports,
+            netns,
+            cgroups: self.cgroups,
+            users,
+            exes,
+            user_namespace,
+        })
+    }
+}
+
 /// Inode of `/proc/PID/ns/KIND` (`net`, `user`), if it can be read.
 #[must_use]
 pub fn ns_inode(pid: impl std::fmt::Display, kind: &str) -> Option<u64> {
@@ -220,7 +335,9 @@ pub fn ns_inode(pid: impl std::fmt::Display, kind: &str) -> Option<u64> {
 /// for. The second value says which was taken.
 #[must_use]
 pub fn initial_user_namespace() -> Option<(u64, &'static str)> {
-    ns_inode(1, "user").map(|i| (i, "/proc/1/ns/user")).or_else(|| ns_inode("self", "user").map(|i| (i, "/proc/self/ns/user")))
+    ns_inode(1, "user")
+        .map(|i| (i, "/proc/1/ns/user"))
+        .or_else(|| ns_inode("self", "user").map(|i| (i, "/proc/self/ns/user")))
 }
 
 #[cfg(test)]

@@ -13,13 +13,15 @@
 //! - [`world`]: what the core asks of the machine (`/proc`, listeners);
 //! - [`steerer`]: the effects, through the CLI's promote code;
 //! - [`upkeep`]: slot upkeep on a thread of its own;
-//! - [`filter`]: which processes the operator named;
+//! - [`filter`]: which processes the operator named, and how each is verified;
+//! - [`limits`]: the caps on what the daemon pins for them;
 //! - `service`: privileges, signals, metrics, scheduling, and wiring it up.
 pub mod core;
 mod event;
 #[cfg(test)]
 mod fake;
 mod filter;
+pub mod limits;
 pub mod poll;
 mod service;
 pub mod source;
@@ -36,7 +38,10 @@ use std::{
 
 pub use core::{Event, Trigger};
 
-pub use filter::{Filter, cgroup_matches};
+pub use filter::{
+    Exe, Filter, Mismatch, Named, NamedError, cgroup_matches, initial_user_namespace, resolve_user,
+};
+pub use limits::Limits;
 pub use service::serve;
 pub use source::Source;
 
@@ -69,6 +74,8 @@ pub struct Options {
     pub nice: i32,
     /// SCHED_FIFO priority of the event thread with a tracepoint source; 0: none.
     pub rt_priority: u8,
+    /// The caps on instances, groups and generations.
+    pub limits: Limits,
 }
 
 /// The event loop wakes at least this often, to see a stop and the upkeep's findings.
@@ -96,7 +103,9 @@ pub fn run(
         tracing::info!(pid = decision.pid, ports = ?decision.scope, "adopting");
         step(&mut core, decision, world, steerer, stats);
     }
-    tracing::info!(policy = ?opts.policy, comm = ?opts.filter.comms, port = ?opts.filter.ports, cgroup = ?opts.filter.cgroups, "watching");
+    let f = &opts.filter;
+    let exe: Vec<_> = f.exes.iter().map(|e| e.path.display().to_string()).collect();
+    tracing::info!(policy = ?opts.policy, comm = ?f.comms, port = ?f.ports, user = ?f.users, ?exe, cgroup = ?f.cgroups, netns = ?f.netns, user_namespace = ?f.user_namespace, limits = ?opts.limits, "watching");
     let mut events = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         stats.beat();
@@ -114,8 +123,20 @@ pub fn run(
             listen: count(|e| matches!(e, Event::Listen { .. })),
             close: count(|e| matches!(e, Event::Closed)),
             fork: count(|e| matches!(e, Event::Forked { .. })),
+            lost: events.iter().map(|e| if let Event::Lost { count } = e { *count } else { 0 }).sum(),
         };
         stats.record_events(counts);
+        if counts.lost > 0 {
+            // Which listeners the lost events named is unknown: look at every
+            // matching group again, as at start (promote is idempotent).
+            tracing::warn!(
+                lost = counts.lost,
+                "the event source lost events (its ring buffer was full); looking at every matching group again"
+            );
+            for decision in core.adopt(world, Instant::now(), monotonic_ns()) {
+                step(&mut core, decision, world, steerer, stats);
+            }
+        }
         if let Some(u) = upkeep {
             if counts.close > 0 {
                 let _ = u.nudge.send(());
@@ -197,6 +218,8 @@ fn log(reports: &[Report], stats: &DaemonStats) {
                 tracing::debug!(pid, port, error, "the new listener's process left");
             }
             Report::Gone { port } => tracing::debug!(port, "new listener gone before it could be handled"),
+            // Logged (once per process or namespace) and counted where the cap decided.
+            Report::Refused { pid, port, error } => tracing::debug!(pid, port, error, "refused by a cap"),
         }
     }
 }

@@ -74,6 +74,7 @@ fn options(ports: &[u16]) -> Options {
         poll_interval: Duration::from_millis(100),
         nice: 0,
         rt_priority: 0,
+        limits: crate::daemon::Limits::default(),
     }
 }
 
@@ -133,4 +134,14 @@ fn a_stop_seen_with_a_batch_of_events_acts_on_none_of_them() {
     let stats = DaemonStats::new();
     run(&options(&[80]), &mut StopWithEvent(Arc::clone(&stop)), &world, &mut steerer, None, &stats, &stop);
     assert!(steerer.calls.is_empty(), "{:?}", steerer.calls);
+}
+
+#[test]
+fn lost_events_make_the_loop_look_at_every_group_again() {
+    let world = Fake::with([p(1, "srv", 10, 10, &[80])]);
+    let mut steerer = Recorder::default();
+    let (stats, _) = run_script(&world, &mut steerer, vec![vec![Event::Lost { count: 3 }]]);
+    let promoted: Vec<u32> = steerer.calls.iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(promoted, vec![10, 10], "adoption, then again after the loss");
+    assert_eq!(stats.events().lost, 3);
 }

@@ -79,7 +79,12 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
         });
     }
     let world = super::world::System { filter: opts.filter.clone() };
-    let mut steerer = super::steerer::State::new(state_dir.to_path_buf());
+    let mut steerer = super::limits::Limited::new(
+        super::steerer::State::new(state_dir.to_path_buf()),
+        state_dir.to_path_buf(),
+        opts.limits,
+        Arc::clone(&stats),
+    );
     let filter = opts.filter.clone();
     let (upkeep, upkeep_thread) = super::upkeep::start(state_dir, move || super::world::candidates(&filter))
         .context("start the upkeep thread")?;

@@ -52,7 +52,7 @@ pub fn open(
     filter: &Filter,
     interval: Duration,
 ) -> anyhow::Result<(Box<dyn EventSource>, Chosen)> {
-    let (watcher, chosen) = open_watcher(wanted)?;
+    let (watcher, chosen) = open_watcher(wanted, &filter.ports)?;
     let source: Box<dyn EventSource> = match watcher {
         Some(w) => Box::new(w),
         None => Box::new(Poller::new(filter.clone(), interval)),
@@ -60,7 +60,7 @@ pub fn open(
     Ok((source, chosen))
 }
 
-fn open_watcher(wanted: Source) -> anyhow::Result<(Option<Watcher>, Chosen)> {
+fn open_watcher(wanted: Source, ports: &[u16]) -> anyhow::Result<(Option<Watcher>, Chosen)> {
     let chosen = |w: &Watcher, reason: String| Chosen {
         source: w.attach().as_str(),
         reason,
@@ -71,24 +71,24 @@ fn open_watcher(wanted: Source) -> anyhow::Result<(Option<Watcher>, Chosen)> {
             Ok((None, Chosen { source: "poll", reason: "--source poll".to_owned(), forks: false }))
         }
         Source::Raw => {
-            let w = Watcher::start_raw()?;
+            let w = Watcher::start_raw(ports)?;
             let c = chosen(&w, RAW_REASON.to_owned());
             Ok((Some(w), c))
         }
         Source::Tracepoint => {
-            let w = Watcher::start_tracefs(true)?;
+            let w = Watcher::start_tracefs(true, ports)?;
             let c = chosen(&w, tracefs_reason(&w, "--source tracepoint"));
             Ok((Some(w), c))
         }
         Source::Auto => {
-            let raw_err = match Watcher::start_raw() {
+            let raw_err = match Watcher::start_raw(ports) {
                 Ok(w) => {
                     let c = chosen(&w, RAW_REASON.to_owned());
                     return Ok((Some(w), c));
                 }
                 Err(e) => format!("{e:#}"),
             };
-            let tracefs_err = match Watcher::start_tracefs(true) {
+            let tracefs_err = match Watcher::start_tracefs(true, ports) {
                 Ok(w) => {
                     let c =
                         chosen(&w, tracefs_reason(&w, &format!("raw tracepoints unavailable ({raw_err})")));
@@ -116,7 +116,7 @@ fn tracefs_reason(w: &Watcher, why: &str) -> String {
 /// attaches the watcher for a moment, but mounts nothing.
 #[must_use]
 pub fn probe() -> Chosen {
-    let raw_err = match Watcher::start_raw() {
+    let raw_err = match Watcher::start_raw(&[]) {
         Ok(w) => {
             return Chosen {
                 source: "raw_tracepoint",
@@ -126,7 +126,7 @@ pub fn probe() -> Chosen {
         }
         Err(e) => format!("{e:#}"),
     };
-    match Watcher::start_tracefs(false) {
+    match Watcher::start_tracefs(false, &[]) {
         Ok(w) => Chosen {
             source: "tracepoint",
             reason: format!("raw tracepoints unavailable ({raw_err})"),

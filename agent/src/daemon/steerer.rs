@@ -24,6 +24,10 @@ pub enum StepError {
         "socket fd {fd} of pid {pid} (cookie {cookie}) is held by another steer state directory, or by one removed without `steer detach`; detach it there, or run `steer promote {pid} --take-over` once to make this state steer the group"
     )]
     Busy { cookie: u64, pid: u32, fd: u32 },
+    /// A cap refused it (see `limits`); the refusal was logged and counted
+    /// once there, so the core reports it quietly.
+    #[error("{0}")]
+    Refused(String),
     /// Anything else: trying again would fail the same way.
     #[error(transparent)]
     Failed(OpError),

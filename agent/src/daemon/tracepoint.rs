@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{RawTracePoint, TracePoint},
 };
 use steer_abi::{ListenEvent, watch};
@@ -89,7 +89,22 @@ pub struct Watcher {
     attach: Attach,
     /// tracefs, when this watcher mounted it (unmounted on drop).
     mounted: Option<&'static str>,
+    /// Events the program could not write (the ring buffer was full), and how
+    /// many of them were reported already.
+    drops: PerCpuArray<MapData, u64>,
+    drops_seen: u64,
     _ebpf: Ebpf,
+}
+
+/// Events read per wake-up at most: a flood (an unprivileged process opening
+/// and closing listeners in a loop) cannot keep the event thread from its
+/// due work; the rest waits in the ring buffer for the next turn.
+const MAX_DRAIN: usize = 4096;
+
+/// The loader's global that turns the in-kernel port filter on for `ports`
+/// (the daemon's `--port`; none, or more than the map holds: every port).
+fn port_filter(ports: &[u16]) -> u32 {
+    u32::from(!ports.is_empty() && ports.len() <= watch::PORTS_MAX as usize)
 }
 
 /// The field offsets the raw programs read, from the kernel's BTF.
@@ -111,13 +126,17 @@ impl Watcher {
     /// offsets of this kernel's BTF (`/sys/kernel/btf/vmlinux`). Reads nothing
     /// from tracefs or debugfs. The fork tracepoint is optional, as in
     /// [`Self::start_tracefs`].
-    pub fn start_raw() -> anyhow::Result<Self> {
+    /// With `ports`, only listen and close events on them are reported.
+    pub fn start_raw(ports: &[u16]) -> anyhow::Result<Self> {
         let offsets = raw_offsets()?;
+        let filter = port_filter(ports);
         let mut loader = EbpfLoader::new();
         for (name, value) in &offsets {
             loader.override_global(name, value, true);
         }
+        loader.override_global(watch::PORT_FILTER, &filter, true);
         let mut ebpf = loader.load(program::WATCH_OBJECT).context("load the watcher")?;
+        fill_ports(&mut ebpf, ports, filter)?;
         attach_raw(&mut ebpf, watch::RAW_PROGRAM_NAME, "inet_sock_set_state")?;
         let forks = attach_raw(&mut ebpf, watch::RAW_FORK_PROGRAM_NAME, "task_newtask");
         Self::finish(ebpf, forks, Attach::Raw, None)
@@ -127,7 +146,7 @@ impl Watcher {
     /// their record layout in tracefs. With `may_mount`, mounts tracefs at
     /// `/sys/kernel/tracing` when no tracefs is found (it needs CAP_SYS_ADMIN),
     /// and unmounts it when the watcher is dropped.
-    pub fn start_tracefs(may_mount: bool) -> anyhow::Result<Self> {
+    pub fn start_tracefs(may_mount: bool, ports: &[u16]) -> anyhow::Result<Self> {
         let mut mounted = None;
         let text = match format("sock", "inet_sock_set_state") {
             Ok(text) => text,
@@ -140,7 +159,12 @@ impl Watcher {
         };
         let started = (|| {
             check_format(&text, &EXPECTED)?;
-            let mut ebpf = EbpfLoader::new().load(program::WATCH_OBJECT).context("load the watcher")?;
+            let filter = port_filter(ports);
+            let mut ebpf = EbpfLoader::new()
+                .override_global(watch::PORT_FILTER, &filter, true)
+                .load(program::WATCH_OBJECT)
+                .context("load the watcher")?;
+            fill_ports(&mut ebpf, ports, filter)?;
             attach(&mut ebpf, watch::PROGRAM_NAME, "sock", "inet_sock_set_state")?;
             let forks = format("task", "task_newtask")
                 .and_then(|text| check_format(&text, &EXPECTED_FORK))
@@ -174,7 +198,18 @@ impl Watcher {
         };
         let ring = RingBuf::try_from(ebpf.take_map(watch::EVENTS).context("events map missing")?)
             .context("events map is not a ring buffer")?;
-        Ok(Self { ring, watched, listed: BTreeSet::new(), attach, mounted, _ebpf: ebpf })
+        let drops = PerCpuArray::try_from(ebpf.take_map(watch::DROPS).context("drops map missing")?)
+            .context("drops map is not a per-CPU array")?;
+        Ok(Self {
+            ring,
+            watched,
+            listed: BTreeSet::new(),
+            attach,
+            mounted,
+            drops,
+            drops_seen: 0,
+            _ebpf: ebpf,
+        })
     }
 
     /// How the programs are attached.
@@ -220,7 +255,8 @@ impl EventSource for Watcher {
         let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&raw mut pfd, 1, ms) };
-        while let Some(item) = self.ring.next() {
+        for _ in 0..MAX_DRAIN {
+            let Some(item) = self.ring.next() else { break };
             if item.len() < size_of::<ListenEvent>() {
                 continue;
             }
@@ -238,7 +274,28 @@ impl EventSource for Watcher {
                 _ => {}
             }
         }
+        // Lost events: the daemon cannot know which listeners they were, so it
+        // looks at every matching group again (adoption is idempotent).
+        let drops: u64 = self.drops.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(self.drops_seen);
+        if drops > self.drops_seen {
+            out.push(Event::Lost { count: drops - self.drops_seen });
+            self.drops_seen = drops;
+        }
     }
+}
+
+/// Fills the watcher's port map when `filter` is on.
+fn fill_ports(ebpf: &mut Ebpf, ports: &[u16], filter: u32) -> anyhow::Result<()> {
+    if filter == 0 {
+        return Ok(());
+    }
+    let mut map: HashMap<&mut MapData, u16, u8> =
+        HashMap::try_from(ebpf.map_mut(watch::PORTS).context("ports map missing")?)
+            .context("ports map is not a hash map")?;
+    for port in ports {
+        map.insert(port, 1, 0).context("fill the watcher's port map")?;
+    }
+    Ok(())
 }
 
 impl Drop for Watcher {

@@ -15,7 +15,8 @@ pub struct ProcInfo {
     /// Inode of its network namespace.
     pub netns: u64,
     pub comm: String,
-    /// Whether it passes `--comm`, `--netns` and `--cgroup`.
+    /// Whether it passes `--comm`, `--netns`, and what the operator named to
+    /// verify it by (`--user`, `--exe`, `--cgroup`, the user namespace).
     pub matches: bool,
 }
 
@@ -53,14 +54,16 @@ pub struct System {
 
 impl System {
     /// Processes that pass the filter, excluding ourselves. With no `--comm`,
-    /// every process (the port filter then decides).
+    /// every process that passes the other rules (the port filter then decides).
     #[must_use]
     pub fn candidates(&self) -> Vec<Process> {
         candidates(&self.filter)
     }
 }
 
-/// Processes that pass `filter`, excluding ourselves.
+/// Processes that pass `filter`, excluding ourselves: the name first, then the
+/// network namespace, then [`Filter::verify`] (uids, user namespace, then
+/// `--exe` and `--cgroup` when given), so that most processes cost one read.
 #[must_use]
 pub fn candidates(filter: &Filter) -> Vec<Process> {
     let me = std::process::id();
@@ -72,14 +75,18 @@ pub fn candidates(filter: &Filter) -> Vec<Process> {
         .filter(|pid| *pid != me)
         .filter(|pid| proc::comm(*pid).is_some_and(|c| filter.comm_matches(&c)))
         .filter_map(|pid| Process::open(pid).ok())
-        .filter(|p| filter.netns_matches(p.netns) && filter.cgroup_matches(p.pid))
+        .filter(|p| filter.netns_matches(p.netns) && filter.verify(p.pid).is_ok())
         .collect()
 }
 
 impl World for System {
     fn process(&self, pid: u32) -> Option<ProcInfo> {
         let p = Process::open(pid).ok()?;
-        let matches = self.filter.process_matches(&p);
+        let matches = self.filter.comm_matches(&p.comm)
+            && self.filter.netns_matches(p.netns)
+            && self.filter.verify(pid).map_err(|m| {
+                tracing::debug!(pid, comm = p.comm, rule = m.rule(), mismatch = ?m, "not steered: the process fails a rule the operator named");
+            }).is_ok();
         Some(ProcInfo { pid, netns: p.netns, comm: p.comm, matches })
     }
 

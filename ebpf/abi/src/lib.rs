@@ -79,6 +79,15 @@ pub mod watch {
     pub const WATCHED: &str = "STEER_WATCHED";
     /// Capacity of [`WATCHED`].
     pub const WATCHED_MAX: u32 = 1024;
+    /// Per-CPU array of one u64: events lost because the ring buffer was full.
+    pub const DROPS: &str = "STEER_WATCH_DROPS";
+    /// Hash map, port (host order) to 1: with [`PORT_FILTER`] set, only listen
+    /// and close events on these ports are reported (the daemon's `--port`).
+    pub const PORTS: &str = "STEER_WATCH_PORTS";
+    /// Capacity of [`PORTS`].
+    pub const PORTS_MAX: u32 = 256;
+    /// Global (u32) the daemon sets before load: 1 when [`PORTS`] filters events.
+    pub const PORT_FILTER: &str = "STEER_PORT_FILTER";
     /// `CLONE_THREAD` (include/uapi/linux/sched.h): a new thread, not a process.
     pub const CLONE_THREAD: u64 = 0x0001_0000;
     /// The ring buffer of [`super::ListenEvent`]s.

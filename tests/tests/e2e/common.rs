@@ -160,10 +160,20 @@ impl Daemon {
     }
 
     /// The daemon started through `wrapper` (a command that execs its arguments,
-    /// such as `setpriv ...`), so that its pid is the daemon's.
+    /// such as `setpriv ...`), so that its pid is the daemon's. It watches the
+    /// test's namespace, and any process there (`--any-process`): the test
+    /// servers are the test's own.
     pub fn spawn_via(w: &World, wrapper: &[&str], args: &[&str]) -> Daemon {
         let ns = w.ns.path();
-        let mut full = vec!["daemon", "--log-format", "json", "--netns", ns.to_str().expect("utf-8 path")];
+        let mut full = vec!["--netns", ns.to_str().expect("utf-8 path"), "--any-process"];
+        full.extend_from_slice(args);
+        Self::spawn_exactly(w, wrapper, &full)
+    }
+
+    /// `steer daemon --log-format json ARGS...` and nothing else: no
+    /// namespace and no `--any-process` added.
+    pub fn spawn_exactly(w: &World, wrapper: &[&str], args: &[&str]) -> Daemon {
+        let mut full = vec!["daemon", "--log-format", "json"];
         full.extend_from_slice(args);
         let mut cmd = steer_cmd(&w.state_dir, &full);
         if let [program, rest @ ..] = wrapper {

@@ -35,6 +35,9 @@ const WAIT: Duration = Duration::from_secs(20);
 const STOP_SECS: u32 = 10;
 /// The port HAProxy listens on inside each pod.
 const POD_PORT: u16 = 8080;
+/// The uid HAProxy runs as, as in the Kubernetes examples (`runAsUser`), and the
+/// DaemonSet's `--user`.
+const HAPROXY_UID: &str = "10001";
 
 /// The capabilities the DaemonSet grants steer (deploy/README.md says what each is for).
 pub const CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"];
@@ -84,8 +87,8 @@ impl Lab {
         self.state_dir.to_str().expect("utf-8 state dir")
     }
 
-    /// The steer image running `steer daemon --comm haproxy ARGS...` with the DaemonSet's
-    /// settings; returns once the daemon watches.
+    /// The steer image running `steer daemon --comm haproxy --user 10001 ARGS...` with the
+    /// DaemonSet's settings; returns once the daemon watches.
     fn steer_daemon(&self, args: &[&str]) -> Container {
         let name = self.name("steer");
         let caps = docker_capabilities();
@@ -95,7 +98,7 @@ impl Lab {
             run.extend(["--cap-add", cap]);
         }
         run.extend(["--volume", "/sys/fs/bpf:/sys/fs/bpf", STEER_IMAGE, "--state-dir", self.state_dir()]);
-        run.extend(["daemon", "--comm", "haproxy", "--log-format", "json"]);
+        run.extend(["daemon", "--comm", "haproxy", "--user", HAPROXY_UID, "--log-format", "json"]);
         run.extend_from_slice(args);
         let daemon = Container::run(&name, &run).expect("start the steer container");
         daemon
@@ -110,9 +113,12 @@ impl Lab {
         let name = self.name(generation);
         let env_bind = format!("HAPROXY_BIND={bind}");
         let env_gen = format!("GENERATION={generation}");
+        let user = format!("{HAPROXY_UID}:{HAPROXY_UID}");
         let args = [
             "--network",
             network,
+            "--user",
+            &user,
             "--cap-drop",
             "ALL",
             "--read-only",

@@ -441,3 +441,27 @@ fn a_state_directory_removed_under_a_running_daemon_is_created_again_at_the_next
     drop(d);
     drop((a, b, c));
 }
+
+mod trust;
+
+#[test]
+fn the_kernel_reports_only_the_watched_ports_listeners() {
+    // The watcher runs for every listener on the host; with --port it writes
+    // events only for those ports, so the daemon does not wake for the rest.
+    let Some(w) = World::new("dportfilter") else { return };
+    let (watched, other) = (free_port(), free_port());
+    let port = free_port();
+    let d = Daemon::spawn(&w, &["--port", &watched.to_string(), "--metrics", &format!("127.0.0.1:{port}")]);
+    let listen_events =
+        || metric(&scrape(port, "/metrics"), "steer_daemon_listener_events_total{kind=\"listen\"}");
+    let before = listen_events();
+    let mut others = Vec::new();
+    for i in 0..30 {
+        others.push(w.server(&format!("o{i}"), &[&format!("127.0.0.1:{other}")]));
+    }
+    let a = w.server("a", &[&format!("127.0.0.1:{watched}")]);
+    d.promoted(&a);
+    let seen = listen_events() - before;
+    assert!((1..30).contains(&seen), "30 listens on another port were filtered in the kernel: {seen} events");
+    drop((others, a, d));
+}

@@ -47,7 +47,11 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     // The serving pid after the start and after each reload.
     let mut pids = vec![hap.pid()];
     let netns = ns.path();
-    let args = ["--comm".as_ref(), "haproxy".as_ref(), "--netns".as_ref(), netns.as_os_str()];
+    // The bench runs HAProxy as root: `--user 0` is what verifies it.
+    let args = ["--comm", "haproxy", "--user", "0", "--netns"]
+        .map(AsRef::as_ref)
+        .into_iter()
+        .chain([netns.as_os_str()]);
     let mut daemon = Daemon::spawn(&steer, args, &ctx.out_dir.join("daemon-latency.log"))?;
 
     let mut load_cfg = LoadConfig::new(([127, 0, 0, 1], PORT).into());

@@ -46,7 +46,10 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     };
     let mut old = spawn(0)?;
     let netns = ns.path();
-    let args = ["--port".as_ref(), "8080".as_ref(), "--netns".as_ref(), netns.as_os_str()];
+    let args = ["--port", "8080", "--user", "0", "--netns"]
+        .map(AsRef::as_ref)
+        .into_iter()
+        .chain([netns.as_os_str()]);
     let mut daemon = Daemon::spawn(&steer, args, &ctx.out_dir.join("daemon-memory.log"))?;
     daemon.wait_promoted(old.pid(), PROMOTE_TIMEOUT).context("adoption of g0")?;
 

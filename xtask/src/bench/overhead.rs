@@ -148,7 +148,10 @@ impl Bench<'_> {
         self.set(true)?;
         // Watching a port nothing uses: the daemon only runs its tracepoint program.
         let netns = self.ns.path();
-        let args = ["--port".as_ref(), FLOOR_PORT.as_ref(), "--netns".as_ref(), netns.as_os_str()];
+        let args = ["--port", FLOOR_PORT, "--user", "0", "--netns"]
+            .map(AsRef::as_ref)
+            .into_iter()
+            .chain([netns.as_os_str()]);
         let mut daemon = Daemon::spawn(self.steer, args, log)?;
         let _stats = StatsOn::enable()?;
         let before = cli::program_stats(&self.steer.status_json()?);

@@ -88,7 +88,11 @@ pub fn run(ctx: &Ctx, mode: &'static Mode, duration: Duration) -> Result<Outcome
     let mut daemon = match &steer {
         Some(steer) => {
             let netns = ns.path();
-            let args = ["--comm".as_ref(), "haproxy".as_ref(), "--netns".as_ref(), netns.as_os_str()];
+            // The bench runs HAProxy and nginx as root: `--user 0` is what verifies them.
+            let args = ["--comm", "haproxy", "--user", "0", "--netns"]
+                .map(AsRef::as_ref)
+                .into_iter()
+                .chain([netns.as_os_str()]);
             Some(Daemon::spawn(steer, args, &log_path)?)
         }
         None => None,
