@@ -253,7 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if items.iter().all(|i| i.ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Promote { pid, ports, weight, take_over } => {
-            let request = ops::promote::Request { pid, ports, weight, take_over };
+            let request = ops::promote::Request { pid, ports, weight, take_over, by_operator: true };
             let changes = ops::promote::run(&state_dir, &request)?;
             changes.iter().for_each(|c| println!("{c}"));
             Ok(ExitCode::SUCCESS)

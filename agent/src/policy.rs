@@ -3,7 +3,7 @@
 //! sockarray. No I/O here, so every rule is unit-tested.
 use std::collections::BTreeMap;
 
-use steer_abi::{GroupConfig, SlotMeta, SlotRange, WEIGHT_SCALE};
+use steer_abi::{FLAG_OPERATOR, GroupConfig, SlotMeta, SlotRange, WEIGHT_SCALE};
 
 /// The records of the used slots, by slot.
 pub type Slots = BTreeMap<u32, SlotMeta>;
@@ -39,13 +39,16 @@ pub enum Outcome {
     Promoted,
     /// The sockets now get `weight` percent of new connections.
     Canary { weight: u32 },
+    /// Nothing changed: an operator's command chose the configuration, and
+    /// these sockets are a generation it names (the daemon yields).
+    HeldByOperator,
 }
 
 impl Outcome {
     /// Whether the group's configuration changed.
     #[must_use]
     pub fn changed(self) -> bool {
-        !matches!(self, Self::AlreadyActive | Self::AlreadyCanary { .. })
+        !matches!(self, Self::AlreadyActive | Self::AlreadyCanary { .. } | Self::HeldByOperator)
     }
 }
 
@@ -56,6 +59,7 @@ impl std::fmt::Display for Outcome {
             Self::AlreadyCanary { weight } => write!(f, "already canary at {weight}%"),
             Self::Promoted => f.write_str("promoted"),
             Self::Canary { weight } => write!(f, "canary at {weight}%"),
+            Self::HeldByOperator => f.write_str("left as the operator's last command set it"),
         }
     }
 }
@@ -155,16 +159,20 @@ pub fn rollback(
     let effect = rollback_effect(current, previous_live);
     let generation = current.generation + 1;
     let config = match effect {
-        RollbackEffect::EndsCanary => {
-            GroupConfig { generation, canary: SlotRange::NONE, canary_weight: 0, ..*current }
-        }
+        RollbackEffect::EndsCanary => GroupConfig {
+            generation,
+            canary: SlotRange::NONE,
+            canary_weight: 0,
+            flags: current.flags | FLAG_OPERATOR,
+            ..*current
+        },
         RollbackEffect::RestoresPrevious => GroupConfig {
             generation,
             active: current.previous,
             previous: current.active,
             canary: SlotRange::NONE,
             canary_weight: 0,
-            flags: 0,
+            flags: FLAG_OPERATOR,
         },
         RollbackEffect::RefusedNoPrevious => return Err(PolicyError::NoPrevious),
         RollbackEffect::RefusedPreviousGone => return Err(PolicyError::PreviousGone),
@@ -221,6 +229,21 @@ pub fn allocate(used: &Slots, max_slots: u32, needed: u32) -> Result<SlotRange, 
     }
     let free = max_slots.saturating_sub(used.keys().filter(|s| **s < max_slots).count() as u32);
     Err(PolicyError::SockarrayFull { needed, free })
+}
+
+/// Whether the daemon (`by_operator` false) must leave `config` alone for a
+/// generation whose sockets sit in one of its ranges (`configured`): an
+/// operator's command set it, and the generation is one that command saw.
+#[must_use]
+pub fn operator_holds(config: &GroupConfig, configured: bool, by_operator: bool) -> bool {
+    !by_operator && configured && config.flags & FLAG_OPERATOR != 0
+}
+
+/// The flags a promote leaves: an operator's promote (or canary) marks the
+/// configuration as the operator's; the daemon's clears the mark.
+#[must_use]
+pub fn flags_after_promote(config: &GroupConfig, by_operator: bool) -> u32 {
+    if by_operator { config.flags | FLAG_OPERATOR } else { config.flags & !FLAG_OPERATOR }
 }
 
 /// Whether the sockets of `active` are all among `cookies`: a promotion of

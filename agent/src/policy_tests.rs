@@ -92,7 +92,13 @@ fn rollback_during_a_canary_ends_it_and_keeps_the_active_generation() {
         assert_eq!(effect, RollbackEffect::EndsCanary);
         assert_eq!(
             back,
-            GroupConfig { generation: cfg.generation + 1, active: A, previous: C, ..GroupConfig::default() }
+            GroupConfig {
+                generation: cfg.generation + 1,
+                active: A,
+                previous: C,
+                flags: steer_abi::FLAG_OPERATOR,
+                ..GroupConfig::default()
+            }
         );
         // A second rollback is then an ordinary one, back to Z.
         let (again, effect) = rollback(&back, true).unwrap();
@@ -107,7 +113,13 @@ fn rollback_during_a_canary_without_a_previous_generation_ends_it() {
     let (cfg, _) = promote(Some(&active(A)), B, 25, false).unwrap();
     let (back, effect) = rollback(&cfg, false).unwrap();
     assert_eq!(effect, RollbackEffect::EndsCanary);
-    assert_eq!(back, GroupConfig { generation: cfg.generation + 1, active: A, ..GroupConfig::default() });
+    let expected = GroupConfig {
+        generation: cfg.generation + 1,
+        active: A,
+        flags: steer_abi::FLAG_OPERATOR,
+        ..GroupConfig::default()
+    };
+    assert_eq!(back, expected);
     assert_eq!(rollback(&back, false).unwrap_err(), PolicyError::NoPrevious);
 }
 
@@ -219,4 +231,21 @@ fn a_generation_grows_when_every_active_socket_is_among_the_new_ones() {
     assert!(!grows(two, &metas, &[10, 12]), "a socket of the active generation is not in the new set");
     assert!(!grows(SlotRange { first: 2, count: 1 }, &metas, &[10]), "an empty slot");
     assert!(!grows(SlotRange::NONE, &metas, &[10]), "no active generation");
+}
+
+#[test]
+fn the_operators_commands_mark_the_configuration_and_the_daemon_yields_to_the_generations_it_names() {
+    use steer_abi::FLAG_OPERATOR;
+    let cfg = GroupConfig { generation: 1, active: A, previous: B, ..GroupConfig::default() };
+    let (rolled, _) = rollback(&cfg, true).unwrap();
+    assert_eq!(rolled.flags & FLAG_OPERATOR, FLAG_OPERATOR, "rollback marks it");
+    let canary = GroupConfig { canary: C, canary_weight: 10, ..cfg };
+    let (ended, _) = rollback(&canary, true).unwrap();
+    assert_eq!(ended.flags & FLAG_OPERATOR, FLAG_OPERATOR, "ending a canary marks it");
+    assert!(operator_holds(&rolled, true, false), "the daemon yields for a named generation");
+    assert!(!operator_holds(&rolled, false, false), "not for one the configuration does not name");
+    assert!(!operator_holds(&rolled, true, true), "the operator is never held back");
+    assert!(!operator_holds(&cfg, true, false), "nothing to yield to");
+    assert_eq!(flags_after_promote(&cfg, true), FLAG_OPERATOR);
+    assert_eq!(flags_after_promote(&rolled, false), 0, "the daemon's promote of a new generation clears it");
 }

@@ -189,6 +189,8 @@ fn log(reports: &[Report], stats: &DaemonStats) {
                     if c.changed {
                         stats.record_promotion(&c.group);
                         tracing::info!(pid, group = %c.group, slot = c.first_slot, generation = c.generation, sockets = c.sockets, latency_us, trigger, previous = ?c.previous_pids, "promoted");
+                    } else if c.outcome == crate::policy::Outcome::HeldByOperator {
+                        tracing::info!(pid, group = %c.group, trigger, "not promoted: the operator's last command (promote, rollback or a canary by hand) set this group, and this generation is one it named");
                     } else {
                         tracing::debug!(pid, group = %c.group, trigger, "already active");
                     }

@@ -88,7 +88,13 @@ impl State {
 
 impl Steerer for State {
     fn promote(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<promote::Change>, StepError> {
-        let request = promote::Request { pid, ports: scope.to_vec(), weight: 100, take_over: false };
+        let request = promote::Request {
+            pid,
+            ports: scope.to_vec(),
+            weight: 100,
+            take_over: false,
+            by_operator: false,
+        };
         Ok(promote::run_kept(&self.state_dir, &request, &mut self.open)?)
     }
 

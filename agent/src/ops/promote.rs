@@ -25,6 +25,10 @@ pub struct Request {
     /// Take over sockets that another sockarray holds (another state
     /// directory, or one removed without `steer detach`).
     pub take_over: bool,
+    /// A person asked (the CLI, `steer reload`): the configuration is marked
+    /// as the operator's. The daemon's promotes are not, and leave a marked
+    /// configuration alone for the generations it names.
+    pub by_operator: bool,
 }
 
 /// What happened to one group.
@@ -112,7 +116,7 @@ pub fn run_kept(state_dir: &Path, req: &Request, open: &mut OpenInstances) -> Re
     let mut metas = instance.slot_metas()?;
     let plans = by_group
         .into_iter()
-        .map(|(key, sockets)| plan(&instance, &mut metas, key, sockets, req.weight))
+        .map(|(key, sockets)| plan(&instance, &mut metas, key, sockets, req))
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut changes = Vec::with_capacity(plans.len());
@@ -130,11 +134,26 @@ fn plan(
     metas: &mut Slots,
     key: GroupKey,
     sockets: Vec<Candidate>,
-    weight: u32,
+    req: &Request,
 ) -> Result<Plan, OpError> {
     let current = instance.config(&key);
     let cookies: Vec<u64> = sockets.iter().map(|c| c.cookie).collect();
     let existing = current.as_ref().and_then(|c| policy::find_range(c, metas, &cookies));
+    if let (Some(c), Some(range)) = (current, existing)
+        && policy::operator_holds(&c, true, req.by_operator)
+    {
+        let outcome = Outcome::HeldByOperator;
+        return Ok(Plan {
+            key,
+            sockets,
+            range,
+            fill: false,
+            stale: Vec::new(),
+            config: c,
+            outcome,
+            previous_pids: Vec::new(),
+        });
+    }
     // Read before the stale slots leave `metas` below.
     let grows = current.as_ref().is_some_and(|c| policy::grows(c.active, metas, &cookies));
     let mut sockets = sockets;
@@ -155,8 +174,11 @@ fn plan(
             (range, true, stale)
         }
     };
-    let (mut config, outcome) = policy::promote(current.as_ref(), range, weight.min(WEIGHT_SCALE), fill)
+    let (mut config, outcome) = policy::promote(current.as_ref(), range, req.weight.min(WEIGHT_SCALE), fill)
         .map_err(OpError::policy(&key))?;
+    if outcome.changed() {
+        config.flags = policy::flags_after_promote(&config, req.by_operator);
+    }
     // The active generation grown by sockets that listened after it was
     // promoted: still the same generation, so the previous one stays the
     // rollback target (and its slots are not released).

@@ -299,8 +299,13 @@ fn promote_new(
         Ok(_) => new.clone(),
         Err(_) => find_listener(old, &scope.groups, root).ok_or_else(left)?,
     };
-    let request =
-        promote::Request { pid: new.pid, ports: scope.ports.clone(), weight: 100, take_over: false };
+    let request = promote::Request {
+        pid: new.pid,
+        ports: scope.ports.clone(),
+        weight: 100,
+        take_over: false,
+        by_operator: true,
+    };
     let changes = match promote::run(state_dir, &request) {
         Err(
             OpError::Socket(SocketError::Vanished { .. }) | OpError::Proc(ProcError::NoSuchProcess { .. }),

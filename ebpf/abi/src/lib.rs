@@ -226,9 +226,15 @@ pub struct GroupConfig {
     pub canary: SlotRange,
     /// Share of new connections for the canary, 0..=100.
     pub canary_weight: u32,
-    /// Reserved, zero.
+    /// [`FLAG_OPERATOR`], or zero.
     pub flags: u32,
 }
+
+/// [`GroupConfig::flags`]: an operator's command (`promote`, `rollback`, a
+/// canary by hand) chose this configuration. The daemon leaves it alone for
+/// the generations it names, across restarts, until a generation it does not
+/// name appears. The program ignores the flags.
+pub const FLAG_OPERATOR: u32 = 1;
 
 /// Per-CPU counters of one group (or of all groups, in the global map).
 #[repr(C)]

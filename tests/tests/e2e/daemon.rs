@@ -465,3 +465,44 @@ fn the_kernel_reports_only_the_watched_ports_listeners() {
     assert!((1..30).contains(&seen), "30 listens on another port were filtered in the kernel: {seen} events");
     drop((others, a, d));
 }
+
+#[test]
+fn an_operators_rollback_or_canary_holds_across_a_daemon_restart_until_a_newer_generation() {
+    let Some(w) = World::new("doperator") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    d.promoted(&a);
+    let b = w.server("b", &["127.0.0.1:8080"]);
+    d.promoted(&b);
+
+    // The operator rolls back to a; a restarted daemon adopts b (the newest)
+    // unless the state says the operator chose a.
+    w.steer_ok(&["rollback", "--port", "8080"]);
+    drop(d);
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    d.wait_for(
+        &["not promoted: the operator's last command", &format!("\"pid\":{}", b.pid())],
+        "the daemon to yield",
+    );
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(answered_by(&r, "a"), 300, "the rollback holds across the restart");
+
+    // A manual canary holds too: b at 30 % stays at 30 %.
+    w.steer_ok(&["promote", &b.pid().to_string(), "--weight", "30"]);
+    drop(d);
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    d.wait_for(&["not promoted: the operator's last command"], "the daemon to yield to the canary");
+    let g = w.group(8080);
+    assert_eq!(g.canary_weight, 30, "the canary was not made 100 %: {g:?}");
+    let r = w.requests("127.0.0.1:8080", 1000);
+    let (to_a, to_b) = (answered_by(&r, "a"), answered_by(&r, "b"));
+    assert!(to_b > 150 && to_b < 450 && to_a + to_b == 1000, "a {to_a}, b {to_b}");
+
+    // A newer generation is the daemon's to promote again.
+    let c = w.server("c", &["127.0.0.1:8080"]);
+    d.promoted(&c);
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(answered_by(&r, "c"), 300);
+    drop(d);
+    drop((a, b, c));
+}

@@ -87,9 +87,21 @@ fn no_socket_stays_open_in_steer_and_no_client_hangs() {
     let listeners: Vec<String> =
         [a.pid(), b.pid()].iter().flat_map(|p| socket_inodes(&p.to_string())).collect();
     assert!(!listeners.is_empty());
-    let req = steer::ops::promote::Request { pid: a.pid(), ports: vec![], weight: 100, take_over: false };
+    let req = steer::ops::promote::Request {
+        pid: a.pid(),
+        ports: vec![],
+        weight: 100,
+        take_over: false,
+        by_operator: true,
+    };
     steer::ops::promote::run(&w.state_dir, &req).expect("promote a");
-    let req = steer::ops::promote::Request { pid: b.pid(), ports: vec![], weight: 100, take_over: false };
+    let req = steer::ops::promote::Request {
+        pid: b.pid(),
+        ports: vec![],
+        weight: 100,
+        take_over: false,
+        by_operator: true,
+    };
     steer::ops::promote::run(&w.state_dir, &req).expect("promote b");
     let _ = steer::ops::status::read(&w.state_dir).expect("status");
     let held: Vec<String> = socket_inodes("self").into_iter().filter(|s| listeners.contains(s)).collect();
