@@ -241,6 +241,11 @@ pub enum NamedError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{} is not a network namespace; pass /proc/PID/ns/net, /run/netns/NAME or all",
+        path.display()
+    )]
+    NotNetns { path: PathBuf },
     #[error("--netns all watches every network namespace; give it alone, without paths")]
     NetnsAllWithPaths,
     #[error("cannot read the daemon's own network namespace (/proc/self/ns/net)")]
@@ -250,6 +255,9 @@ pub enum NamedError {
     )]
     UserNamespace,
 }
+
+/// `NSFS_MAGIC` from include/uapi/linux/magic.h: namespace files.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
 
 impl Named {
     /// Resolves names into what the checks compare: uids (from
@@ -296,9 +304,13 @@ impl Named {
             self.netns
                 .iter()
                 .map(|path| {
-                    fs::metadata(path)
+                    let inode = fs::metadata(path)
                         .map(|m| m.ino())
-                        .map_err(|source| NamedError::Netns { path: path.clone(), source })
+                        .map_err(|source| NamedError::Netns { path: path.clone(), source })?;
+                    // nsfs (NSFS_MAGIC, include/uapi/linux/magic.h); a namespace file
+                    // bind-mounted under /run/netns is nsfs too.
+                    let nsfs = rustix::fs::statfs(path).is_ok_and(|s| s.f_type == NSFS_MAGIC);
+                    if nsfs { Ok(inode) } else { Err(NamedError::NotNetns { path: path.clone() }) }
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };

@@ -257,6 +257,16 @@ fn bad_input_table() {
         (vec!["daemon", "--comm", "a-name-of-16-byt"], 2, "15"),
         (vec!["daemon", "--port", "8080", "--ready-delay", "18446744073709551615"], 2, ""),
         (vec!["daemon", "--port", "8080", "--poll-interval", "18446744073709551615"], 2, ""),
+        (
+            vec!["daemon", "--port", "8080", "--any-process", "--netns", "/etc/hostname"],
+            1,
+            "is not a network namespace",
+        ),
+        (
+            vec!["daemon", "--port", "8080", "--any-process", "--netns", "/nonexistent"],
+            1,
+            "cannot read network namespace",
+        ),
     ];
     for (args, code, needle) in cases {
         let out = w.steer(&args);
