@@ -93,16 +93,14 @@ pub fn run(
     stats: &DaemonStats,
     stop: &AtomicBool,
 ) {
-    let mut core = Core::new(core::Config {
+    let core = Core::new(core::Config {
         policy: opts.policy,
         ready_delay: opts.ready_delay,
         ports: opts.filter.ports.clone(),
         me: std::process::id(),
     });
-    for decision in core.adopt(world, Instant::now(), monotonic_ns()) {
-        tracing::info!(pid = decision.pid, ports = ?decision.scope, "adopting");
-        step(&mut core, decision, world, steerer, stats);
-    }
+    let mut l = Loop { core, world, steerer, stats, stop };
+    l.adopt();
     let f = &opts.filter;
     let exe: Vec<_> = f.exes.iter().map(|e| e.path.display().to_string()).collect();
     tracing::info!(policy = ?opts.policy, comm = ?f.comms, port = ?f.ports, user = ?f.users, ?exe, cgroup = ?f.cgroups, netns = ?f.netns, user_namespace = ?f.user_namespace, limits = ?opts.limits, "watching");
@@ -110,7 +108,7 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         stats.beat();
         let now = Instant::now();
-        let wake = core.next_due().map_or(now + WAKE_EVERY, |due| due.min(now + WAKE_EVERY));
+        let wake = l.core.next_due().map_or(now + WAKE_EVERY, |due| due.min(now + WAKE_EVERY));
         events.clear();
         source.wait(wake.saturating_duration_since(now), &mut events);
         // A stop requested while waiting wins over the events that came with it:
@@ -118,6 +116,36 @@ pub fn run(
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        l.turn(&events, upkeep);
+        if let Some(pids) = l.core.watch_changes() {
+            source.watch_forks(&pids);
+        }
+    }
+    tracing::info!("stopping; steering stays in place");
+}
+
+/// What one turn of the event loop works with.
+struct Loop<'a> {
+    core: Core,
+    world: &'a dyn World,
+    steerer: &'a mut dyn Steerer,
+    stats: &'a DaemonStats,
+    stop: &'a AtomicBool,
+}
+
+impl Loop<'_> {
+    /// Promotes the newest matching generation of every group (at start, and
+    /// after lost events).
+    fn adopt(&mut self) {
+        for decision in self.core.adopt(self.world, Instant::now(), monotonic_ns()) {
+            tracing::info!(pid = decision.pid, ports = ?decision.scope, "adopting");
+            step(&mut self.core, decision, self.world, self.steerer, self.stats);
+        }
+    }
+
+    /// Takes in one batch of events and the upkeep's findings, then carries
+    /// out the decisions that are due.
+    fn turn(&mut self, events: &[Event], upkeep: Option<&upkeep::Handle>) {
         let count = |f: fn(&Event) -> bool| events.iter().filter(|e| f(e)).count() as u64;
         let counts = EventCounts {
             listen: count(|e| matches!(e, Event::Listen { .. })),
@@ -125,7 +153,7 @@ pub fn run(
             fork: count(|e| matches!(e, Event::Forked { .. })),
             lost: events.iter().map(|e| if let Event::Lost { count } = e { *count } else { 0 }).sum(),
         };
-        stats.record_events(counts);
+        self.stats.record_events(counts);
         if counts.lost > 0 {
             // Which listeners the lost events named is unknown: look at every
             // matching group again, as at start (promote is idempotent).
@@ -133,33 +161,27 @@ pub fn run(
                 lost = counts.lost,
                 "the event source lost events (its ring buffer was full); looking at every matching group again"
             );
-            for decision in core.adopt(world, Instant::now(), monotonic_ns()) {
-                step(&mut core, decision, world, steerer, stats);
-            }
+            self.adopt();
         }
         if let Some(u) = upkeep {
             if counts.close > 0 {
                 let _ = u.nudge.send(());
             }
             for (netns, port) in u.shrunk.try_iter() {
-                core.shrunk(core::GroupId { netns, port }, Instant::now(), monotonic_ns());
+                self.core.shrunk(core::GroupId { netns, port }, Instant::now(), monotonic_ns());
             }
         }
-        core.observe(&events, Instant::now(), world);
-        let (decisions, reports) = core.take_due(Instant::now(), world);
-        log(&reports, stats);
+        self.core.observe(events, Instant::now(), self.world);
+        let (decisions, reports) = self.core.take_due(Instant::now(), self.world);
+        log(&reports, self.stats);
         for decision in decisions {
-            if stop.load(Ordering::Relaxed) {
+            if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            step(&mut core, decision, world, steerer, stats);
+            step(&mut self.core, decision, self.world, self.steerer, self.stats);
         }
-        core.prune_watched(Instant::now(), world);
-        if let Some(pids) = core.watch_changes() {
-            source.watch_forks(&pids);
-        }
+        self.core.prune_watched(Instant::now(), self.world);
     }
-    tracing::info!("stopping; steering stays in place");
 }
 
 /// Carries one decision out and hands the result back to the core.

@@ -20,64 +20,12 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
     preflight::all()?;
     // First, so that the first log line says where events come from and why.
     let (mut source, chosen) = super::source::open(opts.source, &opts.filter, opts.poll_interval)?;
-    let poll_interval_ms = u64::try_from(opts.poll_interval.as_millis()).unwrap_or(u64::MAX);
-    if chosen.source == "poll" && opts.source != super::Source::Poll {
-        tracing::warn!(
-            source = chosen.source,
-            reason = chosen.reason,
-            poll_interval_ms,
-            "event source: polling instead, so new generations are seen up to one poll interval late"
-        );
-    } else {
-        tracing::info!(
-            source = chosen.source,
-            reason = chosen.reason,
-            forks = chosen.forks,
-            poll_interval_ms,
-            "event source"
-        );
-    }
+    log_source(&chosen, opts);
     // Before any thread starts: every thread inherits it.
     set_niceness(opts.nice);
     let stats = Arc::new(DaemonStats::new());
     let stop = Arc::new(AtomicBool::new(false));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("steer-io")
-        .enable_all()
-        .build()
-        .context("start the I/O runtime")?;
-    let flag = Arc::clone(&stop);
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
-                _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
-            }
-            flag.store(true, Ordering::Relaxed);
-        });
-        Ok::<_, std::io::Error>(())
-    })
-    .context("install signal handlers")?;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    if let Some(addr) = metrics {
-        let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| {
-            format!("cannot listen on {addr} for metrics; pick a free address with --metrics")
-        })?;
-        tracing::info!(%addr, "serving metrics on /metrics and /healthz");
-        let dir = state_dir.to_path_buf();
-        let stats = Arc::clone(&stats);
-        rt.spawn(async move {
-            let shutdown = async {
-                let _ = done_rx.await;
-            };
-            if let Err(e) = crate::metrics::serve(listener, dir, stats, shutdown).await {
-                tracing::warn!(error = %e, "metrics server stopped");
-            }
-        });
-    }
+    let io = Io::start(state_dir, metrics, &stats, &stop)?;
     let world = super::world::System { filter: opts.filter.clone() };
     let mut steerer = super::limits::Limited::new(
         super::steerer::State::new(state_dir.to_path_buf()),
@@ -98,9 +46,89 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
     drop(upkeep);
     let _ = upkeep_thread.join();
     drop(source);
-    let _ = done_tx.send(());
-    rt.shutdown_timeout(Duration::from_secs(1));
+    io.stop();
     Ok(())
+}
+
+/// The daemon's first log line: where events come from, and why.
+fn log_source(chosen: &super::source::Chosen, opts: &Options) {
+    let poll_interval_ms = u64::try_from(opts.poll_interval.as_millis()).unwrap_or(u64::MAX);
+    if chosen.source == "poll" && opts.source != super::Source::Poll {
+        tracing::warn!(
+            source = chosen.source,
+            reason = chosen.reason,
+            poll_interval_ms,
+            "event source: polling instead, so new generations are seen up to one poll interval late"
+        );
+    } else {
+        tracing::info!(
+            source = chosen.source,
+            reason = chosen.reason,
+            forks = chosen.forks,
+            poll_interval_ms,
+            "event source"
+        );
+    }
+}
+
+/// The I/O runtime: signal handling (which sets `stop`) and the metrics endpoint.
+struct Io {
+    rt: tokio::runtime::Runtime,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Io {
+    fn start(
+        state_dir: &Path,
+        metrics: Option<SocketAddr>,
+        stats: &Arc<DaemonStats>,
+        stop: &Arc<AtomicBool>,
+    ) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("steer-io")
+            .enable_all()
+            .build()
+            .context("start the I/O runtime")?;
+        let flag = Arc::clone(stop);
+        rt.block_on(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+                    _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+                }
+                flag.store(true, Ordering::Relaxed);
+            });
+            Ok::<_, std::io::Error>(())
+        })
+        .context("install signal handlers")?;
+        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(addr) = metrics {
+            let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| {
+                format!("cannot listen on {addr} for metrics; pick a free address with --metrics")
+            })?;
+            tracing::info!(%addr, "serving metrics on /metrics and /healthz");
+            let dir = state_dir.to_path_buf();
+            let stats = Arc::clone(stats);
+            rt.spawn(async move {
+                let shutdown = async {
+                    let _ = done_rx.await;
+                };
+                if let Err(e) = crate::metrics::serve(listener, dir, stats, shutdown).await {
+                    tracing::warn!(error = %e, "metrics server stopped");
+                }
+            });
+        }
+        Ok(Self { rt, done })
+    }
+
+    /// Stops the metrics endpoint and the runtime.
+    fn stop(self) {
+        let _ = self.done.send(());
+        self.rt.shutdown_timeout(Duration::from_secs(1));
+    }
 }
 
 /// Runs the calling thread (and so every thread started after it) at `nice`.
