@@ -8,6 +8,7 @@ mod containers;
 mod daemon;
 mod deploy;
 mod errors;
+mod faults;
 mod handover;
 mod reload;
 mod servers;

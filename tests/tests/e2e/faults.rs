@@ -1,0 +1,126 @@
+//! Faults under load: each test runs closed-loop clients (a new connection per
+//! request) through reloads while something goes wrong, and asserts that no
+//! request failed and what steer did about it.
+use std::time::Duration;
+
+use steer_harness::load;
+
+use crate::common::{Daemon, World, answered_by, assert_no_failures};
+
+const TARGET: &str = "127.0.0.1:8080";
+
+/// Loads `TARGET` with 20 clients for at most `secs`.
+fn start_load(w: &World, secs: u64) -> load::LoadHandle {
+    let mut cfg = w.load_config(TARGET);
+    cfg.concurrency = 20;
+    cfg.max_duration = Duration::from_secs(secs);
+    load::start(cfg).expect("start load")
+}
+
+#[test]
+fn the_daemon_killed_mid_storm_and_restarted_adopts_and_nothing_fails() {
+    let Some(w) = World::new("fkill") else { return };
+    let mut old = w.server("g0", &[TARGET]);
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    d.promoted(&old);
+    let running = start_load(&w, 120);
+    let mut d = Some(d);
+    for i in 1..=20 {
+        if i == 8 {
+            // SIGKILL: no goodbye; the pinned state keeps steering.
+            drop(d.take());
+        }
+        if i == 12 {
+            d = Some(Daemon::spawn(&w, &["--port", "8080"]));
+        }
+        let new = w.server(&format!("g{i}"), &[TARGET]);
+        match &d {
+            Some(d) => {
+                d.promoted(&new);
+            }
+            // No daemon: the operator's CLI does what it would.
+            None => {
+                w.promote(&new);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        old.pause().expect("pause");
+        old.close_listeners().expect("close");
+        old.exit().expect("exit");
+        old = new;
+    }
+    let report = running.stop();
+    eprintln!(
+        "daemon killed and restarted during 20 handovers: {} requests, {} failed",
+        report.requests,
+        report.failed()
+    );
+    assert_no_failures(&report, "the daemon killed mid-storm");
+    let r = w.requests(TARGET, 300);
+    assert_eq!(answered_by(&r, "g20"), 300, "the restarted daemon's state names the last generation");
+    assert!(w.counters(8080).steered_active > report.requests / 2, "{:?}", w.counters(8080));
+    assert!(w.group(8080).sockets.len() <= 2, "no slot leaked: {:?}", w.group(8080).sockets);
+}
+
+#[test]
+fn the_active_generation_dying_without_a_successor_falls_back_to_the_previous_one() {
+    let Some(w) = World::new("fnosucc") else { return };
+    let a = w.server("a", &[TARGET]);
+    w.promote(&a);
+    let mut b = w.server("b", &[TARGET]);
+    w.promote(&b);
+    let running = start_load(&w, 60);
+    std::thread::sleep(Duration::from_millis(500));
+    // b stops accepting, its listener closes (its queue migrates), and it exits:
+    // nothing new is promoted.
+    b.pause().expect("pause");
+    b.close_listeners().expect("close");
+    b.exit().expect("exit");
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = running.stop();
+    eprintln!(
+        "active died, no successor: {} requests, {} failed, {:?}",
+        report.requests,
+        report.failed(),
+        w.counters(8080)
+    );
+    assert_no_failures(&report, "the active generation died with no successor");
+    let c = w.counters(8080);
+    assert!(c.fallback_empty_slot > 0, "the program found b's slot empty and let the kernel pick a: {c:?}");
+    let r = w.requests(TARGET, 200);
+    assert_eq!(answered_by(&r, "a"), 200);
+}
+
+#[test]
+fn eight_concurrent_promotes_and_the_daemon_leave_one_consistent_generation_and_no_leaked_slot() {
+    let Some(w) = World::new("fconc") else { return };
+    let base = w.server("base", &[TARGET]);
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    d.promoted(&base);
+    let running = start_load(&w, 60);
+    let servers: Vec<_> = (0..8).map(|i| w.server(&format!("c{i}"), &[TARGET])).collect();
+    std::thread::scope(|s| {
+        for server in &servers {
+            let pid = server.pid().to_string();
+            let w = &w;
+            s.spawn(move || {
+                for _ in 0..5 {
+                    w.steer_ok(&["promote", &pid]);
+                }
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let report = running.stop();
+    assert_no_failures(&report, "concurrent promotes");
+    let g = w.group(8080);
+    let active: Vec<u32> = g.sockets.iter().filter(|s| s.role == "active").map(|s| s.pid).collect();
+    assert_eq!(active.len(), 1, "one generation is active: {g:?}");
+    assert!(g.sockets.iter().all(|s| s.role != "unreferenced"), "no slot outside a configuration: {g:?}");
+    assert!(g.sockets.len() <= 3, "active, previous and nothing else: {g:?}");
+    let winner = servers.iter().find(|s| s.pid() == active[0]).map_or("base", |s| s.generation()).to_owned();
+    let r = w.requests(TARGET, 300);
+    assert_eq!(answered_by(&r, &winner), 300, "every request reaches the active generation");
+    drop(d);
+    drop((base, servers));
+}
