@@ -87,6 +87,8 @@ pub struct Upkeep {
     /// sockets (some of its slots were freed), so a fresh promote of the
     /// port's holder would change it.
     pub shrunk: Vec<(u64, u16)>,
+    /// Instances removed because their network namespace is gone.
+    pub collected: Vec<u64>,
 }
 
 /// Frees the slots of closed sockets and of generations no configuration
@@ -100,8 +102,21 @@ pub fn maintain(state_dir: &Path, candidates: &impl Fn() -> Vec<Process>) -> Res
     let mut orphans: BTreeMap<u64, Vec<SlotView>> = BTreeMap::new();
     {
         let Some(state) = StateDir::open_existing_for_write(state_dir)? else { return Ok(upkeep) };
+        let mut idle = Vec::new();
         for netns in state.namespaces() {
-            let Some(mut instance) = state.instance(netns)? else { continue };
+            // One damaged (or other-ABI) instance must not stop the upkeep of the others.
+            let mut instance = match state.instance(netns) {
+                Ok(Some(instance)) => instance,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(
+                        netns,
+                        error = format!("{e:#}"),
+                        "skipping an instance the upkeep cannot open"
+                    );
+                    continue;
+                }
+            };
             let before = instance.slot_metas()?.len();
             instance.reclaim()?;
             instance.release_unreferenced()?;
@@ -126,12 +141,61 @@ pub fn maintain(state_dir: &Path, candidates: &impl Fn() -> Vec<Process>) -> Res
             if !lost.is_empty() {
                 orphans.insert(netns, lost);
             }
+            if instance.slots()?.iter().all(|s| !s.live) {
+                idle.push(netns);
+            }
         }
+        upkeep.collected = collect_gone(&state, &idle);
     }
     if !orphans.is_empty() {
         refresh_owners(state_dir, &orphans, candidates)?;
     }
     Ok(upkeep)
+}
+
+/// Removes the instances among `idle` (no live socket in their sockarray)
+/// whose network namespace no process is in any more: a deleted namespace, a
+/// pod that is gone. Their pins would otherwise stay for as long as the
+/// state directory, one program and its maps each. A namespace kept only by a
+/// bind mount holds no listener either, and gets a new instance if a server
+/// starts there again.
+fn collect_gone(state: &StateDir, idle: &[u64]) -> Vec<u64> {
+    if idle.is_empty() {
+        return Vec::new();
+    }
+    let alive = live_namespaces();
+    let mut collected = Vec::new();
+    for &netns in idle.iter().filter(|ns| !alive.contains(ns)) {
+        match state.remove_instance(netns) {
+            Ok(()) => {
+                tracing::info!(netns, "removed the instance of a network namespace that is gone");
+                collected.push(netns);
+            }
+            Err(e) => tracing::warn!(
+                netns,
+                error = format!("{e:#}"),
+                "cannot remove the instance of a gone namespace"
+            ),
+        }
+    }
+    collected
+}
+
+/// The inodes of every network namespace a process we can read is in. A
+/// namespace seen only through unreadable processes counts as gone: removing
+/// an idle instance is safe even then. With no live socket in its sockarray,
+/// no group depends on its maps for a selection (a group the program is still
+/// attached to keeps the program and maps alive through the attachment, and
+/// falls back to the kernel's pick as before), and nothing is left to roll
+/// back to; a server that listens there again gets a new instance.
+fn live_namespaces() -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| crate::proc::netns_inode(pid).ok())
+        .collect()
 }
 
 /// Points the records of `orphans` (live sockets by namespace) at a candidate

@@ -122,7 +122,9 @@ impl StateDir {
         fs::create_dir_all(path).map_err(StateError::io("create", path))?;
         let lock = File::open(path).map_err(StateError::io("open", path))?;
         take_lock(&lock, path)?;
-        Ok(Self { path: path.to_path_buf(), _lock: Some(lock) })
+        let dir = Self { path: path.to_path_buf(), _lock: Some(lock) };
+        dir.sweep_temporary();
+        Ok(dir)
     }
 
     /// Opens an existing state directory for a write; `None` when there is no
@@ -141,6 +143,31 @@ impl StateDir {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Removes the `tmp-*` directories a creator killed mid-way left behind. A
+    /// creator holds the lock from `tmp-*` to its rename, so while we hold it,
+    /// any `tmp-*` is such a leftover.
+    fn sweep_temporary(&self) {
+        let entries = fs::read_dir(&self.path).into_iter().flatten().flatten();
+        for entry in entries.filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("tmp-"))) {
+            match create::remove_pins(&entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a half-made instance left by a creator that was killed")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a half-made instance")
+                }
+            }
+        }
+    }
+
+    /// Removes the instance of `netns`: its pins, and with them the program
+    /// and maps once nothing else holds them. Only for a namespace that is
+    /// gone (no process in it, no live socket in its sockarray).
+    pub fn remove_instance(&self, netns: u64) -> Result<(), StateError> {
+        let dir = paths::instance_dir(&self.path, netns);
+        create::remove_pins(&dir).map_err(StateError::io("remove", &dir))
     }
 
     /// Inodes of the network namespaces that have an instance here.

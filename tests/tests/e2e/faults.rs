@@ -124,3 +124,37 @@ fn eight_concurrent_promotes_and_the_daemon_leave_one_consistent_generation_and_
     drop(d);
     drop((base, servers));
 }
+
+#[test]
+fn the_instance_of_a_deleted_namespace_is_collected_and_half_made_ones_are_swept() {
+    use steer_harness::{
+        netns::NetNs,
+        server::{ServerArgs, TestServer},
+    };
+    let Some(w) = World::new("fgone") else { return };
+    let a = w.server("a", &[TARGET]);
+    let d = Daemon::spawn(&w, &["--port", "8080"]);
+    d.promoted(&a);
+    // A second namespace with a steered server of its own.
+    let other = NetNs::new("fgone2").expect("second namespace");
+    let b =
+        TestServer::spawn(&other, &ServerArgs::new("b", [crate::common::addr(TARGET)])).expect("server b");
+    w.promote(&b);
+    assert_eq!(w.status().namespaces.len(), 2);
+    // A creator killed mid-way leaves a temporary directory behind.
+    let leftover = w.state_dir.join("tmp-999999-1");
+    std::fs::create_dir(&leftover).expect("make a leftover");
+    // The server exits and the namespace is deleted: the upkeep collects its instance.
+    drop(b);
+    drop(other);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w.status().namespaces.len() > 1 {
+        assert!(std::time::Instant::now() < deadline, "not collected: {:?}", w.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!leftover.exists(), "the upkeep's write swept the half-made instance");
+    d.wait_for(&["removed the instance of a network namespace that is gone"], "the log line");
+    let r = w.requests(TARGET, 300);
+    assert_eq!(answered_by(&r, "a"), 300, "the namespace that is still there steers on");
+    drop(d);
+}
