@@ -73,6 +73,7 @@ fn status() -> Status {
             program: None,
             counters: Counters::default(),
             groups: vec![web, api],
+            error: None,
         }],
     }
 }

@@ -41,8 +41,24 @@ pub fn run(state_dir: &Path, ports: &[u16]) -> Result<Vec<Change>, OpError> {
         return Err(no_groups());
     };
     let mut changes = Vec::new();
+    let mut damaged = None;
     for netns in state.namespaces() {
-        let Some(mut instance) = state.instance(netns)? else { continue };
+        let mut instance = match state.instance(netns) {
+            Ok(Some(instance)) => instance,
+            Ok(None) => continue,
+            // One damaged instance must not keep the others steered: detach
+            // those, then report it.
+            Err(e @ crate::state::StateError::Permission { .. }) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(
+                    netns,
+                    error = format!("{e:#}"),
+                    "cannot read this namespace's state; detaching the others"
+                );
+                damaged.get_or_insert(e);
+                continue;
+            }
+        };
         let slots = instance.slots()?;
         for group in instance.groups().into_iter().filter(|g| port_selected(&g.key, ports)) {
             let members: Vec<_> = slots.iter().filter(|s| s.meta.group == group.key).collect();
@@ -59,6 +75,13 @@ pub fn run(state_dir: &Path, ports: &[u16]) -> Result<Vec<Change>, OpError> {
             tracing::info!(group = %label, program_detached, "detach");
             changes.push(Change { group: label, program_detached });
         }
+    }
+    // With others detached, the damaged one was named in a warning; alone, it
+    // is the answer.
+    if let Some(e) = damaged
+        && changes.is_empty()
+    {
+        return Err(e.into());
     }
     if changes.is_empty() {
         return Err(no_groups());

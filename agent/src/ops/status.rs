@@ -34,6 +34,10 @@ pub struct Namespace {
     /// Counters over every group of the namespace, configured or not.
     pub counters: Counters,
     pub groups: Vec<Group>,
+    /// Why this namespace's state could not be read (damaged pins, another
+    /// ABI version); the other namespaces are read as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The kernel's figures for a loaded program (`bpf_prog_info`).
@@ -187,7 +191,41 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
         return Ok(status);
     };
     for netns in state.namespaces() {
-        let Some(instance) = state.instance(netns)? else { continue };
+        match namespace(&state, netns) {
+            Ok(Some(ns)) => status.namespaces.push(ns),
+            Ok(None) => {}
+            // Not a damaged instance: nothing can be read without privileges.
+            Err(e @ StateError::Permission { .. }) => return Err(e),
+            // One bad instance says so, and the others are read as usual.
+            Err(e) => status.namespaces.push(Namespace {
+                netns,
+                max_slots: 0,
+                program: None,
+                counters: Counters::default(),
+                groups: Vec::new(),
+                error: Some(anyhow_chain(&e)),
+            }),
+        }
+    }
+    Ok(status)
+}
+
+/// The error and its sources as one sentence.
+fn anyhow_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+/// One namespace's status; `None` when its instance is gone.
+fn namespace(state: &StateDir, netns: u64) -> Result<Option<Namespace>, StateError> {
+    {
+        let Some(instance) = state.instance(netns)? else { return Ok(None) };
         let slots = instance.slots()?;
         let groups = instance
             .groups()
@@ -224,7 +262,7 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
                     .collect(),
             })
             .collect();
-        status.namespaces.push(Namespace {
+        Ok(Some(Namespace {
             netns,
             max_slots: instance.info.max_slots,
             program: instance.program_info().map(|info| Program {
@@ -234,9 +272,9 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
             }),
             counters: instance.global_counters().into(),
             groups,
-        });
+            error: None,
+        }))
     }
-    Ok(status)
 }
 
 /// The human-readable table.
@@ -244,7 +282,15 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
 pub fn render(status: &Status) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    if status.namespaces.iter().all(|n| n.groups.is_empty()) {
+    for ns in status.namespaces.iter().filter(|n| n.error.is_some()) {
+        let _ = writeln!(
+            out,
+            "netns {}: cannot read its state: {}",
+            ns.netns,
+            ns.error.as_deref().unwrap_or_default()
+        );
+    }
+    if status.namespaces.iter().all(|n| n.groups.is_empty() && n.error.is_none()) {
         let _ = writeln!(out, "no steered groups in {}", status.state_dir);
         return out;
     }

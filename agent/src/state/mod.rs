@@ -151,13 +151,11 @@ impl StateDir {
     fn sweep_temporary(&self) {
         let entries = fs::read_dir(&self.path).into_iter().flatten().flatten();
         for entry in entries.filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("tmp-"))) {
-            match create::remove_pins(&entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed a half-made instance left by a creator that was killed")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a half-made instance")
-                }
+            let path = entry.path();
+            if let Err(e) = create::remove_pins(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a half-made instance");
+            } else {
+                tracing::info!(path = %path.display(), "removed a half-made instance left by a creator that was killed");
             }
         }
     }

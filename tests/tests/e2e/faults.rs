@@ -158,3 +158,69 @@ fn the_instance_of_a_deleted_namespace_is_collected_and_half_made_ones_are_swept
     assert_eq!(answered_by(&r, "a"), 300, "the namespace that is still there steers on");
     drop(d);
 }
+
+#[test]
+fn one_damaged_instance_affects_only_its_own_namespace() {
+    use steer_harness::{
+        netns::NetNs,
+        server::{ServerArgs, TestServer},
+    };
+    let Some(w) = World::new("fdamaged") else { return };
+    let a = w.server("a", &[TARGET]);
+    w.promote(&a);
+    let other = NetNs::new("fdamaged2").expect("second namespace");
+    let b =
+        TestServer::spawn(&other, &ServerArgs::new("b", [crate::common::addr(TARGET)])).expect("server b");
+    w.promote(&b);
+    // Damage the second namespace's instance: one of its pins is gone.
+    let status = w.status();
+    let good = a_netns(&w, &a);
+    let bad = status.namespaces.iter().map(|n| n.netns).find(|n| *n != good).expect("two namespaces");
+    std::fs::remove_file(w.state_dir.join(format!("net-{bad}")).join("groups")).expect("remove a pin");
+
+    // status still reads, and names the damaged one.
+    let out = w.steer(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("netns {bad}: cannot read its state")), "{text}");
+    assert!(text.contains("127.0.0.1:8080 (netns"), "the good namespace's group is shown: {text}");
+    let json = w.status();
+    assert!(json.namespaces.iter().any(|n| n.netns == bad && n.error.is_some()), "{json:?}");
+    // The good namespace can still be promoted and steers.
+    let c = w.server("c", &[TARGET]);
+    w.promote(&c);
+    let r = w.requests(TARGET, 300);
+    assert_eq!(answered_by(&r, "c"), 300);
+    drop((a, b, c, other));
+}
+
+/// The network namespace of `server`'s process.
+fn a_netns(_w: &World, server: &steer_harness::server::TestServer) -> u64 {
+    steer::proc::netns_inode(server.pid()).expect("netns of the server")
+}
+
+#[test]
+fn detach_detaches_the_readable_namespaces_beside_a_damaged_one() {
+    use steer_harness::{
+        netns::NetNs,
+        server::{ServerArgs, TestServer},
+    };
+    let Some(w) = World::new("fdetach") else { return };
+    let a = w.server("a", &[TARGET]);
+    w.promote(&a);
+    let other = NetNs::new("fdetach2").expect("second namespace");
+    let b =
+        TestServer::spawn(&other, &ServerArgs::new("b", [crate::common::addr(TARGET)])).expect("server b");
+    w.promote(&b);
+    let bad = steer::proc::netns_inode(b.pid()).expect("netns of b");
+    std::fs::remove_file(w.state_dir.join(format!("net-{bad}")).join("groups")).expect("remove a pin");
+    let out = w.steer(&["detach"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:8080"), "the good group is detached");
+    assert!(stderr.contains("cannot read this namespace's state"), "the damaged one is named: {stderr}");
+    let good = w.status();
+    let good = good.namespaces.iter().find(|n| n.netns != bad).expect("the good namespace");
+    assert!(good.groups.is_empty(), "{good:?}");
+    drop((a, b, other));
+}
