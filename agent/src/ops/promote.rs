@@ -111,20 +111,74 @@ pub fn run_kept(state_dir: &Path, req: &Request, open: &mut OpenInstances) -> Re
     }
 
     let state = StateDir::open_for_write(state_dir)?;
-    let mut instance = state.instance_or_create_kept(process.netns, open)?;
-    instance.reclaim()?;
-    let mut metas = instance.slot_metas()?;
+    // A refused promote leaves no state behind: an instance made for it is removed again.
+    let existed = crate::paths::instance_dir(state_dir, process.netns).exists();
+    let result = promote_in(&state, &process, by_group, req, open);
+    if result.as_ref().is_err_and(|e| e.refused_before_any_write) && !existed {
+        let _ = state.remove_instance(process.netns);
+    }
+    result.map_err(|e| e.error)
+}
+
+/// A promote's error, and whether it came before anything was written to the
+/// instance (its configuration, slots or attachments).
+struct Failed {
+    error: OpError,
+    refused_before_any_write: bool,
+}
+
+/// Plans every group, then applies each; see [`run`].
+fn promote_in(
+    state: &StateDir,
+    process: &Process,
+    by_group: BTreeMap<GroupKey, Vec<Candidate>>,
+    req: &Request,
+    open: &mut OpenInstances,
+) -> Result<Vec<Change>, Failed> {
+    let early = |error: OpError| Failed { error, refused_before_any_write: true };
+    let mut instance = state.instance_or_create_kept(process.netns, open).map_err(|e| early(e.into()))?;
+    if req.take_over {
+        // A socket can sit in one sockarray only. One left in another state's
+        // map (a directory removed without `steer detach`) leaves it only when
+        // that map is freed: when no group runs that state's program any
+        // more. So attach this program to every group first, then fill.
+        for sockets in by_group.values() {
+            if let Some(first) = sockets.first() {
+                instance.attach(first.dup.as_fd()).map_err(|e| early(e.into()))?;
+            }
+        }
+    }
+    let changes = promote_with(&mut instance, process, by_group, req)?;
+    open.keep(instance);
+    Ok(changes)
+}
+
+/// Plans and applies, with `instance` open.
+fn promote_with(
+    instance: &mut Instance,
+    process: &Process,
+    by_group: BTreeMap<GroupKey, Vec<Candidate>>,
+    req: &Request,
+) -> Result<Vec<Change>, Failed> {
+    let early = |error: OpError| Failed { error, refused_before_any_write: !req.take_over };
+    let late = |error: OpError| Failed { error, refused_before_any_write: false };
+    instance.reclaim().map_err(|e| late(e.into()))?;
+    let mut metas = instance.slot_metas().map_err(|e| early(e.into()))?;
     let plans = by_group
         .into_iter()
-        .map(|(key, sockets)| plan(&instance, &mut metas, key, sockets, req))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(key, sockets)| plan(instance, &mut metas, key, sockets, req))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(early)?;
 
     let mut changes = Vec::with_capacity(plans.len());
     for plan in plans {
-        changes.push(apply(&mut instance, &process, plan, req.take_over)?);
+        // apply() undoes its own writes when it fails; the groups before it stay.
+        let first = changes.is_empty();
+        let change = apply(instance, process, plan, req.take_over)
+            .map_err(|e| if first { early(e) } else { late(e) })?;
+        changes.push(change);
     }
-    instance.release_unreferenced()?;
-    open.keep(instance);
+    instance.release_unreferenced().map_err(|e| late(e.into()))?;
     // Every duplicate was dropped inside apply(): none outlives this call.
     Ok(changes)
 }

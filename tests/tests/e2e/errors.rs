@@ -306,3 +306,32 @@ fn a_held_lock_is_waited_for_a_bounded_time_and_its_holder_named() {
     // Free again: the same command works.
     w.steer_ok(&["promote", &a.pid().to_string()]);
 }
+
+#[test]
+fn take_over_works_for_a_server_on_two_ports_and_a_refused_promote_leaves_no_state() {
+    let Some(w) = World::new("takeover2") else { return };
+    let a = w.server_with(ServerArgs::new("a", [addr("127.0.0.1:8080"), addr("127.0.0.1:8081")]));
+    let pid = a.pid().to_string();
+    // Promoted in a state directory that is then removed without detach: its
+    // program stays attached to both groups, holding its map and the sockets.
+    let gone = std::path::PathBuf::from(w.state_dir.to_string_lossy().replace("steer-test-", "steer-gone-"));
+    let out = crate::common::steer_cmd(&gone, &["promote", &pid]).output().expect("steer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&gone).expect("remove the first state directory");
+
+    // Refused without --take-over, and nothing is left behind.
+    let before = w.status_json();
+    let out = w.steer(&["promote", &pid]);
+    refused(&w, &out, 1, "--take-over", &before);
+    assert!(w.status().namespaces.is_empty(), "a refused promote created no instance");
+
+    // With it, both groups are taken over at once.
+    let out = w.steer_ok(&["promote", &pid, "--take-over"]);
+    assert!(out.contains("127.0.0.1:8080") && out.contains("127.0.0.1:8081"), "{out}");
+    for target in ["127.0.0.1:8080", "127.0.0.1:8081"] {
+        let r = w.requests(target, 200);
+        assert_eq!(crate::common::answered_by(&r, "a"), 200, "{target}");
+    }
+    let c = w.status().namespaces[0].counters.clone();
+    assert!(c.steered_active >= 400, "this state's program steers both groups: {c:?}");
+}
