@@ -24,9 +24,6 @@ use crate::ops::status::{Counters, Status};
 mod http;
 
 pub use http::serve;
-/// The request-head parser, for the fuzz targets (fuzz/).
-#[doc(hidden)]
-pub use http::{Route, head_complete, route};
 
 /// Where `steer daemon --metrics` listens when given no address of its own.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9477";
