@@ -47,12 +47,38 @@ pub trait World {
 
 /// The machine itself, seen through `/proc` and the processes' sockets, with
 /// the operator's filter applied.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct System {
     pub filter: Filter,
+    /// [`World::process`]'s answers of the last few milliseconds: the core
+    /// asks about one process several times while it decides (the listener,
+    /// its children, its parent), and checking the filter reads
+    /// `/proc/PID/status`, `ns/user`, `exe` and `cgroup` each time.
+    memo: std::cell::RefCell<std::collections::HashMap<u32, (std::time::Instant, Option<ProcInfo>)>>,
 }
 
+/// How long [`System::process`] reuses an answer. Every answer may be stale by
+/// the time it is used anyway; the promotion itself verifies.
+const MEMO_FOR: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl System {
+    #[must_use]
+    pub fn new(filter: Filter) -> Self {
+        Self { filter, memo: std::cell::RefCell::default() }
+    }
+
+    /// [`World::process`] without the memo.
+    fn process_now(&self, pid: u32) -> Option<ProcInfo> {
+        let p = Process::open(pid).ok()?;
+
+        let matches = self.filter.comm_matches(&p.comm)
+            && self.filter.netns_matches(p.netns)
+            && self.filter.verify(pid).map_err(|m| {
+                tracing::debug!(pid, comm = p.comm, rule = m.rule(), mismatch = ?m, "not steered: the process fails a rule the operator named");
+            }).is_ok();
+        Some(ProcInfo { pid, netns: p.netns, comm: p.comm, matches })
+    }
+
     /// Processes that pass the filter, excluding ourselves. With no `--comm`,
     /// every process that passes the other rules (the port filter then decides).
     #[must_use]
@@ -81,13 +107,17 @@ pub fn candidates(filter: &Filter) -> Vec<Process> {
 
 impl World for System {
     fn process(&self, pid: u32) -> Option<ProcInfo> {
-        let p = Process::open(pid).ok()?;
-        let matches = self.filter.comm_matches(&p.comm)
-            && self.filter.netns_matches(p.netns)
-            && self.filter.verify(pid).map_err(|m| {
-                tracing::debug!(pid, comm = p.comm, rule = m.rule(), mismatch = ?m, "not steered: the process fails a rule the operator named");
-            }).is_ok();
-        Some(ProcInfo { pid, netns: p.netns, comm: p.comm, matches })
+        let now = std::time::Instant::now();
+        if let Some((at, info)) = self.memo.borrow().get(&pid)
+            && now.duration_since(*at) < MEMO_FOR
+        {
+            return info.clone();
+        }
+        let info = self.process_now(pid);
+        let mut memo = self.memo.borrow_mut();
+        memo.retain(|_, (at, _)| now.duration_since(*at) < MEMO_FOR);
+        memo.insert(pid, (now, info.clone()));
+        info
     }
 
     fn start_time(&self, pid: u32) -> Option<u64> {
