@@ -147,8 +147,17 @@ enum Command {
         /// Wait this long after a generation listens before promoting it (at most an hour)
         #[arg(long, value_name = "MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=3_600_000))]
         ready_delay: u64,
-        /// Serve Prometheus metrics on /metrics and /healthz at ADDR (e.g. 127.0.0.1:9477); off by default
-        #[arg(long, value_name = "ADDR")]
+        /// Make each new generation a canary with PCT percent of new connections first (1..99),
+        /// then promote it fully after --canary-for, unless its process exits or an operator's
+        /// `steer rollback` ends it (policy newest)
+        #[arg(long, value_name = "PCT", requires = "canary_for",
+              value_parser = clap::value_parser!(u32).range(1..=99))]
+        canary: Option<u32>,
+        /// How long a canary runs before its full promotion: 500ms, 30s, 2m
+        #[arg(long, value_name = "DURATION", requires = "canary", value_parser = daemon::parse_duration)]
+        canary_for: Option<std::time::Duration>,
+        /// Serve metrics on /metrics and /healthz at ADDR: IP:PORT, or a bare PORT on 127.0.0.1 (0.0.0.0:9477 in a pod); off by default
+        #[arg(long, value_name = "ADDR", value_parser = steer::metrics::parse_addr)]
         metrics: Option<std::net::SocketAddr>,
         /// Log format on stderr
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -302,6 +311,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_generations_per_process,
             policy,
             ready_delay,
+            canary,
+            canary_for,
             metrics,
             source,
             poll_interval,
@@ -309,6 +320,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt_priority,
             ..
         } => {
+            if canary.is_some() && policy == Policy::Manual {
+                use clap::CommandFactory as _;
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--canary needs --policy newest: under manual the daemon promotes nothing",
+                    )
+                    .exit();
+            }
             let named =
                 daemon::Named { comms, ports, netns, cgroups, users, exes, any_process, user_namespaces };
             let opts = daemon::Options {
@@ -324,6 +344,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     groups_per_process: max_groups_per_process,
                     generations_per_process: max_generations_per_process,
                 },
+                canary: canary
+                    .zip(canary_for)
+                    .map(|(weight, duration)| daemon::canary::Plan { weight, duration }),
             };
             daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)

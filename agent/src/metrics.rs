@@ -21,12 +21,27 @@ use prometheus_client::{
 
 use crate::ops::status::{Counters, Status};
 
+mod format;
 mod http;
 
+pub use format::{Format, negotiate, prometheus_text};
 pub use http::serve;
 
 /// Where `steer daemon --metrics` listens when given no address of its own.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9477";
+
+/// The address of `--metrics`: `IP:PORT`, or a bare `PORT` on loopback
+/// (`9477` is `127.0.0.1:9477`). Other hosts, or a pod's network, need an
+/// address that reaches them, such as `0.0.0.0:9477`.
+///
+/// # Errors
+/// When `arg` is neither a socket address nor a port number.
+pub fn parse_addr(arg: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = arg.parse::<u16>() {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    arg.parse().map_err(|_| format!("{arg:?} is neither IP:PORT (e.g. 127.0.0.1:9477) nor a port"))
+}
 
 /// What the daemon counts itself.
 #[derive(Debug)]
@@ -217,7 +232,8 @@ fn paths(c: &Counters) -> [(&'static str, u64); 8] {
     ]
 }
 
-/// Renders the OpenMetrics exposition text for one scrape.
+/// Renders the OpenMetrics exposition text for one scrape ([`prometheus_text`]
+/// derives the Prometheus text format from it).
 ///
 /// `netstat` is the text of `/proc/net/netstat`; an empty string reads as zeros.
 ///

@@ -1,18 +1,8 @@
-//! Tests of the metrics: rendering a hand-built status, parsing the kernel's
-//! counters, and an HTTP round trip against [`serve`].
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+//! Tests of the metrics: rendering a hand-built status, the two text formats,
+//! parsing the kernel's counters and `--metrics`. The HTTP server's tests are in
+//! `metrics/http_tests.rs`.
+use std::time::{Duration, Instant};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-};
-
-use super::http::{MAX_REQUEST, Route, head_complete, route};
 use super::*;
 use crate::ops::status::{Group, Namespace, Socket};
 use crate::policy::RollbackEffect;
@@ -200,82 +190,73 @@ fn migrate_req_counters_are_zero_without_them() {
 }
 
 #[test]
-fn requests_are_routed_by_method_and_path() {
-    assert_eq!(route("GET /metrics HTTP/1.1"), (Route::Metrics, false));
-    assert_eq!(route("GET /metrics?name[]=x HTTP/1.0"), (Route::Metrics, false));
-    assert_eq!(route("HEAD /healthz HTTP/1.1"), (Route::Health, true));
-    assert_eq!(route("POST /metrics HTTP/1.1"), (Route::MethodNotAllowed, false));
-    assert_eq!(route("GET /nope HTTP/1.1"), (Route::NotFound, false));
-    assert_eq!(route("GET /metrics"), (Route::BadRequest, false));
-    assert_eq!(route("GET /metrics SPDY/3"), (Route::BadRequest, false));
-    assert!(head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-    assert!(head_complete(b"GET / HTTP/1.1\n\n"));
-    assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+fn accept_picks_openmetrics_only_when_asked_for() {
+    // Like what Prometheus 3 sends by default (its protocols by falling q), then Prometheus 2.
+    let prometheus = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,\
+                      application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;\
+                      escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let older = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                 text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for (accept, format) in [
+        (None, Format::Prometheus),
+        (Some(""), Format::Prometheus),
+        (Some("*/*"), Format::Prometheus),
+        (Some("text/plain"), Format::Prometheus),
+        (Some("application/openmetrics-text"), Format::OpenMetrics),
+        (Some("Application/OpenMetrics-Text; version=1.0.0"), Format::OpenMetrics),
+        (Some(prometheus), Format::OpenMetrics),
+        (Some(older), Format::OpenMetrics),
+        (Some("application/openmetrics-text, */*"), Format::OpenMetrics),
+        (Some("application/openmetrics-text;q=0"), Format::Prometheus),
+        (Some("application/openmetrics-text;q=0.2, text/plain"), Format::Prometheus),
+        (Some("application/openmetrics-text;q=nope"), Format::Prometheus),
+        (Some("application/json"), Format::Prometheus),
+    ] {
+        assert_eq!(negotiate(accept), format, "Accept: {accept:?}");
+    }
 }
 
-/// Sends `request` and reads the whole response (the server closes after it).
-async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), body.to_owned())
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
-    exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await
-}
-
-#[tokio::test]
-async fn http_round_trip() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state_dir = PathBuf::from("/nonexistent/steer-metrics-test");
-    let stats = Arc::new(DaemonStats::new());
+#[test]
+fn prometheus_text_names_counters_after_their_samples_and_drops_openmetrics_lines() {
+    let stats = DaemonStats::new();
     stats.record_promotion("127.0.0.1:8080");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state_dir, Arc::clone(&stats), async {
-        let _ = stopped.await;
-    }));
+    let openmetrics = render(&status(), &stats, NETSTAT).unwrap();
+    let text = prometheus_text(&openmetrics);
+    assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+    assert!(text.contains("# TYPE steer_connections_total counter\n"), "{text}");
+    assert!(text.contains("# HELP steer_connections_total New connections"), "{text}");
+    assert!(text.contains("# TYPE steer_daemon_uptime_seconds gauge\n"), "{text}");
+    assert!(text.contains("# TYPE steer_groups gauge\n"), "{text}");
+    assert!(text.ends_with('\n'));
+    // The samples are the OpenMetrics ones, unchanged.
+    let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(samples(&text), samples(&openmetrics));
+    // Each sample belongs to the family of the `# TYPE` above it, by its very name,
+    // after that family's `# HELP`: what the 0.0.4 parser expects.
+    let (mut help, mut family) = (String::new(), String::new());
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = rest.split(' ').next().unwrap().to_owned();
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            family = rest.split(' ').next().unwrap().to_owned();
+            assert_eq!(help, family, "HELP and TYPE name one family");
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert_eq!(name, family, "{line} is in family {family}");
+        }
+    }
+}
 
-    // Before the event loop's first beat: not healthy yet.
-    let (status, _, body) = get(addr, "/healthz").await;
-    assert_eq!((status, body.as_str()), (503, "starting: the event loop has not run yet\n"));
-    stats.beat();
-    let (status, head, body) = get(addr, "/healthz").await;
-    assert_eq!((status, body.as_str()), (200, "ok\n"));
-    assert!(head.contains("Connection: close"), "{head}");
-
-    let (status, head, body) = get(addr, "/metrics").await;
-    assert_eq!(status, 200, "{head}\n{body}");
-    assert!(head.contains("Content-Type: application/openmetrics-text; version=1.0.0"), "{head}");
-    assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
-    assert!(body.contains("steer_daemon_uptime_seconds"), "{body}");
-    assert!(body.contains(r#"steer_promotions_total{group="127.0.0.1:8080"} 1"#), "{body}");
-    assert!(body.contains("steer_groups 0"), "{body}");
-
-    let (status, _, _) = get(addr, "/nope").await;
-    assert_eq!(status, 404);
-    let (status, head, _) = exchange(addr, b"DELETE /metrics HTTP/1.1\r\n\r\n").await;
-    assert_eq!(status, 405);
-    assert!(head.contains("Allow: GET, HEAD"), "{head}");
-    let (status, head, body) = exchange(addr, b"HEAD /healthz HTTP/1.1\r\n\r\n").await;
-    assert_eq!((status, body.as_str()), (200, ""));
-    assert!(head.contains("Content-Length: 3"), "{head}");
-    let (status, _, _) = exchange(addr, b"garbage\r\n\r\n").await;
-    assert_eq!(status, 400);
-    // Exactly the limit and no end of head yet: the server reads it all, so its
-    // close is a clean FIN and the 431 arrives.
-    let mut huge = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
-    huge.resize(MAX_REQUEST, b'a');
-    let (status, _, _) = exchange(addr, &huge).await;
-    assert_eq!(status, 431);
-
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
-    assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed after shutdown");
+#[test]
+fn metrics_addresses_are_ip_and_port_or_a_port_on_loopback() {
+    let addr = |s: &str| parse_addr(s).map(|a| a.to_string());
+    assert_eq!(addr("9477").as_deref(), Ok("127.0.0.1:9477"));
+    assert_eq!(addr("127.0.0.1:9477").as_deref(), Ok("127.0.0.1:9477"));
+    assert_eq!(addr("0.0.0.0:9477").as_deref(), Ok("0.0.0.0:9477"));
+    assert_eq!(addr("[::1]:9477").as_deref(), Ok("[::1]:9477"));
+    assert!(addr("localhost:9477").is_err());
+    assert!(addr("70000").is_err());
+    assert!(addr("").is_err());
 }
 
 #[test]

@@ -11,14 +11,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use super::event::{Event, Trigger};
 use super::{
     Policy,
+    canary::Canaries,
     steerer::StepError,
     watched::Watched,
     world::{ListenerSet, World},
 };
-use crate::ops::promote::Change;
+pub use super::{
+    canary::{Ended, Plan},
+    decision::{Action, Decision, Done, Pending, Report},
+    event::{Event, Trigger},
+};
 
 /// The core's key for work: a network namespace and a port. The address is
 /// resolved when the promotion reads the process's sockets, so every group of
@@ -31,75 +35,9 @@ pub struct GroupId {
 }
 
 impl GroupId {
-    fn netns(self) -> Option<u64> {
+    pub(super) fn netns(self) -> Option<u64> {
         (self.netns != 0).then_some(self.netns)
     }
-}
-
-/// Work waiting for one group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pending {
-    /// When to handle it (after `--ready-delay`, or a retry's backoff).
-    pub due: Instant,
-    /// The earliest event's time (CLOCK_MONOTONIC ns), for `latency_us`.
-    pub ktime_ns: u64,
-    /// The latest listening pid (0: only a close was seen; find the newest holder).
-    pub pid: u32,
-    /// Attempts so far that failed while the process lived.
-    pub tries: u32,
-    /// Times the process had left and the newest holder was taken instead.
-    pub fallbacks: u32,
-    /// What led here.
-    pub trigger: Trigger,
-}
-
-/// Promote, or only re-attach the program (policy `manual`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Promote,
-    Reattach,
-}
-
-/// One step for the effects to take.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub action: Action,
-    pub pid: u32,
-    /// The ports to act on; empty: all of the process's ports (no `--port`).
-    pub scope: Vec<u16>,
-    /// The groups that led here, for retries and fallbacks.
-    pub groups: Vec<(GroupId, Pending)>,
-    /// The earliest event's trigger and time.
-    pub trigger: Trigger,
-    pub ktime_ns: u64,
-}
-
-/// What a step did.
-#[derive(Debug, Clone)]
-pub enum Done {
-    Promoted(Vec<Change>),
-    Reattached(Vec<String>),
-}
-
-/// What the core has to say, for the log and the metrics.
-#[derive(Debug, Clone)]
-pub enum Report {
-    /// A promotion ran; `changes` says per group whether anything changed.
-    Promoted { pid: u32, trigger: Trigger, ktime_ns: u64, changes: Vec<Change> },
-    /// Policy `manual`: the program was re-attached where it was missing.
-    Reattached { pid: u32, ports: Vec<u16>, groups: Vec<String> },
-    /// A step failed and will be tried again.
-    Retrying { pid: u32, port: u16, tries: u32, error: String },
-    /// A step failed for good while the process lives.
-    Failed { action: Action, pid: u32, port: u16, tries: u32, error: String },
-    /// The process left; its port's newest holder is tried instead.
-    NextHolder { pid: u32, next: u32, port: u16 },
-    /// The process left and nobody else holds the port.
-    Left { pid: u32, port: u16, error: String },
-    /// Work for a port whose listener is gone, with no holder left.
-    Gone { port: u16 },
-    /// A cap refused the step (logged once where it was decided); not retried.
-    Refused { pid: u32, port: u16, error: String },
 }
 
 /// Attempts while the process lives: the event can arrive before the socket
@@ -121,20 +59,23 @@ pub struct Config {
     pub ports: Vec<u16>,
     /// The daemon's own pid, whose listeners (metrics) are never steered.
     pub me: u32,
+    /// `--canary`: each new generation is a canary first (policy `newest`).
+    pub canary: Option<Plan>,
 }
 
 /// The decision core.
 #[derive(Debug)]
 pub struct Core {
-    config: Config,
+    pub(super) config: Config,
     pending: BTreeMap<GroupId, Pending>,
     watched: Watched,
+    pub(super) canaries: Canaries,
 }
 
 impl Core {
     #[must_use]
     pub fn new(config: Config) -> Self {
-        Self { config, pending: BTreeMap::new(), watched: Watched::default() }
+        Self { config, pending: BTreeMap::new(), watched: Watched::default(), canaries: Canaries::default() }
     }
 
     fn port_matches(&self, port: u16) -> bool {
@@ -142,11 +83,14 @@ impl Core {
     }
 
     /// At start: one decision per process that is the newest in some group it
-    /// listens in, for all those groups at once.
+    /// listens in, for all those groups at once; never one whose canary ended.
     pub fn adopt(&self, world: &dyn World, now: Instant, ktime_ns: u64) -> Vec<Decision> {
         let mut by_pid: BTreeMap<u32, BTreeSet<GroupId>> = BTreeMap::new();
         for (pid, netns, port) in world.newest_per_group() {
-            by_pid.entry(pid).or_default().insert(GroupId { netns, port });
+            let group = GroupId { netns, port };
+            if !self.canaries.ended(group, pid, world) {
+                by_pid.entry(pid).or_default().insert(group);
+            }
         }
         let p = |pid| Pending { due: now, ktime_ns, pid, tries: 0, fallbacks: 0, trigger: Trigger::Adopt };
         by_pid
@@ -210,10 +154,17 @@ impl Core {
         }
     }
 
-    /// When the earliest pending work is due.
+    /// When the earliest pending work, or canary completion, is due.
     #[must_use]
     pub fn next_due(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.due).min()
+        let canary = self.canaries.next_due(&self.pending);
+        self.pending.values().map(|p| p.due).chain(canary).min()
+    }
+
+    /// The canaries running, by group.
+    #[must_use]
+    pub fn canaries(&self) -> &BTreeMap<GroupId, super::canary::Running> {
+        self.canaries.running()
     }
 
     /// Work waiting, by group.
@@ -224,11 +175,12 @@ impl Core {
 
     /// Takes the work that is due and turns it into decisions, one per process:
     /// the listener's process, or the child it forked that holds its listeners,
-    /// or, when it has left, the newest holder of the port.
+    /// or, when it has left, the newest holder of the port. Then the canaries:
+    /// those whose process left are abandoned, and those due are completed.
     pub fn take_due(&mut self, now: Instant, world: &dyn World) -> (Vec<Decision>, Vec<Report>) {
         let due: Vec<(GroupId, Pending)> =
             self.pending.iter().filter(|(_, p)| p.due <= now).map(|(g, p)| (*g, *p)).collect();
-        let mut reports = Vec::new();
+        let mut reports = self.canaries.check_exits(&self.pending, world);
         let mut targets: BTreeMap<u32, Vec<(GroupId, Pending)>> = BTreeMap::new();
         for (group, p) in due {
             self.pending.remove(&group);
@@ -239,11 +191,15 @@ impl Core {
                 world.newest_holder(group.netns(), group.port)
             };
             match found {
+                Some(pid) if self.canaries.ended(group, pid, world) => {
+                    reports.push(Report::NotAgain { pid, port: group.port });
+                }
                 Some(pid) => targets.entry(pid).or_default().push((group, p)),
                 None => reports.push(Report::Gone { port: group.port }),
             }
         }
-        let decisions = targets
+        let deciding: BTreeSet<GroupId> = targets.values().flatten().map(|(g, _)| *g).collect();
+        let mut decisions: Vec<Decision> = targets
             .into_iter()
             .map(|(pid, groups)| {
                 let first =
@@ -252,6 +208,18 @@ impl Core {
                 self.decision(pid, groups, scope, first.trigger, first.ktime_ns)
             })
             .collect();
+        for (pid, running) in self.canaries.take_due(now, &self.pending, &deciding) {
+            let groups: Vec<(GroupId, Pending)> = running
+                .iter()
+                .map(|(g, r)| {
+                    let (trigger, ktime_ns, tries) = (r.trigger, r.ktime_ns, r.tries);
+                    (*g, Pending { due: r.due, ktime_ns, pid, tries, fallbacks: 0, trigger })
+                })
+                .collect();
+            let (trigger, ktime_ns) = (groups[0].1.trigger, groups[0].1.ktime_ns);
+            let scope = ports_of(&groups);
+            decisions.push(Decision { action: Action::Complete, pid, scope, groups, trigger, ktime_ns });
+        }
         (decisions, reports)
     }
 
@@ -263,9 +231,10 @@ impl Core {
         trigger: Trigger,
         ktime_ns: u64,
     ) -> Decision {
-        let action = match self.config.policy {
-            Policy::Newest => Action::Promote,
-            Policy::Manual => Action::Reattach,
+        let action = match (self.config.policy, self.config.canary) {
+            (Policy::Newest, Some(plan)) => Action::Canary { weight: plan.weight },
+            (Policy::Newest, None) => Action::Promote,
+            (Policy::Manual, _) => Action::Reattach,
         };
         Decision { action, pid, scope, groups, trigger, ktime_ns }
     }
@@ -281,10 +250,13 @@ impl Core {
         world: &dyn World,
     ) -> Vec<Report> {
         let Decision { action, pid, scope: _, groups, trigger, ktime_ns } = decision;
+        if action == Action::Complete {
+            return self.settle_completion(pid, &groups, result, now, world);
+        }
         let error = match result {
-            Ok(Done::Promoted(changes)) => {
+            Ok(Done::Promoted(changes) | Done::Completed(super::steerer::Completion { changes, .. })) => {
                 self.watched.add(world, pid);
-                return vec![Report::Promoted { pid, trigger, ktime_ns, changes }];
+                return self.promoted(action, pid, &groups, changes, (now, trigger, ktime_ns), world);
             }
             Ok(Done::Reattached(found)) => {
                 return vec![Report::Reattached { pid, ports: ports_of(&groups), groups: found }];
@@ -378,9 +350,11 @@ impl Core {
         Some((netns, ports.into_iter().collect()))
     }
 
-    /// Drops exited processes from the fork watch list, every [`PRUNE_EVERY`].
+    /// Drops exited processes from the fork watch list, every [`PRUNE_EVERY`],
+    /// and forgets the ended canaries of processes that left.
     pub fn prune_watched(&mut self, now: Instant, world: &dyn World) {
         self.watched.prune(now, world);
+        self.canaries.prune(world);
     }
 
     /// The fork watch list, when it changed since the last call.
@@ -390,7 +364,7 @@ impl Core {
 }
 
 /// The distinct ports of `groups`, in order.
-fn ports_of(groups: &[(GroupId, Pending)]) -> Vec<u16> {
+pub(super) fn ports_of(groups: &[(GroupId, Pending)]) -> Vec<u16> {
     let ports: BTreeSet<u16> = groups.iter().map(|(g, _)| g.port).collect();
     ports.into_iter().collect()
 }

@@ -2,13 +2,19 @@
 use super::*;
 use crate::{
     daemon::fake::{Fake, p},
-    ops::OpError,
+    ops::{OpError, promote::Change},
     sockets::SocketError,
     state::StateError,
 };
 
 fn core(policy: Policy, ports: &[u16]) -> Core {
-    Core::new(Config { policy, ready_delay: Duration::ZERO, ports: ports.to_vec(), me: 4_000_000 })
+    Core::new(Config {
+        policy,
+        ready_delay: Duration::ZERO,
+        ports: ports.to_vec(),
+        me: 4_000_000,
+        canary: None,
+    })
 }
 
 fn listen(pid: u32, port: u16, ktime_ns: u64) -> Event {
@@ -294,6 +300,7 @@ fn the_ready_delay_holds_a_new_generation_back() {
         ready_delay: Duration::from_millis(50),
         ports: vec![80],
         me: 1,
+        canary: None,
     });
     c.observe(&[listen(10, 80, 1)], t, &world);
     assert!(c.take_due(t + Duration::from_millis(49), &world).0.is_empty());

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::steerer::{Steerer, StepError};
+use super::steerer::{Completion, Steerer, StepError};
 use crate::{metrics::DaemonStats, ops::promote::Change, proc::Process, sockets, state::StateDir};
 
 /// The caps, from `--max-instances`, `--max-groups-per-process` and
@@ -184,8 +184,15 @@ impl<S: Steerer> Limited<S> {
     }
 }
 
-impl<S: Steerer> Steerer for Limited<S> {
-    fn promote(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<Change>, StepError> {
+impl<S: Steerer> Limited<S> {
+    /// Checks the caps, then lets `step` promote; counts a generation when it
+    /// changed something.
+    fn capped(
+        &mut self,
+        pid: u32,
+        scope: &[u16],
+        step: impl FnOnce(&mut S) -> Result<Vec<Change>, StepError>,
+    ) -> Result<Vec<Change>, StepError> {
         let process = Process::open(pid).map_err(|e| StepError::from(crate::ops::OpError::from(e)))?;
         let now = Instant::now();
         let facts = self.facts(&process, scope, now);
@@ -193,7 +200,7 @@ impl<S: Steerer> Steerer for Limited<S> {
             self.refuse(cap, &process, &why);
             return Err(StepError::Refused(why));
         }
-        let changes = self.inner.promote(pid, scope)?;
+        let changes = step(&mut self.inner)?;
         if changes.iter().any(|c| c.changed) {
             if let Some((_, times)) = self.history.get_mut(&pid) {
                 times.push_back(now);
@@ -205,10 +212,29 @@ impl<S: Steerer> Steerer for Limited<S> {
         }
         Ok(changes)
     }
+}
+
+impl<S: Steerer> Steerer for Limited<S> {
+    fn promote(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<Change>, StepError> {
+        self.capped(pid, scope, |inner| inner.promote(pid, scope))
+    }
+
+    fn canary(&mut self, pid: u32, scope: &[u16], weight: u32) -> Result<Vec<Change>, StepError> {
+        self.capped(pid, scope, |inner| inner.canary(pid, scope, weight))
+    }
+
+    fn complete(&mut self, pid: u32, scope: &[u16]) -> Result<Completion, StepError> {
+        // The canary step passed the caps: completing it creates nothing more.
+        self.inner.complete(pid, scope)
+    }
 
     fn reattach(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<String>, StepError> {
         // Re-attaching creates nothing: an instance and its groups exist already.
         self.inner.reattach(pid, scope)
+    }
+
+    fn unnamed_by_operator(&mut self, pid: u32, scope: &[u16]) -> Vec<u16> {
+        self.inner.unnamed_by_operator(pid, scope)
     }
 }
 

@@ -51,6 +51,14 @@ impl Steerer for Always {
         }])
     }
 
+    fn canary(&mut self, pid: u32, scope: &[u16], _weight: u32) -> Result<Vec<Change>, StepError> {
+        self.promote(pid, scope)
+    }
+
+    fn complete(&mut self, pid: u32, scope: &[u16]) -> Result<Completion, StepError> {
+        Ok(Completion { changes: self.promote(pid, scope)?, left: Vec::new() })
+    }
+
     fn reattach(&mut self, _pid: u32, _scope: &[u16]) -> Result<Vec<String>, StepError> {
         Ok(Vec::new())
     }

@@ -9,14 +9,17 @@
 //!   [`tracepoint`] watcher, or the [`poll`]er), and choosing one;
 //! - [`core`]: the rules, pure: pending work per group, coalescing, retries,
 //!   trigger attribution, the fork, close and newest-holder rules (its inputs in
-//!   `event`, the fork watch list in `watched`);
+//!   `event`, its outputs in `decision`, the fork watch list in `watched`), and
+//!   the progressive canary's in [`canary`];
 //! - [`world`]: what the core asks of the machine (`/proc`, listeners);
 //! - [`steerer`]: the effects, through the CLI's promote code;
 //! - [`upkeep`]: slot upkeep on a thread of its own;
 //! - [`filter`]: which processes the operator named, and how each is verified;
 //! - [`limits`]: the caps on what the daemon pins for them;
 //! - `service`: privileges, signals, metrics, scheduling, and wiring it up.
+pub mod canary;
 pub mod core;
+mod decision;
 mod event;
 #[cfg(test)]
 mod fake;
@@ -51,7 +54,11 @@ use self::{
     steerer::{Steerer, StepError},
     world::World,
 };
-use crate::metrics::{DaemonStats, EventCounts};
+use crate::{
+    metrics::{DaemonStats, EventCounts},
+    ops::promote::Change,
+    policy::Outcome,
+};
 
 /// What to do when a new generation listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -76,6 +83,31 @@ pub struct Options {
     pub rt_priority: u8,
     /// The caps on instances, groups and generations.
     pub limits: Limits,
+    /// `--canary PCT --canary-for DURATION`: each new generation is a canary first.
+    pub canary: Option<canary::Plan>,
+}
+
+/// A `--canary-for` duration: a whole number of seconds (`30s`), milliseconds
+/// (`500ms`) or minutes (`2m`), more than zero and at most a day.
+///
+/// # Errors
+/// A sentence saying what is accepted.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.trim().split_at(text.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(0));
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if scale > 0 && n > 0 && n.saturating_mul(scale) <= 86_400_000 => {
+            Ok(Duration::from_millis(n * scale))
+        }
+        _ => Err(format!(
+            "{text:?} is not a duration: give a whole number with ms, s or m (500ms, 30s, 2m), more than zero and at most a day"
+        )),
+    }
 }
 
 /// The event loop wakes at least this often, to see a stop and the upkeep's findings.
@@ -98,12 +130,15 @@ pub fn run(
         ready_delay: opts.ready_delay,
         ports: opts.filter.ports.clone(),
         me: std::process::id(),
+        canary: opts.canary,
     });
     let mut l = Loop { core, world, steerer, stats, stop };
-    l.adopt();
+    l.adopt(true);
     let f = &opts.filter;
     let exe: Vec<_> = f.exes.iter().map(|e| e.path.display().to_string()).collect();
-    tracing::info!(policy = ?opts.policy, comm = ?f.comms, port = ?f.ports, user = ?f.users, ?exe, cgroup = ?f.cgroups, netns = ?f.netns, user_namespace = ?f.user_namespace, limits = ?opts.limits, "watching");
+    let (canary, canary_for_ms) =
+        opts.canary.map_or((None, None), |c| (Some(c.weight), Some(c.duration.as_millis())));
+    tracing::info!(policy = ?opts.policy, canary, canary_for_ms, comm = ?f.comms, port = ?f.ports, user = ?f.users, ?exe, cgroup = ?f.cgroups, netns = ?f.netns, user_namespace = ?f.user_namespace, limits = ?opts.limits, "watching");
     let mut events = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         stats.beat();
@@ -135,9 +170,21 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     /// Promotes the newest matching generation of every group (at start, and
-    /// after lost events).
-    fn adopt(&mut self) {
+    /// after lost events). At start, under `--canary`, groups an operator's
+    /// command set are left alone for a generation it does not name.
+    fn adopt(&mut self, at_start: bool) {
         for decision in self.core.adopt(self.world, Instant::now(), monotonic_ns()) {
+            let decision = if at_start {
+                let held = self.steerer.unnamed_by_operator(decision.pid, &decision.scope);
+                let (decision, reports) = self.core.yield_to_operator(decision, &held);
+                log(&reports, self.stats);
+                match decision {
+                    Some(d) => d,
+                    None => continue,
+                }
+            } else {
+                decision
+            };
             tracing::info!(pid = decision.pid, ports = ?decision.scope, "adopting");
             step(&mut self.core, decision, self.world, self.steerer, self.stats);
         }
@@ -161,7 +208,7 @@ impl Loop<'_> {
                 lost = counts.lost,
                 "the event source lost events (its ring buffer was full); looking at every matching group again"
             );
-            self.adopt();
+            self.adopt(false);
         }
         if let Some(u) = upkeep {
             if counts.close > 0 {
@@ -194,6 +241,10 @@ fn step(
 ) {
     let result: Result<Done, StepError> = match decision.action {
         Action::Promote => steerer.promote(decision.pid, &decision.scope).map(Done::Promoted),
+        Action::Canary { weight } => {
+            steerer.canary(decision.pid, &decision.scope, weight).map(Done::Promoted)
+        }
+        Action::Complete => steerer.complete(decision.pid, &decision.scope).map(Done::Completed),
         Action::Reattach => steerer.reattach(decision.pid, &decision.scope).map(Done::Reattached),
     };
     let reports = core.settle(decision, result, Instant::now(), world);
@@ -205,18 +256,46 @@ fn log(reports: &[Report], stats: &DaemonStats) {
     for report in reports {
         match report {
             Report::Promoted { pid, trigger, ktime_ns, changes } => {
+                log_changes(*pid, trigger.as_str(), Some(*ktime_ns), changes, stats);
+            }
+            Report::Canaried { pid, trigger, ktime_ns, changes, duration } => {
                 let latency_us = monotonic_ns().saturating_sub(*ktime_ns) / 1000;
                 let trigger = trigger.as_str();
+                let completes_in_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
                 for c in changes {
-                    if c.changed {
-                        stats.record_promotion(&c.group);
-                        tracing::info!(pid, group = %c.group, slot = c.first_slot, generation = c.generation, sockets = c.sockets, latency_us, trigger, previous = ?c.previous_pids, "promoted");
-                    } else if c.outcome == crate::policy::Outcome::HeldByOperator {
-                        tracing::info!(pid, group = %c.group, trigger, "not promoted: the operator's last command (promote, rollback or a canary by hand) set this group, and this generation is one it named");
-                    } else {
-                        tracing::debug!(pid, group = %c.group, trigger, "already active");
+                    match c.outcome {
+                        Outcome::Canary { weight } => {
+                            tracing::info!(pid, group = %c.group, weight, slot = c.first_slot, generation = c.generation, sockets = c.sockets, latency_us, trigger, completes_in_ms, "canary started");
+                        }
+                        Outcome::AlreadyCanary { weight } => {
+                            tracing::info!(pid, group = %c.group, weight, trigger, completes_in_ms, "canary runs on");
+                        }
+                        _ => log_changes(*pid, trigger, Some(*ktime_ns), std::slice::from_ref(c), stats),
                     }
                 }
+            }
+            Report::Completed { pid, after, changes } => {
+                let canary_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(pid, canary_ms, "canary ran its course; promoting it fully");
+                log_changes(*pid, "canary", None, changes, stats);
+            }
+            Report::CanaryEnded { pid, port, why } => {
+                tracing::info!(
+                    pid,
+                    port,
+                    why = why.as_str(),
+                    "canary abandoned; the active generation keeps every new connection, and it is not promoted"
+                );
+            }
+            Report::NotAgain { pid, port } => {
+                tracing::debug!(pid, port, "not canaried again: its canary ended");
+            }
+            Report::Yielded { pid, port } => {
+                tracing::info!(
+                    pid,
+                    port,
+                    "not adopted: the operator's last command set this group and does not name this generation (it may be a canary that command ended); a generation that listens from now on is canaried"
+                );
             }
             Report::Reattached { pid, ports, groups } => {
                 tracing::info!(pid, ?ports, reattached = ?groups, "new generation listening; not promoted (policy manual)");
@@ -224,11 +303,11 @@ fn log(reports: &[Report], stats: &DaemonStats) {
             Report::Retrying { pid, port, tries, error } => {
                 tracing::debug!(pid, port, tries, error, "not promoted yet; trying again");
             }
-            Report::Failed { action: Action::Promote, pid, port, tries, error } => {
-                tracing::warn!(pid, port, tries, error, "promote failed");
-            }
             Report::Failed { action: Action::Reattach, pid, port, tries, error } => {
                 tracing::warn!(pid, port, tries, error, "re-attach failed");
+            }
+            Report::Failed { action, pid, port, tries, error } => {
+                tracing::warn!(pid, port, tries, error, action = ?action, "promote failed");
             }
             Report::NextHolder { pid, next, port } => {
                 tracing::debug!(
@@ -244,6 +323,21 @@ fn log(reports: &[Report], stats: &DaemonStats) {
             Report::Gone { port } => tracing::debug!(port, "new listener gone before it could be handled"),
             // Logged (once per process or namespace) and counted where the cap decided.
             Report::Refused { pid, port, error } => tracing::debug!(pid, port, error, "refused by a cap"),
+        }
+    }
+}
+
+/// Logs what a promotion did per group, and counts those that changed.
+fn log_changes(pid: u32, trigger: &str, ktime_ns: Option<u64>, changes: &[Change], stats: &DaemonStats) {
+    let latency_us = ktime_ns.map(|k| monotonic_ns().saturating_sub(k) / 1000);
+    for c in changes {
+        if c.changed {
+            stats.record_promotion(&c.group);
+            tracing::info!(pid, group = %c.group, slot = c.first_slot, generation = c.generation, sockets = c.sockets, latency_us, trigger, previous = ?c.previous_pids, "promoted");
+        } else if c.outcome == Outcome::HeldByOperator {
+            tracing::info!(pid, group = %c.group, trigger, "not promoted: the operator's last command (promote, rollback or a canary by hand) set this group, and this generation is one it named");
+        } else {
+            tracing::debug!(pid, group = %c.group, trigger, "already active");
         }
     }
 }

@@ -40,11 +40,14 @@ impl EventSource for Script {
 struct Recorder {
     calls: Vec<(u32, Vec<u16>)>,
     fail_first: usize,
+    /// Each step's kind, in order: "promote", "canary" or "complete".
+    kinds: Vec<&'static str>,
 }
 
 impl Steerer for Recorder {
     fn promote(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<Change>, StepError> {
         self.calls.push((pid, scope.to_vec()));
+        self.kinds.push("promote");
         if self.calls.iter().filter(|(p, _)| *p == pid).count() <= self.fail_first {
             return Err(OpError::Socket(SocketError::Vanished { pid }).into());
         }
@@ -58,6 +61,21 @@ impl Steerer for Recorder {
             outcome: crate::policy::Outcome::Promoted,
             previous_pids: Vec::new(),
         }])
+    }
+
+    fn canary(&mut self, pid: u32, scope: &[u16], weight: u32) -> Result<Vec<Change>, StepError> {
+        let mut changes = self.promote(pid, scope)?;
+        changes[0].outcome = crate::policy::Outcome::Canary { weight };
+        self.kinds.pop();
+        self.kinds.push("canary");
+        Ok(changes)
+    }
+
+    fn complete(&mut self, pid: u32, scope: &[u16]) -> Result<steerer::Completion, StepError> {
+        let changes = self.promote(pid, scope)?;
+        self.kinds.pop();
+        self.kinds.push("complete");
+        Ok(steerer::Completion { changes, left: Vec::new() })
     }
 
     fn reattach(&mut self, _pid: u32, _scope: &[u16]) -> Result<Vec<String>, StepError> {
@@ -75,10 +93,20 @@ fn options(ports: &[u16]) -> Options {
         nice: 0,
         rt_priority: 0,
         limits: crate::daemon::Limits::default(),
+        canary: None,
     }
 }
 
 fn run_script(
+    world: &Fake,
+    steerer: &mut Recorder,
+    batches: Vec<Vec<Event>>,
+) -> (DaemonStats, Vec<BTreeSet<u32>>) {
+    run_with(&options(&[80]), world, steerer, batches)
+}
+
+fn run_with(
+    opts: &Options,
     world: &Fake,
     steerer: &mut Recorder,
     batches: Vec<Vec<Event>>,
@@ -88,7 +116,7 @@ fn run_script(
     let mut source =
         Script { batches: batches.into(), stop: Arc::clone(&stop), watched: Arc::clone(&watched) };
     let stats = DaemonStats::new();
-    run(&options(&[80]), &mut source, world, steerer, None, &stats, &stop);
+    run(opts, &mut source, world, steerer, None, &stats, &stop);
     let watched = watched.lock().unwrap().clone();
     (stats, watched)
 }
@@ -144,4 +172,33 @@ fn lost_events_make_the_loop_look_at_every_group_again() {
     let promoted: Vec<u32> = steerer.calls.iter().map(|(pid, _)| *pid).collect();
     assert_eq!(promoted, vec![10, 10], "adoption, then again after the loss");
     assert_eq!(stats.events().lost, 3);
+}
+
+#[test]
+fn under_canary_the_loop_canaries_then_completes_when_due_and_counts_one_promotion() {
+    let world = Fake::with([p(1, "srv", 10, 10, &[80]), p(1, "srv", 20, 20, &[80])]);
+    let mut steerer = Recorder::default();
+    let opts = Options {
+        canary: Some(super::canary::Plan { weight: 25, duration: Duration::from_millis(30) }),
+        ..options(&[80])
+    };
+    // Adoption makes 20 a canary; a quiet wait lets its completion come due
+    // (the loop wakes for it, well before WAKE_EVERY).
+    let started = Instant::now();
+    let (stats, _) = run_with(&opts, &world, &mut steerer, vec![vec![]]);
+    assert!(started.elapsed() < WAKE_EVERY, "woken by the due completion");
+    assert_eq!(steerer.kinds, vec!["canary", "complete"], "{:?}", steerer.calls);
+    assert!(steerer.calls.iter().all(|(pid, scope)| *pid == 20 && scope == &[80]), "{:?}", steerer.calls);
+    assert_eq!(stats.promotions().values().sum::<u64>(), 1, "the completion is the promotion counted");
+}
+
+#[test]
+fn canary_durations_parse_in_ms_s_and_m_and_nothing_else() {
+    for (text, ms) in [("500ms", 500), ("30s", 30_000), ("2m", 120_000), ("1440m", 86_400_000)] {
+        assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+    }
+    for text in ["", "30", "0s", "-1s", "1.5s", "2h", "s", "1441m", "ms30", "30 s"] {
+        let err = parse_duration(text).unwrap_err();
+        assert!(err.contains("500ms, 30s, 2m"), "{text}: {err}");
+    }
 }

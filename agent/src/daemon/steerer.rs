@@ -1,7 +1,13 @@
-//! The daemon's effects on steering: promote or re-attach a process's
-//! generation, through the same code as `steer promote`, with the error's
-//! verdict (try again, or give up) decided here once.
-use std::{collections::BTreeSet, os::fd::AsFd as _, path::PathBuf};
+//! The daemon's effects on steering: promote, canary, complete a canary or
+//! re-attach a process's generation, through the same code as `steer
+//! promote`, with the error's verdict (try again, or give up) decided here once.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::AsFd as _,
+    path::PathBuf,
+};
+
+use steer_abi::{FLAG_OPERATOR, WEIGHT_SCALE};
 
 use crate::{
     ops::{OpError, promote},
@@ -60,11 +66,33 @@ impl StepError {
     }
 }
 
+/// What a canary's completion did.
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    /// The groups promoted fully (or left as an operator's canary holds them).
+    pub changes: Vec<promote::Change>,
+    /// The ports where the process's sockets were the canary no more: an
+    /// operator's command ended or changed it. Nothing was done there.
+    pub left: Vec<u16>,
+}
+
 /// What the daemon does to steering. [`State`] is the real one; the core's
 /// tests script their own.
 pub trait Steerer {
     /// Promotes `pid`'s generation on `scope` (empty: all its ports).
     fn promote(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<promote::Change>, StepError>;
+    /// Gives `pid`'s generation `weight` percent of new connections on `scope`,
+    /// a canary; fully where its group has no active generation yet, and not
+    /// at all where it is the active generation already.
+    fn canary(&mut self, pid: u32, scope: &[u16], weight: u32) -> Result<Vec<promote::Change>, StepError>;
+    /// Promotes `pid`'s canary fully on the ports of `scope` where its
+    /// sockets are still the canary; the others are left alone and named.
+    fn complete(&mut self, pid: u32, scope: &[u16]) -> Result<Completion, StepError>;
+    /// The ports of `pid` in `scope` whose groups an operator's command set
+    /// (`FLAG_OPERATOR`) naming none of its sockets.
+    fn unnamed_by_operator(&mut self, _pid: u32, _scope: &[u16]) -> Vec<u16> {
+        Vec::new()
+    }
     /// Attaches the program to the configured groups of `pid`'s listeners on
     /// `scope`, changing no configuration; returns those groups.
     fn reattach(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<String>, StepError>;
@@ -86,16 +114,69 @@ impl State {
     }
 }
 
+impl State {
+    fn promote_with(
+        &mut self,
+        pid: u32,
+        scope: &[u16],
+        weight: u32,
+    ) -> Result<Vec<promote::Change>, StepError> {
+        let request =
+            promote::Request { pid, ports: scope.to_vec(), weight, take_over: false, by_operator: false };
+        Ok(promote::run_kept(&self.state_dir, &request, &mut self.open)?)
+    }
+}
+
 impl Steerer for State {
     fn promote(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<promote::Change>, StepError> {
-        let request = promote::Request {
-            pid,
-            ports: scope.to_vec(),
-            weight: 100,
-            take_over: false,
-            by_operator: false,
+        self.promote_with(pid, scope, WEIGHT_SCALE)
+    }
+
+    fn canary(&mut self, pid: u32, scope: &[u16], weight: u32) -> Result<Vec<promote::Change>, StepError> {
+        let places = places(&self.state_dir, pid, scope)?;
+        let ports = |f: fn(&Place) -> bool| -> Vec<u16> {
+            let mut ports: Vec<u16> = places.iter().filter(|p| f(p)).map(|p| p.port).collect();
+            ports.dedup();
+            ports
         };
-        Ok(promote::run_kept(&self.state_dir, &request, &mut self.open)?)
+        // policy::promote refuses a canary without an active generation, and
+        // of the active generation itself; neither is this step's to make.
+        let first = ports(|p| !p.has_active);
+        let active = ports(|p| p.role == Some(Role::Active));
+        let canary: Vec<u16> = ports(|p| p.has_active)
+            .into_iter()
+            .filter(|p| !active.contains(p) && !first.contains(p))
+            .collect();
+        let mut changes = Vec::new();
+        if !first.is_empty() {
+            changes.extend(self.promote_with(pid, &first, WEIGHT_SCALE)?);
+        }
+        if !canary.is_empty() {
+            changes.extend(self.promote_with(pid, &canary, weight)?);
+        }
+        Ok(changes)
+    }
+
+    fn complete(&mut self, pid: u32, scope: &[u16]) -> Result<Completion, StepError> {
+        let places = places(&self.state_dir, pid, scope)?;
+        let mut still: BTreeMap<u16, bool> = BTreeMap::new();
+        for p in &places {
+            *still.entry(p.port).or_insert(true) &= p.role == Some(Role::Canary);
+        }
+        // Read without the state's lock: a rollback between this read and the
+        // promote below is not seen (a window of about a millisecond).
+        let (ports, left): (Vec<u16>, Vec<u16>) = still.keys().partition(|port| still[port]);
+        let changes =
+            if ports.is_empty() { Vec::new() } else { self.promote_with(pid, &ports, WEIGHT_SCALE)? };
+        Ok(Completion { changes, left })
+    }
+
+    fn unnamed_by_operator(&mut self, pid: u32, scope: &[u16]) -> Vec<u16> {
+        let places = places(&self.state_dir, pid, scope).unwrap_or_default();
+        let mut ports: Vec<u16> =
+            places.iter().filter(|p| p.operator && p.role.is_none()).map(|p| p.port).collect();
+        ports.dedup();
+        ports
     }
 
     fn reattach(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<String>, StepError> {
@@ -119,4 +200,66 @@ fn reattach(state_dir: &std::path::Path, pid: u32, ports: &[u16]) -> Result<Vec<
         }
     }
     Ok(done.iter().map(sockets::key_label).collect())
+}
+
+/// Which range of a group a process's sockets sit in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Active,
+    Previous,
+    Canary,
+}
+
+/// A process's place in one group it listens in.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    port: u16,
+    /// The range holding its sockets; `None`: none does.
+    role: Option<Role>,
+    /// Whether the group has an active generation.
+    has_active: bool,
+    /// Whether an operator's command set the group's configuration.
+    operator: bool,
+}
+
+/// The place of `pid`'s listeners on `scope` (empty: all) in their groups, by
+/// port, from the pinned state read without its lock; sockets are matched by
+/// inode. A port whose group has no configuration yet has no role and no
+/// active generation.
+fn places(state_dir: &std::path::Path, pid: u32, scope: &[u16]) -> Result<Vec<Place>, OpError> {
+    let process = Process::open(pid)?;
+    let listening = sockets::listening_sockets(&process, scope)?;
+    let mine: BTreeMap<u64, u16> = listening.iter().map(|(_, l)| (l.inode, l.addr.port())).collect();
+    let ports: BTreeSet<u16> = mine.values().copied().collect();
+    let instance =
+        StateDir::open_for_read(state_dir).map(|s| s.instance(process.netns)).transpose()?.flatten();
+    let Some(instance) = instance else {
+        return Ok(ports
+            .into_iter()
+            .map(|port| Place { port, role: None, has_active: false, operator: false })
+            .collect());
+    };
+    let metas = instance.slot_metas()?;
+    let groups = instance.groups();
+    let mut out = Vec::new();
+    for port in ports {
+        let on_port: Vec<_> = groups.iter().filter(|g| g.key.port == port).collect();
+        if on_port.is_empty() {
+            out.push(Place { port, role: None, has_active: false, operator: false });
+        }
+        for g in on_port {
+            let c = g.config;
+            let holds = |r: steer_abi::SlotRange| {
+                (r.first..r.first + r.count)
+                    .any(|s| metas.get(&s).is_some_and(|m| mine.get(&m.inode) == Some(&port)))
+            };
+            let role = [(c.active, Role::Active), (c.canary, Role::Canary), (c.previous, Role::Previous)]
+                .into_iter()
+                .find(|(r, _)| !r.is_none() && holds(*r))
+                .map(|(_, role)| role);
+            let operator = c.flags & FLAG_OPERATOR != 0;
+            out.push(Place { port, role, has_active: !c.active.is_none(), operator });
+        }
+    }
+    Ok(out)
 }

@@ -10,6 +10,7 @@ mod deploy;
 mod errors;
 mod faults;
 mod handover;
+mod metrics;
 mod reload;
 mod servers;
 mod steering;
