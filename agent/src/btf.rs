@@ -237,7 +237,8 @@ impl Btf {
             let member = Member { offset: if ty.kind_flag { m.offset & 0xff00_0000 } else { 0 }, ..*m };
             if m.name == 0 {
                 if let Some((inner, found)) = self.find_member(m.ty, name, depth + 1)? {
-                    return Ok(Some((bits + inner, found)));
+                    let bits = bits.checked_add(inner).ok_or(BtfError::Malformed("offset overflow"))?;
+                    return Ok(Some((bits, found)));
                 }
             } else if self.string(m.name)? == name {
                 return Ok(Some((bits, member)));

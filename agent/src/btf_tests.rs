@@ -160,3 +160,17 @@ fn a_type_that_contains_itself_is_an_error() {
     assert!(matches!(btf.field("holder", "field", 4), Err(BtfError::Malformed(_))));
     assert!(btf.resolve(3).is_err());
 }
+
+/// Found by the `btf` fuzz target: an anonymous member's bit offset plus the
+/// offset of a field inside it overflowed (a panic with overflow checks, a
+/// wrong offset without).
+#[test]
+fn an_offset_past_u32_is_malformed() {
+    let mut b = Blob::new();
+    let (u16n, num, sock) = (b.name("u16"), b.name("skc_num"), b.name("sock"));
+    b.words(&[u16n, Blob::info(KIND_INT, 0, false), 2, 16]); // 1
+    b.words(&[0, Blob::info(KIND_STRUCT, 1, false), 4, num, 1, 16]); // 2: { u16 skc_num @ 16 }
+    b.words(&[sock, Blob::info(KIND_STRUCT, 1, false), 8, 0, 2, u32::MAX - 8]); // 3: { struct 2 @ MAX - 8 }
+    let btf = Btf::parse(&b.bytes()).unwrap();
+    assert!(matches!(btf.field("sock", "skc_num", 2), Err(BtfError::Malformed("offset overflow"))));
+}

@@ -231,6 +231,31 @@ pub fn allocate(used: &Slots, max_slots: u32, needed: u32) -> Result<SlotRange, 
     Err(PolicyError::SockarrayFull { needed, free })
 }
 
+/// Marks as used, in `used`, every slot that a configuration still refers to.
+/// A range whose sockets closed stays in its group's configuration (a previous
+/// generation that exited, or an active one with no successor) after upkeep
+/// freed its slots; [`allocate`] must not hand those slots to another
+/// generation, or one slot would sit in two ranges: a rollback would then make
+/// another generation, or another group's sockets, active.
+pub fn reserve_referenced(used: &mut Slots, configs: impl IntoIterator<Item = GroupConfig>) {
+    for range in configs.into_iter().flat_map(|c| ranges(&c)) {
+        for slot in range.first..range.first.saturating_add(range.count) {
+            used.entry(slot).or_insert(SlotMeta { cookie: u64::MAX, ..SlotMeta::default() });
+        }
+    }
+}
+
+/// Frees in `used` the slots of `range` that only [`reserve_referenced`]
+/// holds (no socket sits there): a range the promote being planned drops from
+/// its group's configuration.
+pub fn unreserve(used: &mut Slots, range: SlotRange) {
+    for slot in range.first..range.first.saturating_add(range.count) {
+        if used.get(&slot).is_some_and(|m| m.cookie == u64::MAX && m.pid == 0) {
+            used.remove(&slot);
+        }
+    }
+}
+
 /// Whether the daemon (`by_operator` false) must leave `config` alone for a
 /// generation whose sockets sit in one of its ranges (`configured`): an
 /// operator's command set it, and the generation is one that command saw.
@@ -260,3 +285,7 @@ pub fn grows(active: SlotRange, metas: &Slots, cookies: &[u64]) -> bool {
 #[cfg(test)]
 #[path = "policy_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "policy_props.rs"]
+mod props;

@@ -210,7 +210,12 @@ fn walk_dump(
                     .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
                     .ok_or(DiagError::Malformed("short error message"))?;
                 if code != 0 {
-                    return Err(DiagError::Netlink(io::Error::from_raw_os_error(-code)));
+                    // A negative errno (include/uapi/linux/netlink.h, struct nlmsgerr).
+                    let errno = code
+                        .checked_neg()
+                        .filter(|e| *e > 0)
+                        .ok_or(DiagError::Malformed("bad error code"))?;
+                    return Err(DiagError::Netlink(io::Error::from_raw_os_error(errno)));
                 }
             }
             SOCK_DIAG_BY_FAMILY => each(body)?,

@@ -113,3 +113,23 @@ fn parses_pending_handshakes_and_skips_other_states() {
     assert_eq!(parse_handshake(&msg).unwrap(), None);
     assert!(parse_handshake(&msg[..10]).is_err());
 }
+
+/// Found by the `sock_diag` fuzz target: an NLMSG_ERROR whose code is
+/// `i32::MIN` overflowed when negated into an errno.
+#[test]
+fn an_error_code_that_is_no_errno_is_malformed() {
+    let error = |code: i32| {
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&20_u32.to_ne_bytes());
+        msg.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        msg.extend_from_slice(&[0; 10]);
+        msg.extend_from_slice(&code.to_ne_bytes());
+        parse_dump(&msg, &mut Vec::new())
+    };
+    assert!(matches!(error(i32::MIN), Err(DiagError::Malformed("bad error code"))));
+    assert!(matches!(error(5), Err(DiagError::Malformed("bad error code"))));
+    assert!(
+        matches!(error(-libc::EPERM), Err(DiagError::Netlink(e)) if e.raw_os_error() == Some(libc::EPERM))
+    );
+    assert!(matches!(error(0), Ok(false)));
+}

@@ -4,10 +4,12 @@
 //! Layout: `setup.rs` installs what building and testing need, `test.rs` runs the checks
 //! and tests in CI's order, `demo.rs` shows steer at work, `bench.rs` measures it,
 //! `release.rs` holds what demo and bench share (preflight, release build, the `steer`
-//! binary), `image.rs` builds the container images, and `util.rs` runs commands.
+//! binary), `image.rs` builds the container images, `fuzz.rs` runs the fuzz targets of `fuzz/`,
+//! and `util.rs` runs commands.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod image;
 mod release;
 mod setup;

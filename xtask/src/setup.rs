@@ -36,6 +36,7 @@ pub fn run() -> Result<()> {
     toolchain("stable", &["clippy", "rustfmt"], "builds and lints the workspace")?;
     toolchain("nightly", &["rust-src", "clippy"], "builds the eBPF program with `-Z build-std=core`")?;
     bpf_linker()?;
+    cargo_fuzz()?;
     pypi_tools()?;
     bpffs(root)?;
     println!("setup: done");
@@ -151,6 +152,24 @@ fn bpf_linker() -> Result<()> {
     )
     .context("could not install bpf-linker")?;
     let installed = util::cargo_bin_dir().join("bpf-linker");
+    let version = util::output(cmd(&installed).arg("--version"))?;
+    println!("ok: {} installed ({})", version.trim(), installed.display());
+    Ok(())
+}
+
+/// cargo-fuzz builds and runs the fuzz targets of `fuzz/` (with the nightly toolchain).
+fn cargo_fuzz() -> Result<()> {
+    let found = which::which_in("cargo-fuzz", Some(util::search_path()), util::workspace_root());
+    if let Ok(program) = found {
+        let version = util::output(cmd(&program).arg("--version"))
+            .with_context(|| format!("{} is there but does not run", program.display()))?;
+        println!("ok: {} already installed ({})", version.trim(), program.display());
+        return Ok(());
+    }
+    println!("installing: cargo-fuzz (cargo install, about 2 minutes on 2 cores)");
+    util::run(cmd("cargo").args(["+stable", "install", "cargo-fuzz", "--locked"]))
+        .context("could not install cargo-fuzz")?;
+    let installed = util::cargo_bin_dir().join("cargo-fuzz");
     let version = util::output(cmd(&installed).arg("--version"))?;
     println!("ok: {} installed ({})", version.trim(), installed.display());
     Ok(())

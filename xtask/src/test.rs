@@ -1,5 +1,6 @@
 //! `cargo xtask test`: what CI runs: setup, rustfmt, clippy on the host crates and on
-//! the eBPF crate, every test, then `bench --quick`, stopping at the first failure.
+//! the eBPF crate, every test, the fuzz targets for a bounded time, then `bench --quick`,
+//! stopping at the first failure.
 
 use std::{
     env,
@@ -58,6 +59,9 @@ pub fn run(options: &Options) -> Result<()> {
     for (name, command) in &mut steps {
         step(name, || util::run(command))?;
     }
+    // Each cargo-fuzz target of fuzz/ for a bounded time (skipped, with the reason,
+    // where nightly or cargo-fuzz is missing outside CI).
+    step(&format!("fuzz ({} s per target)", crate::fuzz::SECONDS), crate::fuzz::run)?;
     let ci = env::var("CI").is_ok_and(|v| v == "true");
     let mut ran_bench = false;
     if options.no_bench {
@@ -71,7 +75,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     println!(
         "xtask test: all {} steps passed in {}",
-        steps.len() + 1 + usize::from(!options.no_setup) + usize::from(ran_bench),
+        steps.len() + 2 + usize::from(!options.no_setup) + usize::from(ran_bench),
         minutes(start.elapsed())
     );
     Ok(())

@@ -164,6 +164,8 @@ fn promote_with(
     let late = |error: OpError| Failed { error, refused_before_any_write: false };
     instance.reclaim().map_err(|e| late(e.into()))?;
     let mut metas = instance.slot_metas().map_err(|e| early(e.into()))?;
+    // Slots of closed generations that a configuration still names stay taken.
+    policy::reserve_referenced(&mut metas, instance.groups().into_iter().map(|g| g.config));
     let plans = by_group
         .into_iter()
         .map(|(key, sockets)| plan(instance, &mut metas, key, sockets, req))
@@ -216,11 +218,22 @@ fn plan(
         None => {
             let stale: Vec<u32> =
                 metas.iter().filter(|(_, m)| cookies.contains(&m.cookie)).map(|(s, _)| *s).collect();
+            // A full promote replaces the group's previous generation (unless it
+            // grows the active one): the slots of a previous generation that has
+            // exited are free for it, though the configuration names them now.
+            if let Some(c) = current.as_ref()
+                && req.weight >= WEIGHT_SCALE
+                && !grows
+            {
+                policy::unreserve(metas, c.previous);
+            }
+            // Allocated while the stale slots still count as used: the sockets new to
+            // the sockarray enter `range` before the stale slots are emptied (see apply).
+            let range = policy::allocate(metas, instance.info.max_slots, sockets.len() as u32)
+                .map_err(OpError::policy(&key))?;
             let moving: Vec<u64> = stale.iter().filter_map(|s| metas.remove(s)).map(|m| m.cookie).collect();
             // The sockets that move first, then the ones new to the sockarray (see apply).
             sockets.sort_by_key(|c| !moving.contains(&c.cookie));
-            let range = policy::allocate(metas, instance.info.max_slots, sockets.len() as u32)
-                .map_err(OpError::policy(&key))?;
             for s in range.first..range.first + range.count {
                 // Reserve the slots so the next group's plan does not take them.
                 metas.insert(s, SlotMeta { cookie: u64::MAX, ..SlotMeta::default() });
