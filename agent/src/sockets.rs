@@ -97,6 +97,41 @@ pub fn ports_phrase(ports: &[u16]) -> String {
     }
 }
 
+/// A duplicate of one listener on `addr` in `process`'s network namespace that
+/// `process` does not hold (not among `own` inodes), with the pid holding it:
+/// another member of the group. Reads the namespace's listeners, then the fd
+/// tables of the processes in it, so it is for a group's first promote in a
+/// state only.
+#[must_use]
+pub fn other_member(process: &Process, addr: SocketAddr, own: &[u64]) -> Option<(u32, OwnedFd)> {
+    let inodes: Vec<u64> = namespace_listeners(process)
+        .ok()?
+        .into_iter()
+        .filter(|l| l.addr == addr && !own.contains(&l.inode))
+        .map(|l| l.inode)
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let pids = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids.filter(|p| *p != process.pid) {
+        let Ok(other) = Process::open(pid) else { continue };
+        if other.netns != process.netns {
+            continue;
+        }
+        let Ok(fds) = other.socket_fds() else { continue };
+        let Some(fd) = inodes.iter().find_map(|inode| fds.get(inode)) else { continue };
+        let Ok(pidfd) = open_pidfd(pid) else { continue };
+        if let Ok(Ok(dup)) = getfd(&pidfd, pid, *fd) {
+            return Some((pid, dup));
+        }
+    }
+    None
+}
+
 /// Up to this many sockets, a process's listeners are found by looking at each
 /// of its sockets directly (a fresh server generation holds a handful); beyond
 /// it, sock_diag lists only the namespace's listeners, so a draining process's

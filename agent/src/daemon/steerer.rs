@@ -30,6 +30,12 @@ pub enum StepError {
         "socket fd {fd} of pid {pid} (cookie {cookie}) is held by another steer state directory, or by one removed without `steer detach`; detach it there, or run `steer promote {pid} --take-over` once to make this state steer the group"
     )]
     Busy { cookie: u64, pid: u32, fd: u32 },
+    /// Another state directory steers the group (one of its members sits in
+    /// that state's sockarray).
+    #[error(
+        "group {group} is steered by another steer state directory (pid {holder}'s socket sits in its sockarray); detach it there, or run `steer promote PID --take-over` once to make this state steer the group"
+    )]
+    Owned { group: String, holder: u32 },
     /// A cap refused it (see `limits`); the refusal was logged and counted
     /// once there, so the core reports it quietly.
     #[error("{0}")]
@@ -53,6 +59,7 @@ impl From<OpError> for StepError {
             // the core tries again after its backoff.
             | OpError::State(StateError::Locked { .. }) => Self::NotReady(e),
             OpError::State(StateError::SocketBusy { cookie, pid, fd }) => Self::Busy { cookie, pid, fd },
+            OpError::State(StateError::GroupOwned { group, pid }) => Self::Owned { group, holder: pid },
             other => Self::Failed(other),
         }
     }

@@ -162,6 +162,9 @@ fn promote_with(
 ) -> Result<Vec<Change>, Failed> {
     let early = |error: OpError| Failed { error, refused_before_any_write: !req.take_over };
     let late = |error: OpError| Failed { error, refused_before_any_write: false };
+    if !req.take_over {
+        refuse_owned_elsewhere(instance, process, &by_group).map_err(early)?;
+    }
     instance.reclaim().map_err(|e| late(e.into()))?;
     let mut metas = instance.slot_metas().map_err(|e| early(e.into()))?;
     // Slots of closed generations that a configuration still names stay taken.
@@ -183,6 +186,31 @@ fn promote_with(
     instance.release_unreferenced().map_err(|e| late(e.into()))?;
     // Every duplicate was dropped inside apply(): none outlives this call.
     Ok(changes)
+}
+
+/// One group, one owner: a group this state has no configuration for, one of
+/// whose other members sits in another state's sockarray, is that state's.
+/// Attaching this state's program would take it over silently; refuse
+/// instead, before anything is written (`--take-over` says the operator means it).
+fn refuse_owned_elsewhere(
+    instance: &Instance,
+    process: &Process,
+    by_group: &BTreeMap<GroupKey, Vec<Candidate>>,
+) -> Result<(), OpError> {
+    for (key, sockets) in by_group {
+        let Some(first) = sockets.first() else { continue };
+        if instance.config(key).is_some() {
+            continue;
+        }
+        let own: Vec<u64> = sockets.iter().map(|c| c.inode).collect();
+        let Some((pid, member)) = sockets::other_member(process, first.addr, &own) else { continue };
+        let used = instance.slot_metas()?;
+        let Ok(free) = policy::allocate(&used, instance.info.max_slots, 1) else { continue };
+        if instance.held_elsewhere(free.first, member.as_fd())? {
+            return Err(crate::state::StateError::GroupOwned { group: sockets::key_label(key), pid }.into());
+        }
+    }
+    Ok(())
 }
 
 fn plan(

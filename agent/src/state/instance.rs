@@ -223,6 +223,21 @@ impl Instance {
         Ok(())
     }
 
+    /// Whether `socket` sits in another sockarray (another state's), found by
+    /// putting it into free `slot` of ours and taking it out again. Our
+    /// program selects from no slot that no configuration names, so the
+    /// moment it sits here changes nothing for traffic.
+    pub fn held_elsewhere(&self, slot: u32, socket: BorrowedFd<'_>) -> Result<bool, StateError> {
+        match self.sockarray().insert(slot, socket, sockarray::BPF_NOEXIST) {
+            Ok(()) => {
+                self.sockarray().clear(slot).map_err(StateError::map("sockets"))?;
+                Ok(false)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(true),
+            Err(e) => Err(StateError::map("sockets")(e)),
+        }
+    }
+
     /// Replaces the record of a used slot (its socket stays where it is).
     pub fn update_slot_meta(&mut self, slot: u32, meta: &SlotMeta) -> Result<(), StateError> {
         self.slots.insert(slot, meta, 0).map_err(StateError::map("slots"))

@@ -63,6 +63,10 @@ pub enum StateError {
     )]
     SocketBusy { cookie: u64, pid: u32, fd: u32 },
     #[error(
+        "group {group} is steered by another steer state directory (or by one removed without `steer detach`): pid {pid}'s socket there sits in its sockarray; detach it there (`steer --state-dir OTHER detach`), or pass --take-over to make this state steer the group"
+    )]
+    GroupOwned { group: String, pid: u32 },
+    #[error(
         "another steer ({holder}) has held the lock of {path} for {waited_ms} ms; wait for it to finish, or stop it if it hangs (a stopped `steer` holds the lock until it exits)"
     )]
     Locked { path: PathBuf, holder: String, waited_ms: u64 },

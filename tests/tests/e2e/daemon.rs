@@ -421,6 +421,8 @@ fn a_generation_whose_sockets_listen_one_after_another_keeps_its_rollback_target
 fn a_state_directory_removed_under_a_running_daemon_is_created_again_at_the_next_promotion() {
     // The daemon keeps the instance it wrote open between promotions; a
     // directory removed since must not leave it writing to the orphaned maps.
+    // The orphaned program still steers the group (it holds a's and b's
+    // sockets), so the daemon does not take it over by itself: it says how.
     let Some(w) = World::new("dremoved") else { return };
     let a = w.server("a", &["127.0.0.1:8080"]);
     let d = Daemon::spawn(&w, &["--port", "8080"]);
@@ -429,17 +431,26 @@ fn a_state_directory_removed_under_a_running_daemon_is_created_again_at_the_next
     d.promoted(&b);
     std::fs::remove_dir_all(&w.state_dir).expect("remove the state directory");
     let c = w.server("c", &["127.0.0.1:8080"]);
-    d.promoted(&c);
+    let line = d.wait_for(&["promote failed", "steered by another steer state directory"], "the refusal");
+    assert!(line.contains("--take-over"), "{line}");
+    assert!(w.status().namespaces.is_empty(), "nothing written to a new state: {:?}", w.status());
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(answered_by(&r, "b"), 300, "the orphaned program steers on as it was");
+    // The operator takes the group over; the daemon then promotes into the new
+    // state, not the orphaned maps it had open.
+    w.steer_ok(&["promote", &c.pid().to_string(), "--take-over"]);
+    let e = w.server("e", &["127.0.0.1:8080"]);
+    d.promoted(&e);
     let status = w.status();
-    assert_eq!(status.namespaces.len(), 1, "a fresh instance: {status:?}");
+    assert_eq!(status.namespaces.len(), 1, "one fresh instance: {status:?}");
     let active: Vec<u32> =
         w.group(8080).sockets.iter().filter(|s| s.role == "active").map(|s| s.pid).collect();
-    assert_eq!(active, vec![c.pid()], "the new state names c");
+    assert_eq!(active, vec![e.pid()], "the new state names e");
     let r = w.requests("127.0.0.1:8080", 300);
-    assert_eq!(answered_by(&r, "c"), 300, "the fresh program steers to c");
+    assert_eq!(answered_by(&r, "e"), 300, "the fresh program steers to e");
     assert!(w.counters(8080).steered_active >= 300);
     drop(d);
-    drop((a, b, c));
+    drop((a, b, c, e));
 }
 
 mod canary;

@@ -335,3 +335,39 @@ fn take_over_works_for_a_server_on_two_ports_and_a_refused_promote_leaves_no_sta
     let c = w.status().namespaces[0].counters.clone();
     assert!(c.steered_active >= 400, "this state's program steers both groups: {c:?}");
 }
+
+#[test]
+fn one_group_one_owner_a_second_state_does_not_take_a_group_over_silently() {
+    let Some(w) = World::new("oneowner") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    w.promote(&a);
+    // b is new: no sockarray holds its socket, but the group is the first state's.
+    let b = w.server("b", &["127.0.0.1:8080"]);
+    let second =
+        std::path::PathBuf::from(w.state_dir.to_string_lossy().replace("steer-test-", "steer-second-"));
+    let second_status = || {
+        let out = crate::common::steer_cmd(&second, &["status", "--json"]).output().expect("steer");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = second_status();
+    let out = crate::common::steer_cmd(&second, &["promote", &b.pid().to_string()]).output().expect("steer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is steered by another steer state directory") && stderr.contains("--take-over"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(second_status(), before, "the refused promote left no state in the second directory");
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(crate::common::answered_by(&r, "a"), 300, "routing did not change");
+    // With --take-over the second state steers the group.
+    let out = crate::common::steer_cmd(&second, &["promote", &b.pid().to_string(), "--take-over"])
+        .output()
+        .expect("steer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = w.requests("127.0.0.1:8080", 300);
+    assert_eq!(crate::common::answered_by(&r, "b"), 300);
+    let _ = crate::common::steer_cmd(&second, &["detach"]).output();
+    let _ = std::fs::remove_dir_all(&second);
+}
