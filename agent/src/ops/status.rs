@@ -190,6 +190,10 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
     let Some(state) = StateDir::open_for_read(state_dir) else {
         return Ok(status);
     };
+    // The directory is 0700: without privileges, say so rather than "no groups".
+    if std::fs::read_dir(state_dir).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied) {
+        return Err(StateError::Permission { path: state_dir.to_path_buf() });
+    }
     for netns in state.namespaces() {
         match namespace(&state, netns) {
             Ok(Some(ns)) => status.namespaces.push(ns),

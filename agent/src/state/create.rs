@@ -30,7 +30,9 @@ pub fn create_instance(state_dir: &Path, netns: u64) -> Result<(), StateError> {
     // bpffs refuses names with a dot (kernel/bpf/inode.c, `bpf_lookup`).
     let tmp = state_dir.join(format!("tmp-{}-{netns}", std::process::id()));
     let _ = remove_pins(&tmp);
-    fs::create_dir(&tmp).map_err(StateError::io("create", &tmp))?;
+    std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+        .create(&tmp)
+        .map_err(StateError::io("create", &tmp))?;
     let result = fill(&tmp).and_then(|()| {
         let dest = paths::instance_dir(state_dir, netns);
         fs::rename(&tmp, &dest).map_err(StateError::io("rename into place", &dest))

@@ -124,6 +124,14 @@ impl StateDir {
     pub fn open_for_write(path: &Path) -> Result<Self, StateError> {
         ensure_bpffs(path)?;
         fs::create_dir_all(path).map_err(StateError::io("create", path))?;
+        // The state is root's alone: directories 0700 (the pins are 0600 by the
+        // kernel, kernel/bpf/inode.c, `bpf_obj_do_pin`).
+        // Not bpffs's own root (`--state-dir /sys/fs/bpf`), which others share.
+        if path != Path::new(paths::BPFFS_MOUNT) {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+                .map_err(StateError::io("restrict", path))?;
+        }
         let lock = File::open(path).map_err(StateError::io("open", path))?;
         take_lock(&lock, path)?;
         let dir = Self { path: path.to_path_buf(), _lock: Some(lock) };

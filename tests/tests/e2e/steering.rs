@@ -176,3 +176,20 @@ fn several_sockets_per_generation_share_the_load() {
     let used = g.sockets.iter().filter(|s| s.pid == b.pid() && s.selected > 0).count();
     assert_eq!(used, 4, "every socket of the generation took connections: {:?}", g.sockets);
 }
+
+#[test]
+fn the_state_is_roots_alone_pins_0600_and_directories_0700() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(w) = World::new("perms") else { return };
+    let a = w.server("a", &["127.0.0.1:8080"]);
+    w.promote(&a);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&w.state_dir), 0o700, "the state directory");
+    let instances: Vec<_> =
+        std::fs::read_dir(&w.state_dir).expect("list").flatten().map(|e| e.path()).collect();
+    assert_eq!(instances.len(), 1);
+    assert_eq!(mode(&instances[0]), 0o700, "the instance directory");
+    for pin in std::fs::read_dir(&instances[0]).expect("list pins").flatten() {
+        assert_eq!(mode(&pin.path()), 0o600, "{}", pin.path().display());
+    }
+}
