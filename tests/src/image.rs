@@ -67,6 +67,26 @@ pub fn build_all(root: &Path, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<B
 ///
 /// As [`build_all`].
 pub fn build_steer(root: &Path, say: &mut dyn FnMut(&str)) -> anyhow::Result<Built> {
+    let binaries = build_static(root, &[("steer", "steer")], say)?;
+    let context = root.join(TARGET_DIR).join("context/steer");
+    std::fs::create_dir_all(&context).with_context(|| format!("creating {}", context.display()))?;
+    copy_if_changed(&binaries[0], &context.join("steer"))?;
+    docker_build(STEER_IMAGE, &root.join(STEER_DOCKERFILE), &context, say)
+}
+
+/// Builds each `(package, binary)` of `bins` with `cargo build --release` for the host's
+/// triple with `+crt-static`, in `target/image` so the host build is not invalidated;
+/// checks that each is static and returns their paths, in order. `cargo xtask kernels`
+/// puts them in its VMs' initramfs.
+///
+/// # Errors
+///
+/// When cargo fails or a binary is not static.
+pub fn build_static(
+    root: &Path,
+    bins: &[(&str, &str)],
+    say: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<PathBuf>> {
     let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     let flags_var = format!("CARGO_TARGET_{}_RUSTFLAGS", triple.to_uppercase().replace('-', "_"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -77,18 +97,26 @@ pub fn build_steer(root: &Path, say: &mut dyn FnMut(&str)) -> anyhow::Result<Bui
         // Either would replace the target's flags.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .args(["build", "--quiet", "--release", "-p", "steer", "--bin", "steer"])
-        .args(["--target", &triple, "--target-dir", TARGET_DIR])
-        .stdin(Stdio::null());
-    say(&format!("static steer: cargo build --release -p steer --target {triple} --target-dir {TARGET_DIR}"));
+        .args(["build", "--quiet", "--release"]);
+    for (package, bin) in bins {
+        build.args(["-p", package, "--bin", bin]);
+    }
+    build.args(["--target", &triple, "--target-dir", TARGET_DIR]).stdin(Stdio::null());
+    let names: Vec<&str> = bins.iter().map(|(_, bin)| *bin).collect();
+    say(&format!(
+        "static {}: cargo build --release --target {triple} --target-dir {TARGET_DIR}",
+        names.join(", ")
+    ));
     run(&mut build)?;
-    let binary = root.join(TARGET_DIR).join(&triple).join("release/steer");
-    ensure_static(&binary)?;
-    say(&format!("static steer: {} has no program interpreter (static)", binary.display()));
-    let context = root.join(TARGET_DIR).join("context/steer");
-    std::fs::create_dir_all(&context).with_context(|| format!("creating {}", context.display()))?;
-    copy_if_changed(&binary, &context.join("steer"))?;
-    docker_build(STEER_IMAGE, &root.join(STEER_DOCKERFILE), &context, say)
+    let release = root.join(TARGET_DIR).join(&triple).join("release");
+    let mut paths = Vec::new();
+    for name in names {
+        let binary = release.join(name);
+        ensure_static(&binary)?;
+        say(&format!("static {name}: {} has no program interpreter (static)", binary.display()));
+        paths.push(binary);
+    }
+    Ok(paths)
 }
 
 /// Copies HAProxy, `sleep` and their libraries (from `ldd`) into a root filesystem, adds

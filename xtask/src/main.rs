@@ -4,13 +4,15 @@
 //! Layout: `setup.rs` installs what building and testing need, `test.rs` runs the checks
 //! and tests in CI's order, `demo.rs` shows steer at work, `bench.rs` measures it,
 //! `release.rs` holds what demo and bench share (preflight, release build, the `steer`
-//! binary), `image.rs` builds the container images, `fuzz.rs` runs the fuzz targets of `fuzz/`,
+//! binary), `image.rs` builds the container images, `kernels.rs` runs steer on other kernels in
+//! QEMU, `fuzz.rs` runs the fuzz targets of `fuzz/`,
 //! and `util.rs` runs commands.
 
 mod bench;
 mod demo;
 mod fuzz;
 mod image;
+mod kernels;
 mod release;
 mod setup;
 mod test;
@@ -39,6 +41,10 @@ enum Command {
     /// Measure steer: HAProxy's reload methods side by side, the daemon's latency and memory,
     /// the program's overhead, promote speed and scale; writes target/bench/ (needs root).
     Bench(bench::Options),
+    /// Boot Debian's kernels 5.10, 6.1 and 6.12 under QEMU, run a smoke suite of steer in
+    /// each and on the host, and print the table kernel × capability (needs root; writes
+    /// target/kernels/).
+    Kernels(kernels::Options),
     /// Check the Dockerfiles with hadolint and build the local images: `steer:dev` (a
     /// static `steer` in `FROM scratch`) and `steer-haproxy:dev` (for the container tests).
     Image,
@@ -61,5 +67,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(options) => demo::run(&options),
         Command::Bench(options) => bench::run(&options),
         Command::Image => image::run().map(|()| ExitCode::SUCCESS),
+        Command::Kernels(options) => kernels::run(&options),
     }
 }

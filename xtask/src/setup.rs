@@ -63,7 +63,7 @@ fn need_root(root: bool, what: &str) -> Result<()> {
 }
 
 /// The installed version of a Debian package, `None` when it is not fully installed.
-fn dpkg_version(package: &str) -> Option<String> {
+pub fn dpkg_version(package: &str) -> Option<String> {
     let out = util::probe(cmd("dpkg-query").args(["-W", "-f=${Status}\t${Version}", package]))?;
     let (status, version) = out.split_once('\t')?;
     (status == "install ok installed").then(|| version.to_owned())

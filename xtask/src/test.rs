@@ -1,6 +1,6 @@
 //! `cargo xtask test`: what CI runs: setup, rustfmt, clippy on the host crates and on
-//! the eBPF crate, every test, the fuzz targets for a bounded time, then `bench --quick`,
-//! stopping at the first failure.
+//! the eBPF crate, every test, the fuzz targets for a bounded time, `bench --quick`, then
+//! the kernel matrix (`kernels`), stopping at the first failure.
 
 use std::{
     env,
@@ -27,6 +27,10 @@ pub struct Options {
     /// bench section briefly).
     #[arg(long)]
     no_bench: bool,
+    /// Skip `kernels` (boots Debian's 5.10, 6.1 and 6.12 in QEMU and runs the smoke
+    /// suite in each and on the host; about 2.5 minutes).
+    #[arg(long)]
+    no_kernels: bool,
     /// Passed to the test harness as `--test-threads N`.
     #[arg(long, value_name = "N")]
     test_threads: Option<usize>,
@@ -73,9 +77,18 @@ pub fn run(options: &Options) -> Result<()> {
         step("bench (quick)", crate::bench::run_quick)?;
         ran_bench = true;
     }
+    let mut ran_kernels = false;
+    if options.no_kernels {
+        println!("== kernels: skipped (--no-kernels)");
+    } else if !ci && !setup::is_root()? {
+        println!("== kernels: skipped: not running as root (it installs QEMU and boots kernels)");
+    } else {
+        step("kernels (Debian's 5.10, 6.1, 6.12 in QEMU, and the host)", crate::kernels::run_all)?;
+        ran_kernels = true;
+    }
     println!(
         "xtask test: all {} steps passed in {}",
-        steps.len() + 2 + usize::from(!options.no_setup) + usize::from(ran_bench),
+        steps.len() + 2 + usize::from(!options.no_setup) + usize::from(ran_bench) + usize::from(ran_kernels),
         minutes(start.elapsed())
     );
     Ok(())
