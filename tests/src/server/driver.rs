@@ -201,12 +201,5 @@ fn parse_ready(line: &str) -> anyhow::Result<u32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::parse_ready;
-
-    #[test]
-    fn ready_line_gives_the_pid() {
-        assert_eq!(parse_ready("ready pid=4242 gen=a").unwrap(), 4242);
-        assert!(parse_ready("ready gen=a").is_err());
-    }
-}
+#[path = "driver_tests.rs"]
+mod tests;
