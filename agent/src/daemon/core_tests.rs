@@ -2,7 +2,7 @@
 use super::*;
 use crate::{
     daemon::fake::{Fake, p},
-    ops::{OpError, promote::Change},
+    ops::OpError,
     sockets::SocketError,
     state::StateError,
 };
@@ -26,16 +26,7 @@ fn not_ready() -> StepError {
 }
 
 fn change(pid: u32) -> Done {
-    Done::Promoted(vec![Change {
-        group: "127.0.0.1:80".into(),
-        pid,
-        sockets: 1,
-        first_slot: 0,
-        changed: true,
-        generation: 1,
-        outcome: crate::policy::Outcome::Promoted,
-        previous_pids: Vec::new(),
-    }])
+    Done::Promoted(vec![crate::daemon::fake::promoted(pid)])
 }
 
 fn pids(decisions: &[Decision]) -> Vec<u32> {

@@ -77,3 +77,17 @@ impl World for Fake {
         best.into_iter().map(|((netns, port), (_, pid))| (pid, netns, port)).collect()
     }
 }
+
+/// A promote's change of one group for `pid`, as the steerer reports it.
+pub fn promoted(pid: u32) -> crate::ops::promote::Change {
+    crate::ops::promote::Change {
+        group: "127.0.0.1:80".into(),
+        pid,
+        sockets: 1,
+        first_slot: 0,
+        changed: true,
+        generation: 1,
+        outcome: crate::policy::Outcome::Promoted,
+        previous_pids: Vec::new(),
+    }
+}

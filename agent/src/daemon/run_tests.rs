@@ -51,16 +51,7 @@ impl Steerer for Recorder {
         if self.calls.iter().filter(|(p, _)| *p == pid).count() <= self.fail_first {
             return Err(OpError::Socket(SocketError::Vanished { pid }).into());
         }
-        Ok(vec![Change {
-            group: "127.0.0.1:80".into(),
-            pid,
-            sockets: 1,
-            first_slot: 0,
-            changed: true,
-            generation: 1,
-            outcome: crate::policy::Outcome::Promoted,
-            previous_pids: Vec::new(),
-        }])
+        Ok(vec![crate::daemon::fake::promoted(pid)])
     }
 
     fn canary(&mut self, pid: u32, scope: &[u16], weight: u32) -> Result<Vec<Change>, StepError> {

@@ -236,7 +236,7 @@ async fn answer(request: &Request<Incoming>, ctx: &Shared) -> Response<Full<Byte
             match scrape(ctx, format).await {
                 Ok(body) => reply(StatusCode::OK, format.content_type(), body),
                 Err(error) => {
-                    let message = chain(&error);
+                    let message = crate::ops::chain(&error);
                     warn!(error = %message, "metrics scrape failed");
                     reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{message}\n"))
                 }
@@ -301,18 +301,6 @@ fn read_netstat(path: &Path) -> String {
         debug!(path = %path.display(), %error, "cannot read the kernel's TCP counters");
         String::new()
     })
-}
-
-/// The error and its sources as one sentence, like anyhow's `{:#}`.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -67,3 +67,16 @@ pub fn reopen(meta: &SlotMeta) -> Option<OwnedFd> {
     let dup = rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty()).ok()?;
     (rustix::net::sockopt::socket_cookie(&dup).ok()? == meta.cookie).then_some(dup)
 }
+
+/// The error and its sources as one sentence, like anyhow's `{:#}`.
+#[must_use]
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}

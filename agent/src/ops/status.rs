@@ -207,23 +207,11 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
                 program: None,
                 counters: Counters::default(),
                 groups: Vec::new(),
-                error: Some(anyhow_chain(&e)),
+                error: Some(super::chain(&e)),
             }),
         }
     }
     Ok(status)
-}
-
-/// The error and its sources as one sentence.
-fn anyhow_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 /// One namespace's status; `None` when its instance is gone.
