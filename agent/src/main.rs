@@ -45,6 +45,8 @@ enum Command {
         /// (for example one removed without `steer detach`)
         #[arg(long)]
         take_over: bool,
+        #[command(flatten)]
+        udp: UdpArgs,
     },
     /// End a running canary; without one, make the previous generation active again, if it still listens
     Rollback {
@@ -178,7 +180,48 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1,
               value_parser = clap::value_parser!(u8).range(0..=99))]
         rt_priority: u8,
+        #[command(flatten)]
+        udp: UdpArgs,
     },
+}
+
+/// How UDP groups are steered (docs/udp.md).
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct UdpArgs {
+    /// UDP groups: `on` keeps each flow (source address and port) with the generation that
+    /// started it while that socket lives; `off` sends every datagram where a new flow goes
+    /// [default: on, or what the group has]
+    #[arg(long = "udp-flows", value_name = "on|off", value_parser = parse_on_off)]
+    flows: Option<bool>,
+    /// UDP groups: forget a flow after this long without a datagram: 2s, 30s, 5m (1 s to 9 h)
+    /// [default: 30s, or what the group has]
+    #[arg(long = "udp-flow-timeout", value_name = "DURATION", value_parser = parse_flow_timeout)]
+    flow_timeout: Option<u32>,
+}
+
+impl From<UdpArgs> for steer::policy::UdpSettings {
+    fn from(a: UdpArgs) -> Self {
+        Self { flows: a.flows, timeout_ticks: a.flow_timeout }
+    }
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{text:?} is neither on nor off")),
+    }
+}
+
+/// A flow timeout in the flow table's ticks (2^30 ns, about 1.07 s), rounded up.
+fn parse_flow_timeout(text: &str) -> Result<u32, String> {
+    let d = daemon::parse_duration(text)?;
+    let tick = 1_u128 << steer_abi::flows::TICK_SHIFT;
+    let ticks = d.as_nanos().div_ceil(tick);
+    match u32::try_from(ticks) {
+        Ok(t) if (1..=steer_abi::flows::MAX_TIMEOUT_TICKS).contains(&t) && d.as_millis() >= 1000 => Ok(t),
+        _ => Err(format!("{text:?} is outside 1s to 9h, the flow timeouts steer keeps")),
+    }
 }
 
 /// A process name as the kernel keeps it: 1 to 15 bytes (TASK_COMM_LEN 16 with
@@ -261,8 +304,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if items.iter().all(|i| i.ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Promote { pid, ports, weight, take_over } => {
-            let request = ops::promote::Request { pid, ports, weight, take_over, by_operator: true };
+        Command::Promote { pid, ports, weight, take_over, udp } => {
+            let udp = udp.into();
+            let request = ops::promote::Request { pid, ports, weight, take_over, by_operator: true, udp };
             let changes = ops::promote::run(&state_dir, &request)?;
             changes.iter().for_each(|c| println!("{c}"));
             Ok(ExitCode::SUCCESS)
@@ -318,6 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             poll_interval,
             nice,
             rt_priority,
+            udp,
             ..
         } => {
             if canary.is_some() && policy == Policy::Manual {
@@ -347,6 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 canary: canary
                     .zip(canary_for)
                     .map(|(weight, duration)| daemon::canary::Plan { weight, duration }),
+                udp: udp.into(),
             };
             daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)

@@ -219,7 +219,7 @@ struct ResultLabels {
 }
 
 /// The program's counters as (`path` label, value).
-fn paths(c: &Counters) -> [(&'static str, u64); 8] {
+fn paths(c: &Counters) -> [(&'static str, u64); 11] {
     [
         ("steered_active", c.steered_active),
         ("steered_canary", c.steered_canary),
@@ -229,6 +229,9 @@ fn paths(c: &Counters) -> [(&'static str, u64); 8] {
         ("helper_error", c.helper_error),
         ("migrated_by_kernel", c.migrated_by_kernel),
         ("canary_to_active", c.canary_to_active),
+        ("flow_kept_previous", c.flow_kept_previous),
+        ("flow_to_active", c.flow_to_active),
+        ("flow_table_full", c.flow_table_full),
     ]
 }
 
@@ -249,7 +252,9 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
     for ns in &status.namespaces {
         for g in &ns.groups {
             groups += 1;
-            for (path, value) in paths(&g.counters) {
+            // The flow counters only where there are flows (UDP groups).
+            let count = if g.udp.is_some() { 11 } else { 8 };
+            for (path, value) in paths(&g.counters).into_iter().take(count) {
                 let labels = PathLabels { netns: ns.netns, group: g.address.clone(), path };
                 connections.get_or_create(&labels).inc_by(value);
             }

@@ -35,22 +35,26 @@ fn socket(slot: u32, role: &str, pid: u32, fd: u32, accept_queue: Option<u32>, s
 fn status() -> Status {
     let web = Group {
         address: "127.0.0.1:8080".to_owned(),
+        protocol: "tcp".to_owned(),
         port: 8080,
         ifindex: 0,
         generation: 2,
         canary_weight: 0,
         rollback: RollbackEffect::RestoresPrevious,
         counters: Counters { steered_active: 500, fallback_empty_slot: 3, ..Counters::default() },
+        udp: None,
         sockets: vec![socket(0, "previous", 100, 3, Some(0), 120), socket(1, "active", 200, 5, Some(2), 380)],
     };
     let api = Group {
         address: "[::1]:9090".to_owned(),
+        protocol: "tcp".to_owned(),
         port: 9090,
         ifindex: 0,
         generation: 1,
         canary_weight: 25,
         rollback: RollbackEffect::EndsCanary,
         counters: Counters { steered_active: 75, steered_canary: 25, migrated: 4, ..Counters::default() },
+        udp: None,
         sockets: vec![socket(2, "active", 300, 7, None, 75), socket(3, "canary", 400, 8, Some(1), 25)],
     };
     Status {

@@ -36,6 +36,7 @@ pub mod pins {
     pub const SLOT_STATS: &str = "slot_stats";
     pub const GLOBAL_STATS: &str = "global_stats";
     pub const INFO: &str = "info";
+    pub const FLOWS: &str = "flows";
 }
 
 /// The state directory chosen by the flag, the environment, or the default.

@@ -87,7 +87,7 @@ pub fn promote(
             previous,
             canary: SlotRange::NONE,
             canary_weight: 0,
-            flags: 0,
+            flags: cur.flags & SETTINGS,
         };
         return Ok((config, Outcome::Promoted));
     }
@@ -172,7 +172,7 @@ pub fn rollback(
             previous: current.active,
             canary: SlotRange::NONE,
             canary_weight: 0,
-            flags: FLAG_OPERATOR,
+            flags: FLAG_OPERATOR | current.flags & SETTINGS,
         },
         RollbackEffect::RefusedNoPrevious => return Err(PolicyError::NoPrevious),
         RollbackEffect::RefusedPreviousGone => return Err(PolicyError::PreviousGone),
@@ -262,6 +262,39 @@ pub fn unreserve(used: &mut Slots, range: SlotRange) {
 #[must_use]
 pub fn operator_holds(config: &GroupConfig, configured: bool, by_operator: bool) -> bool {
     !by_operator && configured && config.flags & FLAG_OPERATOR != 0
+}
+
+/// The bits of [`GroupConfig::flags`] that are the group's settings rather
+/// than its state: a promote or rollback keeps them (UDP: flows off, the flow
+/// timeout). [`steer_abi::FLAG_RELEASE`] is state: a new active generation
+/// clears it.
+pub const SETTINGS: u32 = steer_abi::FLAG_FLOWS_OFF | (0xffff << steer_abi::FLOW_TIMEOUT_SHIFT);
+
+/// UDP settings a command asks for; `None` keeps what the group has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpSettings {
+    /// Whether the flow table keeps flows with the generation that started them.
+    pub flows: Option<bool>,
+    /// The flows' idle timeout, in the flow table's ticks (1..=`MAX_TIMEOUT_TICKS`).
+    pub timeout_ticks: Option<u32>,
+}
+
+impl UdpSettings {
+    /// `flags` with these settings applied.
+    #[must_use]
+    pub fn apply(self, flags: u32) -> u32 {
+        let mut flags = flags;
+        match self.flows {
+            Some(true) => flags &= !steer_abi::FLAG_FLOWS_OFF,
+            Some(false) => flags |= steer_abi::FLAG_FLOWS_OFF,
+            None => {}
+        }
+        if let Some(t) = self.timeout_ticks {
+            let t = t.clamp(1, steer_abi::flows::MAX_TIMEOUT_TICKS);
+            flags = flags & !(0xffff << steer_abi::FLOW_TIMEOUT_SHIFT) | t << steer_abi::FLOW_TIMEOUT_SHIFT;
+        }
+        flags
+    }
 }
 
 /// The flags a promote leaves: an operator's promote (or canary) marks the

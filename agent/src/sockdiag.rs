@@ -1,7 +1,8 @@
-//! Listening TCP sockets of a network namespace, from NETLINK_SOCK_DIAG
-//! (inet_diag, filtered to TCP_LISTEN so a busy server's connections are not
-//! read at all), or from `/proc/PID/net/tcp{,6}` where the namespace cannot be
-//! entered.
+//! Listening TCP sockets and bound UDP sockets of a network namespace, from
+//! NETLINK_SOCK_DIAG (inet_diag, filtered to TCP_LISTEN so a busy server's
+//! connections are not read at all, and for UDP to the unconnected sockets,
+//! which the kernel reports as TCP_CLOSE), or from `/proc/PID/net/{tcp,udp}{,6}`
+//! where the namespace cannot be entered.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -23,14 +24,18 @@ pub enum DiagError {
     },
 }
 
-/// One listening socket.
+/// One listening TCP socket, or one bound, unconnected UDP socket (which
+/// receives the datagrams of its group, as a listener does its connections).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u16,
     pub addr: SocketAddr,
     pub inode: u64,
     /// Owner uid, when known (sock_diag and /proc).
     pub uid: Option<u32>,
-    /// Connections waiting in the accept queue.
+    /// Connections waiting in the accept queue; for UDP, the bytes waiting in
+    /// the receive queue.
     pub accept_queue: u32,
     /// The listen() backlog, when known (sock_diag only).
     pub backlog: Option<u32>,
@@ -45,18 +50,22 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
 const TCP_LISTEN: u8 = 10;
+/// An unconnected UDP socket's state in inet_diag and `/proc/net/udp`.
+const TCP_CLOSE: u8 = 7;
 const TCP_SYN_RECV: u8 = 3;
 const NLMSG_HDR: usize = 16;
 /// `struct inet_diag_msg`.
 const DIAG_MSG_LEN: usize = 72;
 
-/// Lists the listening TCP sockets (IPv4 and IPv6) of the calling thread's
-/// network namespace.
+/// Lists the listening TCP sockets and the bound, unconnected UDP sockets
+/// (IPv4 and IPv6) of the calling thread's network namespace.
 pub fn listeners() -> Result<Vec<Listener>, DiagError> {
     let sock = netlink_socket()?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        send_request(&sock, family, 1 << TCP_LISTEN)?;
+        send_request(&sock, family, libc::IPPROTO_TCP as u8, 1 << TCP_LISTEN)?;
+        read_dump(&sock, &mut out)?;
+        send_request(&sock, family, libc::IPPROTO_UDP as u8, 1 << TCP_CLOSE)?;
         read_dump(&sock, &mut out)?;
     }
     Ok(out)
@@ -96,7 +105,7 @@ pub fn pending_handshakes(ports: &[u16]) -> Result<Vec<Handshake>, DiagError> {
     let sock = netlink_socket()?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        send_request(&sock, family, 1 << TCP_SYN_RECV)?;
+        send_request(&sock, family, libc::IPPROTO_TCP as u8, 1 << TCP_SYN_RECV)?;
         read_each(&sock, |body| {
             out.extend(parse_handshake(body)?.filter(|h| ports.contains(&h.local.port())));
             Ok(())
@@ -131,7 +140,7 @@ fn diag_ip(family: u8, b: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn send_request(sock: &OwnedFd, family: u8, states: u32) -> Result<(), DiagError> {
+fn send_request(sock: &OwnedFd, family: u8, protocol: u8, states: u32) -> Result<(), DiagError> {
     let mut req = [0_u8; NLMSG_HDR + 56];
     let len = req.len() as u32;
     req[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -140,7 +149,7 @@ fn send_request(sock: &OwnedFd, family: u8, states: u32) -> Result<(), DiagError
     req[8..12].copy_from_slice(&1_u32.to_ne_bytes());
     // struct inet_diag_req_v2: family, protocol, ext, pad, states, id.
     req[16] = family;
-    req[17] = libc::IPPROTO_TCP as u8;
+    req[17] = protocol;
     req[20..24].copy_from_slice(&states.to_ne_bytes());
     // SAFETY: req is a valid buffer of req.len() bytes.
     let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
@@ -226,18 +235,25 @@ fn walk_dump(
     Ok(false)
 }
 
-/// `struct inet_diag_msg` → listener (None for a socket not in TCP_LISTEN).
+/// `struct inet_diag_msg` → listener: a TCP socket in TCP_LISTEN, or a UDP
+/// socket in TCP_CLOSE (only UDP dumps ask for that state) bound to a port;
+/// None for any other.
 fn parse_msg(b: &[u8]) -> Result<Option<Listener>, DiagError> {
     if b.len() < DIAG_MSG_LEN {
         return Err(DiagError::Malformed("short inet_diag_msg"));
     }
     let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
     let family = b[0];
-    if b[1] != TCP_LISTEN {
-        return Ok(None);
-    }
+    let protocol = match b[1] {
+        TCP_LISTEN => libc::IPPROTO_TCP as u16,
+        TCP_CLOSE => libc::IPPROTO_UDP as u16,
+        _ => return Ok(None),
+    };
     // id: sport (be16) at 4, dport at 6, src at 8..24, dst at 24..40, if at 40, cookie at 44..52.
     let port = u16::from_be_bytes([b[4], b[5]]);
+    if port == 0 {
+        return Ok(None);
+    }
     let ip = match i32::from(family) {
         libc::AF_INET => IpAddr::V4(Ipv4Addr::new(b[8], b[9], b[10], b[11])),
         libc::AF_INET6 => {
@@ -248,6 +264,7 @@ fn parse_msg(b: &[u8]) -> Result<Option<Listener>, DiagError> {
     };
     let cookie = u64::from(u32_at(44)) | (u64::from(u32_at(48)) << 32);
     Ok(Some(Listener {
+        protocol,
         addr: SocketAddr::new(ip, port),
         accept_queue: u32_at(56),
         backlog: Some(u32_at(60)),
@@ -257,9 +274,21 @@ fn parse_msg(b: &[u8]) -> Result<Option<Listener>, DiagError> {
     }))
 }
 
-/// Listening sockets from `/proc/PID/net/tcp` and `tcp6` (the PID's namespace).
+/// Listening sockets from `/proc/PID/net/tcp` and `tcp6`, and bound UDP
+/// sockets from `udp` and `udp6` (the PID's namespace).
 pub fn listeners_from_proc(pid: u32) -> Result<Vec<Listener>, DiagError> {
     let mut out = Vec::new();
+    for file in ["udp", "udp6"] {
+        let path = format!("/proc/{pid}/net/{file}");
+        let file = std::fs::File::open(&path).map_err(|source| DiagError::Proc { path, source })?;
+        // Not ordered by state: every line is read (a host has few UDP sockets).
+        out.extend(
+            std::io::BufRead::lines(std::io::BufReader::new(file))
+                .skip(1)
+                .map_while(Result::ok)
+                .filter_map(|l| parse_proc_udp_line(&l)),
+        );
+    }
     for file in ["tcp", "tcp6"] {
         let path = format!("/proc/{pid}/net/{file}");
         let file = std::fs::File::open(&path).map_err(|source| DiagError::Proc { path, source })?;
@@ -280,11 +309,23 @@ pub fn listeners_from_proc(pid: u32) -> Result<Vec<Listener>, DiagError> {
 /// One line of `/proc/net/tcp{,6}` → listener (None unless state is LISTEN).
 #[must_use]
 pub fn parse_proc_line(line: &str) -> Option<Listener> {
+    parse_proc_entry(line, libc::IPPROTO_TCP as u16, TCP_LISTEN)
+}
+
+/// One line of `/proc/net/udp{,6}` → bound UDP socket (None unless it is
+/// unconnected, state 07, and bound to a port).
+#[must_use]
+pub fn parse_proc_udp_line(line: &str) -> Option<Listener> {
+    parse_proc_entry(line, libc::IPPROTO_UDP as u16, TCP_CLOSE).filter(|l| l.addr.port() != 0)
+}
+
+/// The `/proc/net/{tcp,udp}{,6}` line format (the two are alike up to the inode).
+fn parse_proc_entry(line: &str, protocol: u16, state: u8) -> Option<Listener> {
     let mut f = line.split_whitespace();
     let _sl = f.next()?;
     let local = f.next()?;
     let _remote = f.next()?;
-    if u8::from_str_radix(f.next()?, 16).ok()? != TCP_LISTEN {
+    if u8::from_str_radix(f.next()?, 16).ok()? != state {
         return None;
     }
     let (_tx, rx) = f.next()?.split_once(':')?;
@@ -311,6 +352,7 @@ pub fn parse_proc_line(line: &str) -> Option<Listener> {
         _ => return None,
     };
     Some(Listener {
+        protocol,
         addr: SocketAddr::new(ip, port),
         inode,
         uid: Some(uid),

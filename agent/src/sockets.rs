@@ -1,5 +1,5 @@
-//! Finding a process's listening sockets and taking verified duplicates of them
-//! with `pidfd_getfd`. A duplicate keeps the socket open, so callers must drop
+//! Finding a process's listening sockets (TCP listeners, and bound UDP sockets
+//! with SO_REUSEPORT) and taking verified duplicates of them with `pidfd_getfd`. A duplicate keeps the socket open, so callers must drop
 //! every [`Candidate`] as soon as the map insert and attach are done.
 use std::{
     collections::HashMap,
@@ -9,7 +9,7 @@ use std::{
 };
 
 use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
-use steer_abi::{AF_INET, AF_INET6, GroupKey, IPPROTO_TCP};
+use steer_abi::{AF_INET, AF_INET6, GroupKey, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     netns,
@@ -25,13 +25,14 @@ pub enum SocketError {
     #[error(transparent)]
     Diag(#[from] DiagError),
     #[error(
-        "process {pid} ({comm}) has no listening TCP socket{ports}; start the server first, or pass the pid of the process that holds the listeners"
+        "process {pid} ({comm}) has no listening TCP socket or bound UDP socket{ports}; start the server first, or pass the pid of the process that holds the listeners"
     )]
     NoListeners { pid: u32, comm: String, ports: String },
     #[error(
-        "process {pid} ({comm}) listens on {addr} (fd {fd}) without SO_REUSEPORT; enable it in the server (HAProxy: remove `noreuseport`; nginx: `listen ... reuseport`)"
+        "process {pid} ({comm}) listens on {addr}{udp} (fd {fd}) without SO_REUSEPORT; enable it in the server (HAProxy: remove `noreuseport`; nginx: `listen ... reuseport`; unbound: `so-reuseport: yes`)",
+        udp = if *udp { "/udp" } else { "" }
     )]
-    NoReuseport { pid: u32, comm: String, addr: SocketAddr, fd: u32 },
+    NoReuseport { pid: u32, comm: String, addr: SocketAddr, fd: u32, udp: bool },
     #[error(
         "cannot duplicate the sockets of process {pid}: permission denied; run steer as root or with CAP_SYS_PTRACE"
     )]
@@ -62,7 +63,8 @@ pub struct Candidate {
     pub dup: OwnedFd,
 }
 
-/// Lists the process's listening TCP sockets, optionally only on `ports`.
+/// Lists the process's listening TCP sockets and bound UDP sockets,
+/// optionally only on `ports`.
 /// Sockets on other ports are never touched.
 pub fn listening_sockets(process: &Process, ports: &[u16]) -> Result<Vec<(u32, Listener)>, SocketError> {
     let fds = process.socket_fds()?;
@@ -138,9 +140,11 @@ pub fn other_member(process: &Process, addr: SocketAddr, own: &[u64]) -> Option<
 /// thousands of connections are never touched.
 const DIRECT_MAX_SOCKETS: usize = 64;
 
-/// The process's listening TCP sockets, found by duplicating each of its
-/// sockets and asking it: no namespace to enter and no netlink dump, which
-/// keeps the daemon's promote fast.
+/// The process's listening TCP sockets and bound, unconnected UDP sockets
+/// with SO_REUSEPORT, found by duplicating each of its sockets and asking it:
+/// no namespace to enter and no netlink dump, which keeps the daemon's
+/// promote fast. (A UDP socket without SO_REUSEPORT is a client's, such as
+/// one a server sends logs from, not a group member: it is left out.)
 fn held_listeners(process: &Process, fds: &HashMap<u64, u32>) -> Result<Vec<Listener>, SocketError> {
     let pid = process.pid;
     let pidfd = open_pidfd(pid)?;
@@ -149,23 +153,30 @@ fn held_listeners(process: &Process, fds: &HashMap<u64, u32>) -> Result<Vec<List
         let Ok(dup) = getfd(&pidfd, pid, fd)? else {
             continue; // closed since /proc was read
         };
-        let tcp = getsockopt_u32(dup.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL)
-            .is_ok_and(|p| p == libc::IPPROTO_TCP as u32);
-        if !tcp || !rustix::net::sockopt::socket_acceptconn(&dup).unwrap_or(false) {
-            continue;
-        }
+        let Some(protocol) = steerable(dup.as_fd()) else { continue };
         let (Ok(addr), Ok(cookie)) = (local_addr(dup.as_fd()), rustix::net::sockopt::socket_cookie(&dup))
         else {
             continue;
         };
-        let accept_queue = accept_queue(&dup).unwrap_or(0);
-        out.push(Listener { addr, inode, uid: None, accept_queue, backlog: None, cookie: Some(cookie) });
+        if protocol == IPPROTO_UDP && addr.port() == 0 {
+            continue;
+        }
+        let accept_queue = queued(&dup, protocol).unwrap_or(0);
+        out.push(Listener {
+            protocol,
+            addr,
+            inode,
+            uid: None,
+            accept_queue,
+            backlog: None,
+            cookie: Some(cookie),
+        });
     }
     Ok(out)
 }
 
 /// Listeners of the process's network namespace: sock_diag inside it, or its
-/// `/proc/PID/net/tcp{,6}` when the namespace cannot be entered.
+/// `/proc/PID/net/{tcp,udp}{,6}` when the namespace cannot be entered.
 pub fn namespace_listeners(process: &Process) -> Result<Vec<Listener>, SocketError> {
     match netns::run_in(process.pid, process.netns, sockdiag::listeners) {
         Ok(result) => Ok(result?),
@@ -173,25 +184,34 @@ pub fn namespace_listeners(process: &Process) -> Result<Vec<Listener>, SocketErr
     }
 }
 
-/// Duplicates and verifies the given sockets of the process.
+/// Duplicates and verifies the given sockets of the process. A UDP socket
+/// without SO_REUSEPORT is left out (a client's socket, not a group member),
+/// unless nothing else is left.
 pub fn duplicate(process: &Process, sockets: &[(u32, Listener)]) -> Result<Vec<Candidate>, SocketError> {
     let pid = process.pid;
     let pidfd = open_pidfd(pid)?;
     let mut out = Vec::with_capacity(sockets.len());
+    let mut lone_udp = None;
     for (fd, listener) in sockets {
         let fd = *fd;
         let sys = |what| move |source| SocketError::Sys { what, pid, fd, source };
         let dup = getfd(&pidfd, pid, fd)?.map_err(|e| sys("pidfd_getfd")(e.into()))?;
-        if !rustix::net::sockopt::socket_acceptconn(&dup).map_err(|e| sys("SO_ACCEPTCONN")(e.into()))? {
-            continue; // stopped listening since the dump
+        if steerable(dup.as_fd()) != Some(listener.protocol) {
+            continue; // stopped listening (or connected) since the dump
         }
         if !rustix::net::sockopt::socket_reuseport(&dup).map_err(|e| sys("SO_REUSEPORT")(e.into()))? {
-            return Err(SocketError::NoReuseport {
+            let error = SocketError::NoReuseport {
                 pid,
                 comm: process.comm.clone(),
                 addr: listener.addr,
                 fd,
-            });
+                udp: listener.protocol == IPPROTO_UDP,
+            };
+            if listener.protocol == IPPROTO_UDP {
+                lone_udp.get_or_insert(error);
+                continue;
+            }
+            return Err(error);
         }
         let cookie = rustix::net::sockopt::socket_cookie(&dup).map_err(|e| sys("SO_COOKIE")(e.into()))?;
         if listener.cookie.is_some_and(|c| c != cookie) {
@@ -203,13 +223,54 @@ pub fn duplicate(process: &Process, sockets: &[(u32, Listener)]) -> Result<Vec<C
             fd,
             inode: listener.inode,
             addr,
-            key: group_key(addr, ifindex),
+            key: group_key(addr, ifindex, listener.protocol),
             cookie,
             accept_queue: listener.accept_queue,
             dup,
         });
     }
-    Ok(out)
+    match lone_udp {
+        Some(error) if out.is_empty() => Err(error),
+        _ => Ok(out),
+    }
+}
+
+/// The protocol of a socket steer can steer: a listening TCP socket, or an
+/// unconnected UDP socket (a connected one is no longer a group's receiver).
+fn steerable(fd: BorrowedFd<'_>) -> Option<u16> {
+    let protocol = getsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()?;
+    if protocol == libc::IPPROTO_TCP as u32 {
+        return rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false).then_some(IPPROTO_TCP);
+    }
+    if protocol == libc::IPPROTO_UDP as u32 {
+        return rustix::net::getpeername(fd).is_err().then_some(IPPROTO_UDP);
+    }
+    None
+}
+
+/// Connections in a TCP listener's accept queue, or bytes in a UDP socket's
+/// receive queue.
+pub fn queued(fd: impl AsFd, protocol: u16) -> io::Result<u32> {
+    if protocol == IPPROTO_UDP { receive_queue(fd) } else { accept_queue(fd) }
+}
+
+/// Bytes waiting in a socket's receive queue (`SK_MEMINFO_RMEM_ALLOC` of
+/// `SO_MEMINFO`, net/core/sock.c `sk_get_meminfo`: every queued datagram, not
+/// only the first as `FIONREAD` gives for UDP).
+pub fn receive_queue(fd: impl AsFd) -> io::Result<u32> {
+    let mut info = [0_u32; 9];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: info and len describe a valid buffer.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(info[0]) }
 }
 
 /// A duplicate of descriptor `fd` of process `pid` (through its `pidfd`). The outer error
@@ -237,11 +298,11 @@ pub fn open_pidfd(pid: u32) -> Result<OwnedFd, SocketError> {
     })
 }
 
-/// The group key the program computes for a socket bound to `addr` on `ifindex`
-/// (the program reads `bpf_sock.src_ip4`/`src_ip6`, which hold the address in
-/// network byte order, as native-endian words).
+/// The group key the program computes for a `protocol` socket bound to `addr`
+/// on `ifindex` (the program reads `bpf_sock.src_ip4`/`src_ip6`, which hold
+/// the address in network byte order, as native-endian words).
 #[must_use]
-pub fn group_key(addr: SocketAddr, ifindex: u32) -> GroupKey {
+pub fn group_key(addr: SocketAddr, ifindex: u32, protocol: u16) -> GroupKey {
     let (family, words) = match addr.ip() {
         IpAddr::V4(ip) => (AF_INET, [u32::from_ne_bytes(ip.octets()), 0, 0, 0]),
         IpAddr::V6(ip) => {
@@ -250,7 +311,7 @@ pub fn group_key(addr: SocketAddr, ifindex: u32) -> GroupKey {
             (AF_INET6, [w(0), w(4), w(8), w(12)])
         }
     };
-    GroupKey { family, protocol: IPPROTO_TCP, port: addr.port(), pad: 0, ifindex, addr: words }
+    GroupKey { family, protocol, port: addr.port(), pad: 0, ifindex, addr: words }
 }
 
 /// The address a group key stands for.
@@ -268,11 +329,19 @@ pub fn key_addr(key: &GroupKey) -> SocketAddr {
     SocketAddr::new(ip, key.port)
 }
 
-/// Human form of a group: `127.0.0.1:8080`, with `%ifindex` when bound to a device.
+/// Human form of a group: `127.0.0.1:8080`, with `%ifindex` when bound to a
+/// device, and `/udp` for a UDP group.
 #[must_use]
 pub fn key_label(key: &GroupKey) -> String {
     let addr = key_addr(key);
-    if key.ifindex == 0 { addr.to_string() } else { format!("{addr}%{}", key.ifindex) }
+    let udp = if key.protocol == IPPROTO_UDP { "/udp" } else { "" };
+    if key.ifindex == 0 { format!("{addr}{udp}") } else { format!("{addr}%{}{udp}", key.ifindex) }
+}
+
+/// `"tcp"` or `"udp"`.
+#[must_use]
+pub fn protocol_name(protocol: u16) -> &'static str {
+    if protocol == IPPROTO_UDP { "udp" } else { "tcp" }
 }
 
 fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {

@@ -2,7 +2,9 @@
 //! reuseport group it is attached to. It reads the group from `ctx->sk`, looks up
 //! that group's configuration, and selects the active (or canary) generation's
 //! socket from the REUSEPORT_SOCKARRAY; a canary whose socket is gone yields its
-//! share to the active generation. Anything else unexpected fails open: it returns
+//! share to the active generation. A UDP group's datagrams of a flow stay with
+//! the socket that flow was first sent to while that socket lives (the flow
+//! table, `steer_abi::flows`). Anything else unexpected fails open: it returns
 //! `SK_PASS` without a selection and the kernel's own hash pick applies
 //! (net/core/sock_reuseport.c: `reuseport_select_sock` falls back to
 //! `reuseport_select_sock_by_hash` when the program selected nothing). It never
@@ -15,13 +17,14 @@ use core::cell::UnsafeCell;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_map_def, bpf_map_type::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, sk_action::SK_PASS},
-    helpers::generated::bpf_sk_select_reuseport,
+    helpers::generated::{bpf_ktime_get_ns, bpf_sk_select_reuseport},
     macros::{map, sk_reuseport},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::SkReuseportContext,
 };
 use steer_abi::{
-    Counters, GroupConfig, GroupKey, Info, MAX_GROUPS, MAX_SLOTS, SlotMeta, SlotRange, counter, pick,
+    Counters, FLAG_FLOWS_OFF, FLAG_RELEASE, GroupConfig, GroupKey, IPPROTO_UDP, Info, MAX_GROUPS, MAX_SLOTS,
+    SlotMeta, SlotRange, counter, flows, pick,
 };
 
 /// The sockets, one per slot; the agent inserts them, the kernel clears a slot
@@ -64,8 +67,19 @@ impl SockArrayDef {
 static STEER_GROUPS: HashMap<GroupKey, GroupConfig> = HashMap::with_max_entries(MAX_GROUPS, 0);
 
 /// Per-CPU counters per group, created by the agent when it configures a group.
+/// Not preallocated: its memory grows with the groups in use, not with
+/// `MAX_GROUPS` times the number of CPUs.
 #[map(name = "STEER_GSTATS")]
-static STEER_GSTATS: PerCpuHashMap<GroupKey, Counters> = PerCpuHashMap::with_max_entries(MAX_GROUPS, 0);
+static STEER_GSTATS: PerCpuHashMap<GroupKey, Counters> =
+    PerCpuHashMap::with_max_entries(MAX_GROUPS, BPF_F_NO_PREALLOC);
+
+/// `BPF_F_NO_PREALLOC` (include/uapi/linux/bpf.h).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The UDP flow table (`steer_abi::flows`): one `u64` per bucket, shared by
+/// every CPU and written with single stores.
+#[map(name = "STEER_FLOWS")]
+static STEER_FLOWS: Array<u64> = Array::with_max_entries(flows::ENTRIES, 0);
 
 /// Per-CPU selections per slot: which socket (and so which generation) got what.
 #[map(name = "STEER_SSTATS")]
@@ -106,13 +120,16 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
     };
 
     let hash = ctx.hash();
+    if key.protocol == IPPROTO_UDP && config.flags & FLAG_FLOWS_OFF == 0 {
+        return steer_flow(ctx, &key, config, hash);
+    }
     let (range, path) = choose(config, migrating, hash);
     if range.is_none() {
         count(&key, if migrating { counter::MIGRATED_BY_KERNEL } else { counter::EMPTY_SLOT });
         return Err(SK_PASS);
     }
     let err = match select(ctx, range, hash) {
-        Ok(()) => return selected(&key, path),
+        Ok(_) => return selected(&key, path),
         Err(err) => err,
     };
     // A migration the program cannot place: the kernel picks another
@@ -121,35 +138,132 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
         count(&key, counter::MIGRATED_BY_KERNEL);
         return Err(SK_PASS);
     }
-    // The canary's socket is gone (its process exited): its share goes to the
-    // active generation, not to the kernel's pick among every member still
-    // listening, which includes the demoted previous generation.
+    fallback(ctx, &key, config, hash, path, err).map(|_| SK_PASS)
+}
+
+/// After the first choice failed with `err`: the canary's socket is gone (its
+/// process exited), so its share goes to the active generation, not to the
+/// kernel's pick among every member still listening, which includes the
+/// demoted previous generation. `Ok` holds the slot selected.
+#[inline(always)]
+fn fallback(
+    ctx: &SkReuseportContext,
+    key: &GroupKey,
+    config: &GroupConfig,
+    hash: u32,
+    path: usize,
+    err: i64,
+) -> Result<u32, u32> {
     let err = if path == counter::CANARY && !config.active.is_none() {
         match select(ctx, config.active, hash) {
-            Ok(()) => return selected(&key, counter::CANARY_TO_ACTIVE),
+            Ok(slot) => {
+                count(key, counter::CANARY_TO_ACTIVE);
+                return Ok(slot);
+            }
             Err(err) => err,
         }
     } else {
         err
     };
-    count(&key, if err == -ENOENT { counter::EMPTY_SLOT } else { counter::HELPER_ERROR });
+    count(key, if err == -ENOENT { counter::EMPTY_SLOT } else { counter::HELPER_ERROR });
     Err(SK_PASS)
 }
 
-/// Selects the socket of `range` that the hash's low bits pick, and counts
-/// the selection on that slot; `Err` holds the helper's negative errno.
+/// A UDP datagram: a flow the table remembers goes back to its socket while
+/// that socket lives and the flow is not idle; any other goes where a new
+/// connection would, and is remembered there.
 #[inline(always)]
-fn select(ctx: &SkReuseportContext, range: SlotRange, hash: u32) -> Result<(), i64> {
+fn steer_flow(ctx: &SkReuseportContext, key: &GroupKey, config: &GroupConfig, hash: u32) -> Result<u32, u32> {
+    let Some(bucket) = STEER_FLOWS.get_ptr_mut(flows::bucket(hash, key.port)) else {
+        return steer_new_flow(ctx, key, config, hash, None);
+    };
+    // SAFETY: the kernel's clock, no arguments.
+    let now = (unsafe { bpf_ktime_get_ns() } >> flows::TICK_SHIFT) as u32;
+    // SAFETY: an 8-byte aligned value of the array; a single load.
+    let entry = unsafe { core::ptr::read_volatile(bucket) };
+    let live = !flows::idle(entry, now, config.flow_timeout());
+    let mut path = None;
+    if live && flows::tag(entry) == hash {
+        let slot = flows::slot(entry);
+        let (in_active, in_canary) = (config.active.contains(slot), config.canary.contains(slot));
+        let released = config.flags & FLAG_RELEASE != 0 && !in_active && !in_canary;
+        if !released && STEER_SOCKETS.select(ctx, slot) == 0 {
+            count_slot(slot);
+            if entry as u16 != now as u16 {
+                // SAFETY: as above; a single store.
+                unsafe { core::ptr::write_volatile(bucket, flows::entry(hash, slot, now)) };
+            }
+            let path = if in_active {
+                counter::ACTIVE
+            } else if in_canary {
+                counter::CANARY
+            } else {
+                counter::FLOW_KEPT_PREVIOUS
+            };
+            return selected(key, path);
+        }
+        // Its socket closed, or its generation was released: the active one keeps it.
+        path = Some(counter::FLOW_TO_ACTIVE);
+    } else if live {
+        count(key, counter::FLOW_TABLE_FULL);
+        return steer_new_flow(ctx, key, config, hash, None);
+    }
+    let slot = steer_new_flow(ctx, key, config, hash, path)?;
+    // SAFETY: as above; a single store.
+    unsafe { core::ptr::write_volatile(bucket, flows::entry(hash, slot, now)) };
+    Ok(SK_PASS)
+}
+
+/// A flow the table does not hold (or holds on a socket it cannot keep):
+/// the active generation or the canary's share, as for a new connection;
+/// `path` overrides the choice with the active generation and its own
+/// counter. `Ok` holds the slot selected.
+#[inline(always)]
+fn steer_new_flow(
+    ctx: &SkReuseportContext,
+    key: &GroupKey,
+    config: &GroupConfig,
+    hash: u32,
+    path: Option<usize>,
+) -> Result<u32, u32> {
+    let (range, path) = match path {
+        Some(p) => (config.active, p),
+        None => choose(config, false, hash),
+    };
+    if range.is_none() {
+        count(key, counter::EMPTY_SLOT);
+        return Err(SK_PASS);
+    }
+    match select(ctx, range, hash) {
+        Ok(slot) => {
+            count(key, path);
+            Ok(slot)
+        }
+        Err(err) => fallback(ctx, key, config, hash, path, err),
+    }
+}
+
+/// Selects the socket of `range` that the hash's low bits pick, and counts
+/// the selection on that slot; `Ok` holds the slot, `Err` the helper's
+/// negative errno.
+#[inline(always)]
+fn select(ctx: &SkReuseportContext, range: SlotRange, hash: u32) -> Result<u32, i64> {
     let slot = range.first + pick::socket_index(hash, range.count);
     match STEER_SOCKETS.select(ctx, slot) {
         0 => {
-            if let Some(hits) = STEER_SSTATS.get_ptr_mut(slot) {
-                // SAFETY: per-CPU value, only this CPU writes it.
-                unsafe { *hits += 1 };
-            }
-            Ok(())
+            count_slot(slot);
+            Ok(slot)
         }
         err => Err(err),
+    }
+}
+
+/// One more selection of `slot`'s socket.
+#[inline(always)]
+fn count_slot(slot: u32) {
+    if let Some(hits) = STEER_SSTATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *hits += 1 };
     }
 }
 

@@ -85,6 +85,8 @@ pub struct Options {
     pub limits: Limits,
     /// `--canary PCT --canary-for DURATION`: each new generation is a canary first.
     pub canary: Option<canary::Plan>,
+    /// `--udp-flows`, `--udp-flow-timeout`: the flow table's settings for UDP groups.
+    pub udp: crate::policy::UdpSettings,
 }
 
 /// A `--canary-for` duration: a whole number of seconds (`30s`), milliseconds

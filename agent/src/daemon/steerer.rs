@@ -112,12 +112,20 @@ pub trait Steerer {
 pub struct State {
     state_dir: PathBuf,
     open: OpenInstances,
+    udp: crate::policy::UdpSettings,
 }
 
 impl State {
     #[must_use]
     pub fn new(state_dir: PathBuf) -> Self {
-        Self { state_dir, open: OpenInstances::default() }
+        Self { state_dir, open: OpenInstances::default(), udp: crate::policy::UdpSettings::default() }
+    }
+
+    /// The flow-table settings the daemon's promotes give UDP groups.
+    #[must_use]
+    pub fn with_udp(mut self, udp: crate::policy::UdpSettings) -> Self {
+        self.udp = udp;
+        self
     }
 }
 
@@ -128,8 +136,14 @@ impl State {
         scope: &[u16],
         weight: u32,
     ) -> Result<Vec<promote::Change>, StepError> {
-        let request =
-            promote::Request { pid, ports: scope.to_vec(), weight, take_over: false, by_operator: false };
+        let request = promote::Request {
+            pid,
+            ports: scope.to_vec(),
+            weight,
+            take_over: false,
+            by_operator: false,
+            udp: self.udp,
+        };
         Ok(promote::run_kept(&self.state_dir, &request, &mut self.open)?)
     }
 }

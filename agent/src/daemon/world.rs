@@ -160,7 +160,7 @@ impl World for System {
             let Ok(listening) = sockets::listening_sockets(&process, &self.filter.ports) else { continue };
             let Some(started) = proc::start_time(process.pid) else { continue };
             for (_, l) in listening {
-                let key = (process.netns, sockets::group_key(l.addr, 0));
+                let key = (process.netns, sockets::group_key(l.addr, 0, l.protocol));
                 let entry = best.entry(key).or_insert((started, process.pid, l.addr.port()));
                 if (started, process.pid) > (entry.0, entry.1) {
                     *entry = (started, process.pid, l.addr.port());

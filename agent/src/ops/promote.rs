@@ -29,6 +29,9 @@ pub struct Request {
     /// as the operator's. The daemon's promotes are not, and leave a marked
     /// configuration alone for the generations it names.
     pub by_operator: bool,
+    /// For UDP groups: the flow table's settings (`--udp-flows`,
+    /// `--udp-flow-timeout`); `None`s keep the group's.
+    pub udp: policy::UdpSettings,
 }
 
 /// What happened to one group.
@@ -273,6 +276,9 @@ fn plan(
         .map_err(OpError::policy(&key))?;
     if outcome.changed() {
         config.flags = policy::flags_after_promote(&config, req.by_operator);
+    }
+    if key.protocol == steer_abi::IPPROTO_UDP {
+        config.flags = req.udp.apply(config.flags);
     }
     // The active generation grown by sockets that listened after it was
     // promoted: still the same generation, so the previous one stays the

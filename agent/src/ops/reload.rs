@@ -18,7 +18,7 @@ use std::{
 
 pub use drain::Drain;
 pub use signal::Signal;
-use steer_abi::GroupKey;
+use steer_abi::{GroupConfig, GroupKey};
 use tree::{descendants, exit_phrase, find_listener, is_alive, reap, spawn};
 
 use super::{
@@ -171,7 +171,10 @@ pub fn run(state_dir: &Path, req: &Request) -> Result<Report, ReloadError> {
     // 4. Promote. From here on the new generation gets every new connection.
     let (new, changes) = promote_new(state_dir, &old, new, &scope, child.id())?;
 
-    // 5. Drain: the old sockets' accept queues, and the handshakes pending at the promote.
+    // 5. Drain: the old sockets' accept queues, and the handshakes pending at the promote;
+    // for UDP, the flows the old generation still keeps are released to the new one
+    // first, and then its receive queues must empty.
+    release_udp_flows(state_dir, old.netns, &scope.groups)?;
     let old_inodes: BTreeSet<u64> = sockets::listening_sockets(&old, &scope.ports)
         .map(|l| l.iter().filter(|(_, l)| scope.addrs.contains(&l.addr)).map(|(_, l)| l.inode).collect())
         .unwrap_or_default();
@@ -182,6 +185,28 @@ pub fn run(state_dir: &Path, req: &Request) -> Result<Report, ReloadError> {
         signal_old(&old_pidfd, req.signal, new.pid, old.pid)?;
     }
     Ok(Report { new_pid: new.pid, new_comm: new.comm, changes, old_pid: old.pid, drain, signal: req.signal })
+}
+
+/// Sends the flows the old generation still keeps in the UDP groups of
+/// `groups` to the active (new) generation ([`steer_abi::FLAG_RELEASE`]), so
+/// that its receive queues can empty; the next full promote clears the flag.
+fn release_udp_flows(state_dir: &Path, netns: u64, groups: &[GroupKey]) -> Result<(), OpError> {
+    let udp: Vec<&GroupKey> = groups.iter().filter(|k| k.protocol == steer_abi::IPPROTO_UDP).collect();
+    if udp.is_empty() {
+        return Ok(());
+    }
+    let state = StateDir::open_for_write(state_dir)?;
+    let Some(mut instance) = state.instance(netns)? else { return Ok(()) };
+    for key in udp {
+        if let Some(config) = instance.config(key)
+            && config.flags & steer_abi::FLAG_RELEASE == 0
+        {
+            let released = GroupConfig { flags: config.flags | steer_abi::FLAG_RELEASE, ..config };
+            instance.set_config(key, &released)?;
+            tracing::info!(group = %sockets::key_label(key), "released the old generation's UDP flows");
+        }
+    }
+    Ok(())
 }
 
 /// The groups a reload hands over, checked before anything starts.
@@ -305,6 +330,7 @@ fn promote_new(
         weight: 100,
         take_over: false,
         by_operator: true,
+        udp: crate::policy::UdpSettings::default(),
     };
     let changes = match promote::run(state_dir, &request) {
         Err(

@@ -55,6 +55,9 @@ pub struct Program {
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Group {
     pub address: String,
+    /// `tcp` or `udp`.
+    #[serde(default = "tcp")]
+    pub protocol: String,
     pub port: u16,
     pub ifindex: u32,
     pub generation: u64,
@@ -63,7 +66,37 @@ pub struct Group {
     /// `refused_no_previous` or `refused_previous_gone`.
     pub rollback: RollbackEffect,
     pub counters: Counters,
+    /// A UDP group's flow table settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpView>,
     pub sockets: Vec<Socket>,
+}
+
+fn tcp() -> String {
+    "tcp".to_owned()
+}
+
+/// How a UDP group's datagrams are steered.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct UdpView {
+    /// Whether flows stay with the generation that started them (`--udp-flows`).
+    pub flows: bool,
+    /// A flow is forgotten after this many milliseconds without a datagram.
+    pub flow_timeout_ms: u64,
+    /// Flows of generations other than the active one and the canary go to
+    /// the active one (`steer reload` drains the old generation).
+    pub released: bool,
+}
+
+impl UdpView {
+    fn of(config: &GroupConfig) -> Self {
+        let tick_ns = 1_u64 << steer_abi::flows::TICK_SHIFT;
+        Self {
+            flows: config.flags & steer_abi::FLAG_FLOWS_OFF == 0,
+            flow_timeout_ms: u64::from(config.flow_timeout()) * tick_ns / 1_000_000,
+            released: config.flags & steer_abi::FLAG_RELEASE != 0,
+        }
+    }
 }
 
 /// One socket in the sockarray.
@@ -100,6 +133,18 @@ pub struct Counters {
     /// because the canary's socket had closed.
     #[serde(default)]
     pub canary_to_active: u64,
+    /// UDP: datagrams of flows kept with a generation other than the active
+    /// one and the canary (the previous one) because its socket still lives.
+    #[serde(default)]
+    pub flow_kept_previous: u64,
+    /// UDP: datagrams of flows whose generation's socket closed (or was
+    /// released), sent to the active generation, which keeps the flow.
+    #[serde(default)]
+    pub flow_to_active: u64,
+    /// UDP: new flows not remembered because their bucket of the flow table
+    /// held another live flow (counted beside the path they took).
+    #[serde(default)]
+    pub flow_table_full: u64,
 }
 
 impl From<[u64; counter::COUNT]> for Counters {
@@ -113,6 +158,9 @@ impl From<[u64; counter::COUNT]> for Counters {
             helper_error: v[counter::HELPER_ERROR],
             migrated_by_kernel: v[counter::MIGRATED_BY_KERNEL],
             canary_to_active: v[counter::CANARY_TO_ACTIVE],
+            flow_kept_previous: v[counter::FLOW_KEPT_PREVIOUS],
+            flow_to_active: v[counter::FLOW_TO_ACTIVE],
+            flow_table_full: v[counter::FLOW_TABLE_FULL],
         }
     }
 }
@@ -224,6 +272,7 @@ fn namespace(state: &StateDir, netns: u64) -> Result<Option<Namespace>, StateErr
             .into_iter()
             .map(|g| Group {
                 address: sockets::key_label(&g.key),
+                protocol: sockets::protocol_name(g.key.protocol).to_owned(),
                 port: g.key.port,
                 ifindex: g.key.ifindex,
                 generation: g.config.generation,
@@ -233,6 +282,7 @@ fn namespace(state: &StateDir, netns: u64) -> Result<Option<Namespace>, StateErr
                     super::rollback::previous_live(&g.config, &slots),
                 ),
                 counters: g.counters.into(),
+                udp: (g.key.protocol == steer_abi::IPPROTO_UDP).then(|| UdpView::of(&g.config)),
                 sockets: slots
                     .iter()
                     .filter(|s| s.meta.group == g.key)
@@ -248,7 +298,7 @@ fn namespace(state: &StateDir, netns: u64) -> Result<Option<Namespace>, StateErr
                             .live
                             .then(|| super::reopen(&s.meta))
                             .flatten()
-                            .and_then(|dup| sockets::accept_queue(&dup).ok()),
+                            .and_then(|dup| sockets::queued(&dup, g.key.protocol).ok()),
                         selected: s.hits,
                     })
                     .collect(),
@@ -319,6 +369,18 @@ pub fn render(status: &Status) -> String {
                 c.fallback_empty_slot,
                 c.helper_error
             );
+            if let Some(u) = &g.udp {
+                let _ = writeln!(
+                    out,
+                    "  udp flows: {} (timeout {} s{}) kept on previous {} moved to active {} table full {}",
+                    if u.flows { "on" } else { "off" },
+                    u.flow_timeout_ms / 1000,
+                    if u.released { ", old generations released" } else { "" },
+                    c.flow_kept_previous,
+                    c.flow_to_active,
+                    c.flow_table_full
+                );
+            }
             let _ = writeln!(out, "  rollback: {}", g.rollback.describe());
         }
     }

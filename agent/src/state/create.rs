@@ -15,7 +15,7 @@ use super::StateError;
 use crate::{paths, paths::pins, program};
 
 /// Map name in the object → pin name in the instance directory.
-pub const MAP_PINS: [(&str, &str); 7] = [
+pub const MAP_PINS: [(&str, &str); 8] = [
     (map_names::SOCKETS, pins::SOCKETS),
     (map_names::GROUPS, pins::GROUPS),
     (map_names::SLOTS, pins::SLOTS),
@@ -23,6 +23,7 @@ pub const MAP_PINS: [(&str, &str); 7] = [
     (map_names::SLOT_STATS, pins::SLOT_STATS),
     (map_names::GLOBAL_STATS, pins::GLOBAL_STATS),
     (map_names::INFO, pins::INFO),
+    (map_names::FLOWS, pins::FLOWS),
 ];
 
 /// Creates the instance of `netns` under `state_dir`. The caller holds the lock.

@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map layout or the program's meaning changes. A pinned state
 /// directory written by another ABI version is refused by the agent.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Number of slots in the REUSEPORT_SOCKARRAY (one slot per steered socket).
 pub const MAX_SLOTS: u32 = 8192;
@@ -51,6 +51,77 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 /// `IPPROTO_TCP`.
 pub const IPPROTO_TCP: u16 = 6;
+/// `IPPROTO_UDP`.
+pub const IPPROTO_UDP: u16 = 17;
+
+/// The UDP flow table: which slot each flow of a UDP group was first sent to,
+/// so that its later datagrams follow it while that socket lives.
+///
+/// A flow is a datagram's 4-tuple, as the kernel's own hash of it names it
+/// (`ctx->hash`, `udp_ehashfn`/`udp6_ehashfn` of the addresses and ports: a
+/// jhash with a boot-time secret). The table is an array of
+/// [`ENTRIES`](flows::ENTRIES) buckets of one `u64` each, written with a
+/// single store, so a concurrent reader never sees half an entry:
+///
+/// | bits | field |
+/// |---|---|
+/// | 63..32 | the flow's hash (the tag) |
+/// | 31..16 | the slot |
+/// | 15..0 | when the flow was last seen, in [`TICK_SHIFT`](flows::TICK_SHIFT) ticks, modulo 2^16 |
+///
+/// A flow's bucket is [`bucket`](flows::bucket) of its hash and port. A new
+/// flow whose bucket holds another flow that is still live (seen within the
+/// group's timeout) does not displace it: it is steered as usual and not
+/// remembered (`flow_table_full`), so a flood of new source ports cannot cut
+/// the exchanges already in progress. Memory is fixed: 8 bytes a bucket.
+pub mod flows {
+    /// Buckets in the table (a power of two): 512 KiB per instance.
+    pub const ENTRIES: u32 = 1 << 16;
+    /// `bpf_ktime_get_ns() >> TICK_SHIFT` is the table's clock: 1.07 s ticks.
+    pub const TICK_SHIFT: u32 = 30;
+    /// The default idle timeout, in ticks (about 30 s: QUIC's common idle
+    /// timeout, and far beyond a DNS exchange).
+    pub const DEFAULT_TIMEOUT_TICKS: u32 = 28;
+    /// The longest idle timeout a group can have, in ticks (the clock wraps at 2^16).
+    pub const MAX_TIMEOUT_TICKS: u32 = 0x7fff;
+
+    /// The bucket of a flow: its hash mixed with the group's port, so that two
+    /// groups' flows with one hash rarely share a bucket.
+    #[inline(always)]
+    #[must_use]
+    pub const fn bucket(hash: u32, port: u16) -> u32 {
+        (hash ^ (port as u32).wrapping_mul(0x9e37_79b1)) & (ENTRIES - 1)
+    }
+
+    /// An entry for `hash` in `slot`, seen at `tick`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn entry(hash: u32, slot: u32, tick: u32) -> u64 {
+        (hash as u64) << 32 | ((slot & 0xffff) as u64) << 16 | (tick & 0xffff) as u64
+    }
+
+    /// The hash an entry remembers.
+    #[inline(always)]
+    #[must_use]
+    pub const fn tag(entry: u64) -> u32 {
+        (entry >> 32) as u32
+    }
+
+    /// The slot an entry remembers.
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot(entry: u64) -> u32 {
+        (entry >> 16) as u32 & 0xffff
+    }
+
+    /// Whether an entry was last seen more than `timeout` ticks before `now`
+    /// (an empty bucket is idle).
+    #[inline(always)]
+    #[must_use]
+    pub const fn idle(entry: u64, now: u32, timeout: u32) -> bool {
+        entry == 0 || (now.wrapping_sub(entry as u32) & 0xffff) > timeout
+    }
+}
 
 /// Names of the maps inside the eBPF object (also their kernel names, so at most
 /// 15 bytes each).
@@ -62,6 +133,7 @@ pub mod map_names {
     pub const SLOT_STATS: &str = "STEER_SSTATS";
     pub const GLOBAL_STATS: &str = "STEER_GLOBAL";
     pub const INFO: &str = "STEER_INFO";
+    pub const FLOWS: &str = "STEER_FLOWS";
 }
 
 /// Name of the program inside the eBPF object.
@@ -128,7 +200,8 @@ pub mod watch {
 }
 
 /// Counter indices. Every invocation of the program increments exactly one of
-/// them, so their sum is the number of invocations.
+/// the path counters (`ACTIVE` to `FLOW_TO_ACTIVE`), so their sum is the number
+/// of invocations; [`counter::FLOW_TABLE_FULL`] counts an event beside them.
 pub mod counter {
     /// A new connection was sent to the active generation.
     pub const ACTIVE: usize = 0;
@@ -152,8 +225,22 @@ pub mod counter {
     /// process exited). Without this the kernel would pick among every member
     /// still listening, the demoted previous generation included.
     pub const CANARY_TO_ACTIVE: usize = 7;
+    /// A datagram of a UDP flow that a generation other than the active one
+    /// and the canary (the previous one, typically) started, kept there
+    /// because its socket still lives.
+    pub const FLOW_KEPT_PREVIOUS: usize = 8;
+    /// A datagram of a UDP flow whose generation's socket closed, or whose
+    /// generation was released (`steer reload` drains it), sent to the active
+    /// generation, which now keeps the flow.
+    pub const FLOW_TO_ACTIVE: usize = 9;
+    /// Not a path: a new UDP flow found its bucket of the flow table held by
+    /// another live flow, so it was steered without being remembered (its
+    /// later datagrams are steered as new flows).
+    pub const FLOW_TABLE_FULL: usize = 10;
     /// How many counters are in use.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 11;
+    /// The path counters: one of them counts each run.
+    pub const PATHS: usize = 10;
     /// Names used by `steer status` and the metrics, in index order.
     pub const NAMES: [&str; COUNT] = [
         "steered_active",
@@ -164,6 +251,9 @@ pub mod counter {
         "helper_error",
         "migrated_by_kernel",
         "canary_to_active",
+        "flow_kept_previous",
+        "flow_to_active",
+        "flow_table_full",
     ];
 }
 
@@ -174,7 +264,7 @@ pub mod counter {
 pub struct GroupKey {
     /// `AF_INET` or `AF_INET6`.
     pub family: u16,
-    /// `IPPROTO_TCP`.
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub protocol: u16,
     /// Local port in host byte order.
     pub port: u16,
@@ -226,8 +316,22 @@ pub struct GroupConfig {
     pub canary: SlotRange,
     /// Share of new connections for the canary, 0..=100.
     pub canary_weight: u32,
-    /// [`FLAG_OPERATOR`], or zero.
+    /// [`FLAG_OPERATOR`], [`FLAG_FLOWS_OFF`], [`FLAG_RELEASE`], and in the
+    /// high 16 bits the UDP flow table's idle timeout in ticks
+    /// ([`flows::TICK_SHIFT`]; 0 means [`flows::DEFAULT_TIMEOUT_TICKS`]).
     pub flags: u32,
+}
+
+impl GroupConfig {
+    /// The UDP flows' idle timeout, in ticks.
+    #[inline(always)]
+    #[must_use]
+    pub const fn flow_timeout(&self) -> u32 {
+        match self.flags >> 16 {
+            0 => flows::DEFAULT_TIMEOUT_TICKS,
+            t => t,
+        }
+    }
 }
 
 /// [`GroupConfig::flags`]: an operator's command (`promote`, `rollback`, a
@@ -235,12 +339,21 @@ pub struct GroupConfig {
 /// the generations it names, across restarts, until a generation it does not
 /// name appears. The program ignores the flags.
 pub const FLAG_OPERATOR: u32 = 1;
+/// [`GroupConfig::flags`], UDP groups: no flow table; every datagram goes
+/// where a new flow would (the active generation, or the canary's share).
+pub const FLAG_FLOWS_OFF: u32 = 2;
+/// [`GroupConfig::flags`], UDP groups: flows kept on a generation other than
+/// the active one and the canary go to the active one (`steer reload` sets
+/// it while the old generation drains; a full promote clears it).
+pub const FLAG_RELEASE: u32 = 4;
+/// The bits of [`GroupConfig::flags`] that hold the flow timeout.
+pub const FLOW_TIMEOUT_SHIFT: u32 = 16;
 
 /// Per-CPU counters of one group (or of all groups, in the global map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    pub values: [u64; 8],
+    pub values: [u64; 12],
 }
 
 /// What the agent remembers about the socket in one sockarray slot. The kernel
@@ -302,10 +415,10 @@ const _: () = assert!(size_of::<ListenEvent>() == 40);
 const _: () = assert!(size_of::<GroupKey>() == 28);
 const _: () = assert!(size_of::<SlotRange>() == 8);
 const _: () = assert!(size_of::<GroupConfig>() == 40);
-const _: () = assert!(size_of::<Counters>() == 64);
+const _: () = assert!(size_of::<Counters>() == 96);
 const _: () = assert!(size_of::<SlotMeta>() == 64);
 const _: () = assert!(size_of::<Info>() == 16);
-const _: () = assert!(counter::COUNT <= 8);
+const _: () = assert!(counter::COUNT <= 12);
 
 #[cfg(feature = "user")]
 mod pod {

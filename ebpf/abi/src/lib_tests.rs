@@ -56,7 +56,33 @@ fn map_names_fit_the_kernel_limit() {
         map_names::SLOT_STATS,
         map_names::GLOBAL_STATS,
         map_names::INFO,
+        map_names::FLOWS,
     ] {
         assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
     }
+}
+
+#[test]
+fn a_flow_entry_holds_its_tag_slot_and_tick() {
+    let e = flows::entry(0xdead_beef, 8191, 0x1_2345);
+    assert_eq!(flows::tag(e), 0xdead_beef);
+    assert_eq!(flows::slot(e), 8191);
+    assert!(!flows::idle(e, 0x2345, 0));
+    assert!(!flows::idle(e, 0x2345 + 28, 28));
+    assert!(flows::idle(e, 0x2345 + 29, 28));
+    // The clock wraps at 2^16 ticks: age is taken modulo it.
+    let late = flows::entry(1, 3, 0xfffe);
+    assert!(!flows::idle(late, 0x0001, 28));
+    assert!(flows::idle(0, 0, flows::MAX_TIMEOUT_TICKS));
+    assert!(flows::bucket(u32::MAX, u16::MAX) < flows::ENTRIES);
+    assert_ne!(flows::bucket(7, 53), flows::bucket(7, 54));
+}
+
+#[test]
+fn the_flow_timeout_lives_in_the_high_bits_of_the_flags() {
+    let mut c = GroupConfig { flags: FLAG_OPERATOR, ..GroupConfig::default() };
+    assert_eq!(c.flow_timeout(), flows::DEFAULT_TIMEOUT_TICKS);
+    c.flags |= 5 << FLOW_TIMEOUT_SHIFT;
+    assert_eq!(c.flow_timeout(), 5);
+    assert_eq!(c.flags & FLAG_OPERATOR, FLAG_OPERATOR);
 }

@@ -1,5 +1,6 @@
 //! Waiting until the old generation has nothing left queued: its sockets'
-//! accept queues, and the handshakes pending at the promote.
+//! accept queues (for UDP, receive queues), and the handshakes pending at the
+//! promote.
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
@@ -50,6 +51,10 @@ pub fn drain(old: &Process, inodes: &BTreeSet<u64>, ports: &[u16], timeout: Dura
             .map(|v| v.into_iter().collect())
     };
     let at_promote = read_handshakes();
+    // Empty twice in a row: a datagram the program sent to an old UDP socket
+    // just before the release (or a connection just before the promote) may
+    // still be on its way into the queue at the first reading.
+    let mut empty_before = false;
     loop {
         let handshakes = at_promote
             .as_ref()
@@ -67,7 +72,9 @@ pub fn drain(old: &Process, inodes: &BTreeSet<u64>, ports: &[u16], timeout: Dura
                 old_exited: true,
             };
         };
-        let drained = queued == 0 && handshakes.unwrap_or(0) == 0;
+        let empty = queued == 0 && handshakes.unwrap_or(0) == 0;
+        let drained = empty && empty_before;
+        empty_before = empty;
         if drained || started.elapsed() >= timeout {
             return Drain { elapsed: started.elapsed(), drained, queued, handshakes, old_exited: false };
         }
