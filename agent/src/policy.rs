@@ -88,6 +88,8 @@ pub fn promote(
             canary: SlotRange::NONE,
             canary_weight: 0,
             flags: cur.flags & SETTINGS,
+            stats: cur.stats,
+            pad: 0,
         };
         return Ok((config, Outcome::Promoted));
     }
@@ -173,6 +175,8 @@ pub fn rollback(
             canary: SlotRange::NONE,
             canary_weight: 0,
             flags: FLAG_OPERATOR | current.flags & SETTINGS,
+            stats: current.stats,
+            pad: 0,
         },
         RollbackEffect::RefusedNoPrevious => return Err(PolicyError::NoPrevious),
         RollbackEffect::RefusedPreviousGone => return Err(PolicyError::PreviousGone),

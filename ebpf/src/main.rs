@@ -17,9 +17,9 @@ use core::cell::UnsafeCell;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_map_def, bpf_map_type::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, sk_action::SK_PASS},
-    helpers::generated::{bpf_ktime_get_ns, bpf_sk_select_reuseport},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_sk_select_reuseport},
     macros::{map, sk_reuseport},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::SkReuseportContext,
 };
 use steer_abi::{
@@ -66,15 +66,11 @@ impl SockArrayDef {
 #[map(name = "STEER_GROUPS")]
 static STEER_GROUPS: HashMap<GroupKey, GroupConfig> = HashMap::with_max_entries(MAX_GROUPS, 0);
 
-/// Per-CPU counters per group, created by the agent when it configures a group.
-/// Not preallocated: its memory grows with the groups in use, not with
-/// `MAX_GROUPS` times the number of CPUs.
+/// Per-CPU counters per group, at the index the group's configuration names
+/// (`GroupConfig::stats`): an array lookup, which the verifier inlines, where a
+/// hash lookup keyed by the group would cost as much as the configuration's.
 #[map(name = "STEER_GSTATS")]
-static STEER_GSTATS: PerCpuHashMap<GroupKey, Counters> =
-    PerCpuHashMap::with_max_entries(MAX_GROUPS, BPF_F_NO_PREALLOC);
-
-/// `BPF_F_NO_PREALLOC` (include/uapi/linux/bpf.h).
-const BPF_F_NO_PREALLOC: u32 = 1;
+static STEER_GSTATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_GROUPS, 0);
 
 /// The UDP flow table (`steer_abi::flows`): one `u64` per bucket, shared by
 /// every CPU and written with single stores.
@@ -115,7 +111,7 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
 
     // SAFETY: the value is only read, and the agent replaces it whole.
     let Some(config) = (unsafe { STEER_GROUPS.get(key) }) else {
-        count(&key, counter::NO_CONFIG);
+        count_global(counter::NO_CONFIG);
         return Err(SK_PASS);
     };
 
@@ -125,20 +121,20 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
     }
     let (range, path) = choose(config, migrating, hash);
     if range.is_none() {
-        count(&key, if migrating { counter::MIGRATED_BY_KERNEL } else { counter::EMPTY_SLOT });
+        count(config, if migrating { counter::MIGRATED_BY_KERNEL } else { counter::EMPTY_SLOT });
         return Err(SK_PASS);
     }
     let err = match select(ctx, range, hash) {
-        Ok(_) => return selected(&key, path),
+        Ok(_) => return selected(config, path),
         Err(err) => err,
     };
     // A migration the program cannot place: the kernel picks another
     // live member (net/core/sock_reuseport.c, `reuseport_migrate_sock`).
     if migrating {
-        count(&key, counter::MIGRATED_BY_KERNEL);
+        count(config, counter::MIGRATED_BY_KERNEL);
         return Err(SK_PASS);
     }
-    fallback(ctx, &key, config, hash, path, err).map(|_| SK_PASS)
+    fallback(ctx, config, hash, path, err).map(|_| SK_PASS)
 }
 
 /// After the first choice failed with `err`: the canary's socket is gone (its
@@ -148,7 +144,6 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
 #[inline(always)]
 fn fallback(
     ctx: &SkReuseportContext,
-    key: &GroupKey,
     config: &GroupConfig,
     hash: u32,
     path: usize,
@@ -157,7 +152,7 @@ fn fallback(
     let err = if path == counter::CANARY && !config.active.is_none() {
         match select(ctx, config.active, hash) {
             Ok(slot) => {
-                count(key, counter::CANARY_TO_ACTIVE);
+                count(config, counter::CANARY_TO_ACTIVE);
                 return Ok(slot);
             }
             Err(err) => err,
@@ -165,7 +160,7 @@ fn fallback(
     } else {
         err
     };
-    count(key, if err == -ENOENT { counter::EMPTY_SLOT } else { counter::HELPER_ERROR });
+    count(config, if err == -ENOENT { counter::EMPTY_SLOT } else { counter::HELPER_ERROR });
     Err(SK_PASS)
 }
 
@@ -175,10 +170,10 @@ fn fallback(
 #[inline(always)]
 fn steer_flow(ctx: &SkReuseportContext, key: &GroupKey, config: &GroupConfig, hash: u32) -> Result<u32, u32> {
     let Some(bucket) = STEER_FLOWS.get_ptr_mut(flows::bucket(hash, key.port)) else {
-        return steer_new_flow(ctx, key, config, hash, None);
+        return steer_new_flow(ctx, config, hash, None);
     };
     // SAFETY: the kernel's clock, no arguments.
-    let now = (unsafe { bpf_ktime_get_ns() } >> flows::TICK_SHIFT) as u32;
+    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> flows::TICK_SHIFT) as u32;
     // SAFETY: an 8-byte aligned value of the array; a single load.
     let entry = unsafe { core::ptr::read_volatile(bucket) };
     let live = !flows::idle(entry, now, config.flow_timeout());
@@ -200,15 +195,15 @@ fn steer_flow(ctx: &SkReuseportContext, key: &GroupKey, config: &GroupConfig, ha
             } else {
                 counter::FLOW_KEPT_PREVIOUS
             };
-            return selected(key, path);
+            return selected(config, path);
         }
         // Its socket closed, or its generation was released: the active one keeps it.
         path = Some(counter::FLOW_TO_ACTIVE);
     } else if live {
-        count(key, counter::FLOW_TABLE_FULL);
-        return steer_new_flow(ctx, key, config, hash, None);
+        count(config, counter::FLOW_TABLE_FULL);
+        return steer_new_flow(ctx, config, hash, None);
     }
-    let slot = steer_new_flow(ctx, key, config, hash, path)?;
+    let slot = steer_new_flow(ctx, config, hash, path)?;
     // SAFETY: as above; a single store.
     unsafe { core::ptr::write_volatile(bucket, flows::entry(hash, slot, now)) };
     Ok(SK_PASS)
@@ -221,7 +216,6 @@ fn steer_flow(ctx: &SkReuseportContext, key: &GroupKey, config: &GroupConfig, ha
 #[inline(always)]
 fn steer_new_flow(
     ctx: &SkReuseportContext,
-    key: &GroupKey,
     config: &GroupConfig,
     hash: u32,
     path: Option<usize>,
@@ -231,15 +225,15 @@ fn steer_new_flow(
         None => choose(config, false, hash),
     };
     if range.is_none() {
-        count(key, counter::EMPTY_SLOT);
+        count(config, counter::EMPTY_SLOT);
         return Err(SK_PASS);
     }
     match select(ctx, range, hash) {
         Ok(slot) => {
-            count(key, path);
+            count(config, path);
             Ok(slot)
         }
-        Err(err) => fallback(ctx, key, config, hash, path, err),
+        Err(err) => fallback(ctx, config, hash, path, err),
     }
 }
 
@@ -269,8 +263,8 @@ fn count_slot(slot: u32) {
 
 /// Counts a successful selection on `path` and lets the kernel use it.
 #[inline(always)]
-fn selected(key: &GroupKey, path: usize) -> Result<u32, u32> {
-    count(key, path);
+fn selected(config: &GroupConfig, path: usize) -> Result<u32, u32> {
+    count(config, path);
     Ok(SK_PASS)
 }
 
@@ -318,17 +312,27 @@ fn group_key(ctx: &SkReuseportContext) -> GroupKey {
     }
 }
 
+/// Counts a run on `index` for the group and for the whole instance.
 #[inline(always)]
-fn count(key: &GroupKey, index: usize) {
+fn count(config: &GroupConfig, index: usize) {
     if index >= counter::COUNT {
         return;
     }
-    if let Some(c) = STEER_GSTATS.get_ptr_mut(key) {
+    if let Some(c) = STEER_GSTATS.get_ptr_mut(config.stats) {
         // SAFETY: per-CPU value, only this CPU writes it; index is bounded above.
         unsafe { (*c).values[index] += 1 };
     }
+    count_global(index);
+}
+
+/// Counts a run on `index` for the whole instance only.
+#[inline(always)]
+fn count_global(index: usize) {
+    if index >= counter::COUNT {
+        return;
+    }
     if let Some(c) = STEER_GLOBAL.get_ptr_mut(0) {
-        // SAFETY: as above.
+        // SAFETY: per-CPU value, only this CPU writes it; index is bounded above.
         unsafe { (*c).values[index] += 1 };
     }
 }

@@ -19,16 +19,57 @@ pub struct Poller {
     /// Listener inodes seen, per network namespace.
     known: HashMap<u64, HashSet<u64>>,
     primed: bool,
+    /// Only sockets of this protocol (the UDP poller beside a watcher).
+    protocol: Option<u16>,
 }
 
 impl Poller {
     /// A poller that has recorded what listens now (adoption handles that).
     #[must_use]
     pub fn new(filter: Filter, interval: Duration) -> Self {
-        let mut poller =
-            Self { filter, interval, next: Instant::now() + interval, known: HashMap::new(), primed: false };
+        let mut poller = Self {
+            filter,
+            interval,
+            next: Instant::now() + interval,
+            known: HashMap::new(),
+            primed: false,
+            protocol: None,
+        };
         poller.poll();
         poller
+    }
+
+    /// A poller of UDP sockets only, for beside a tracepoint watcher: the
+    /// kernel has no tracepoint where a UDP socket binds (see docs/udp.md).
+    #[must_use]
+    pub fn udp(filter: Filter, interval: Duration) -> Self {
+        let mut poller = Self {
+            filter,
+            interval,
+            next: Instant::now() + interval,
+            known: HashMap::new(),
+            primed: false,
+            protocol: Some(steer_abi::IPPROTO_UDP),
+        };
+        poller.poll();
+        poller
+    }
+
+    /// Polls if its interval has passed; the events found go to `out`.
+    pub fn poll_if_due(&mut self, out: &mut Vec<Event>) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next = now + self.interval;
+        let ktime_ns = monotonic_ns();
+        out.extend(self.poll().into_iter().map(|(pid, port)| Event::Polled { pid, port, ktime_ns }));
+    }
+
+    /// How long until the next poll is due.
+    #[must_use]
+    pub fn until_due(&self) -> Duration {
+        self.next.saturating_duration_since(Instant::now())
     }
 
     /// New listeners of matching processes since the last call, as (pid, port).
@@ -42,7 +83,10 @@ impl Poller {
         let mut found = Vec::new();
         let mut known = HashMap::new();
         for (netns, processes) in by_ns {
-            let Ok(listeners) = sockets::namespace_listeners(&processes[0]) else { continue };
+            let Ok(mut listeners) = sockets::namespace_listeners(&processes[0]) else { continue };
+            if let Some(protocol) = self.protocol {
+                listeners.retain(|l| l.protocol == protocol);
+            }
             let seen = self.known.get(&netns);
             let fresh: Vec<_> = listeners
                 .iter()

@@ -54,10 +54,32 @@ pub fn open(
 ) -> anyhow::Result<(Box<dyn EventSource>, Chosen)> {
     let (watcher, chosen) = open_watcher(wanted, &filter.ports)?;
     let source: Box<dyn EventSource> = match watcher {
-        Some(w) => Box::new(w),
+        Some(w) => Box::new(WithUdp { watcher: w, udp: Poller::udp(filter.clone(), interval.max(UDP_POLL)) }),
         None => Box::new(Poller::new(filter.clone(), interval)),
     };
     Ok((source, chosen))
+}
+
+/// How often, at least, a tracepoint source's UDP poller looks for new UDP
+/// sockets: the kernel has no tracepoint at a UDP bind.
+const UDP_POLL: Duration = Duration::from_millis(250);
+
+/// A tracepoint watcher for TCP listeners, with a poller beside it for UDP
+/// sockets, which bind without a state change to trace.
+struct WithUdp {
+    watcher: Watcher,
+    udp: Poller,
+}
+
+impl EventSource for WithUdp {
+    fn wait(&mut self, timeout: Duration, out: &mut Vec<Event>) {
+        self.watcher.wait(timeout.min(self.udp.until_due()), out);
+        self.udp.poll_if_due(out);
+    }
+
+    fn watch_forks(&mut self, pids: &BTreeSet<u32>) {
+        self.watcher.watch_forks(pids);
+    }
 }
 
 fn open_watcher(wanted: Source, ports: &[u16]) -> anyhow::Result<(Option<Watcher>, Chosen)> {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramInfo, SkReuseport, sk_reuseport::SkReuseportAttachType},
 };
 use steer_abi::{Counters, GroupConfig, GroupKey, Info, SlotMeta, counter};
@@ -26,7 +26,7 @@ pub struct Instance {
     sockets: MapData,
     groups: HashMap<MapData, GroupKey, GroupConfig>,
     slots: HashMap<MapData, u32, SlotMeta>,
-    group_stats: PerCpuHashMap<MapData, GroupKey, Counters>,
+    group_stats: PerCpuArray<MapData, Counters>,
     slot_stats: PerCpuArray<MapData, u64>,
     global_stats: PerCpuArray<MapData, Counters>,
     program: SkReuseport,
@@ -119,28 +119,38 @@ impl Instance {
         self.groups.get(key, 0).ok()
     }
 
-    /// Replaces a group's configuration in one map update; creates its
-    /// counters first so the program never misses them.
+    /// Replaces a group's configuration in one map update. A group keeps its
+    /// counters' index (`stats`, whatever `config` says); a group configured
+    /// for the first time gets the lowest index no other group uses, zeroed
+    /// first, so the program never counts into another group's entry.
     pub fn set_config(&mut self, key: &GroupKey, config: &GroupConfig) -> Result<(), StateError> {
-        if self.group_stats.get(key, 0).is_err() {
-            let zero =
-                PerCpuValues::try_from(vec![
-                    Counters::default();
-                    aya::util::nr_cpus()
-                        .map_err(|(_, e)| StateError::map("group_stats")(e))?
-                ])
-                .map_err(StateError::map("group_stats"))?;
-            self.group_stats.insert(key, zero, 0).map_err(StateError::map("group_stats"))?;
-        }
+        let stats = match self.config(key) {
+            Some(existing) => existing.stats,
+            None => {
+                let used: std::collections::BTreeSet<u32> =
+                    self.groups.iter().flatten().map(|(_, c)| c.stats).collect();
+                let free = (0..self.group_stats.len()).find(|i| !used.contains(i)).ok_or_else(|| {
+                    StateError::map("group_stats")(aya::maps::MapError::OutOfBounds {
+                        index: self.group_stats.len(),
+                        max_entries: self.group_stats.len(),
+                    })
+                })?;
+                let cpus = aya::util::nr_cpus().map_err(|(_, e)| StateError::map("group_stats")(e))?;
+                let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
+                    .map_err(StateError::map("group_stats"))?;
+                self.group_stats.set(free, zero, 0).map_err(StateError::map("group_stats"))?;
+                free
+            }
+        };
+        let config = GroupConfig { stats, pad: 0, ..*config };
         self.groups.insert(key, config, 0).map_err(StateError::map("groups"))
     }
 
     /// Forgets a group: its configuration (the program then leaves it to the
-    /// kernel) and its counters.
+    /// kernel). Its counters' index is free for the next new group, which
+    /// zeroes it.
     pub fn remove_group(&mut self, key: &GroupKey) -> Result<(), StateError> {
-        self.groups.remove(key).map_err(StateError::map("groups"))?;
-        let _ = self.group_stats.remove(key);
-        Ok(())
+        self.groups.remove(key).map_err(StateError::map("groups"))
     }
 
     /// Every configured group with its summed counters, ordered by key.
@@ -150,14 +160,14 @@ impl Instance {
             .groups
             .iter()
             .flatten()
-            .map(|(key, config)| GroupView { key, config, counters: self.group_counters(&key) })
+            .map(|(key, config)| GroupView { key, config, counters: self.group_counters(&config) })
             .collect();
         out.sort_by_key(|g| (g.key.port, g.key.family, g.key.addr, g.key.ifindex));
         out
     }
 
-    fn group_counters(&self, key: &GroupKey) -> [u64; counter::COUNT] {
-        self.group_stats.get(key, 0).map(|v| sum(&v)).unwrap_or_default()
+    fn group_counters(&self, config: &GroupConfig) -> [u64; counter::COUNT] {
+        self.group_stats.get(&config.stats, 0).map(|v| sum(&v)).unwrap_or_default()
     }
 
     /// Counters over every group of this instance, including unconfigured ones.

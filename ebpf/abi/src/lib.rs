@@ -12,8 +12,9 @@ pub const ABI_VERSION: u32 = 2;
 
 /// Number of slots in the REUSEPORT_SOCKARRAY (one slot per steered socket).
 pub const MAX_SLOTS: u32 = 8192;
-/// Number of reuseport groups one state instance can steer.
-pub const MAX_GROUPS: u32 = 4096;
+/// Number of reuseport groups one state instance can steer (the per-CPU
+/// counters take `MAX_GROUPS * size_of::<Counters>()` bytes per CPU: 96 KiB).
+pub const MAX_GROUPS: u32 = 1024;
 /// The canary share is expressed in percent.
 pub const WEIGHT_SCALE: u32 = 100;
 
@@ -320,6 +321,12 @@ pub struct GroupConfig {
     /// high 16 bits the UDP flow table's idle timeout in ticks
     /// ([`flows::TICK_SHIFT`]; 0 means [`flows::DEFAULT_TIMEOUT_TICKS`]).
     pub flags: u32,
+    /// The group's entry in the per-CPU counters array (`STEER_GSTATS`,
+    /// below [`MAX_GROUPS`]): an array index costs the program no hash
+    /// lookup. The agent assigns it when it first configures the group.
+    pub stats: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
 impl GroupConfig {
@@ -414,7 +421,7 @@ pub struct ListenEvent {
 const _: () = assert!(size_of::<ListenEvent>() == 40);
 const _: () = assert!(size_of::<GroupKey>() == 28);
 const _: () = assert!(size_of::<SlotRange>() == 8);
-const _: () = assert!(size_of::<GroupConfig>() == 40);
+const _: () = assert!(size_of::<GroupConfig>() == 48);
 const _: () = assert!(size_of::<Counters>() == 96);
 const _: () = assert!(size_of::<SlotMeta>() == 64);
 const _: () = assert!(size_of::<Info>() == 16);
