@@ -124,10 +124,7 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
         count(config, if migrating { counter::MIGRATED_BY_KERNEL } else { counter::EMPTY_SLOT });
         return Err(SK_PASS);
     }
-    let err = match select(ctx, range, hash) {
-        Ok(_) => return selected(config, path),
-        Err(err) => err,
-    };
+    let Err(err) = select(ctx, range, hash) else { return selected(config, path) };
     // A migration the program cannot place: the kernel picks another
     // live member (net/core/sock_reuseport.c, `reuseport_migrate_sock`).
     if migrating {
