@@ -99,17 +99,22 @@ pub fn ports_phrase(ports: &[u16]) -> String {
     }
 }
 
-/// A duplicate of one listener on `addr` in `process`'s network namespace that
+/// A duplicate of one socket of `key`'s protocol on `addr` in `process`'s network namespace that
 /// `process` does not hold (not among `own` inodes), with the pid holding it:
 /// another member of the group. Reads the namespace's listeners, then the fd
 /// tables of the processes in it, so it is for a group's first promote in a
 /// state only.
 #[must_use]
-pub fn other_member(process: &Process, addr: SocketAddr, own: &[u64]) -> Option<(u32, OwnedFd)> {
+pub fn other_member(
+    process: &Process,
+    key: &GroupKey,
+    addr: SocketAddr,
+    own: &[u64],
+) -> Option<(u32, OwnedFd)> {
     let inodes: Vec<u64> = namespace_listeners(process)
         .ok()?
         .into_iter()
-        .filter(|l| l.addr == addr && !own.contains(&l.inode))
+        .filter(|l| l.protocol == key.protocol && l.addr == addr && !own.contains(&l.inode))
         .map(|l| l.inode)
         .collect();
     if inodes.is_empty() {

@@ -14,6 +14,7 @@
 
 mod chart;
 mod cli;
+mod cost;
 mod daemon;
 mod latency;
 mod matrix;
@@ -55,6 +56,7 @@ const SECTIONS: &[Section] = &[
     latency::SECTION,
     memory::SECTION,
     overhead::SECTION,
+    cost::SECTION,
     promote::SECTION,
     scale::SECTION,
 ];

@@ -206,7 +206,7 @@ fn refuse_owned_elsewhere(
             continue;
         }
         let own: Vec<u64> = sockets.iter().map(|c| c.inode).collect();
-        let Some((pid, member)) = sockets::other_member(process, first.addr, &own) else { continue };
+        let Some((pid, member)) = sockets::other_member(process, key, first.addr, &own) else { continue };
         let used = instance.slot_metas()?;
         let Ok(free) = policy::allocate(&used, instance.info.max_slots, 1) else { continue };
         if instance.held_elsewhere(free.first, member.as_fd())? {

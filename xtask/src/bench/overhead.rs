@@ -177,12 +177,12 @@ struct Cost {
 }
 
 /// `kernel.bpf_stats_enabled=1` while alive; the previous value is written back on drop.
-struct StatsOn {
+pub(super) struct StatsOn {
     previous: String,
 }
 
 impl StatsOn {
-    fn enable() -> Result<StatsOn> {
+    pub(super) fn enable() -> Result<StatsOn> {
         let previous =
             fs::read_to_string(BPF_STATS).with_context(|| format!("could not read {BPF_STATS}"))?;
         write_sysctl("1")?;
