@@ -48,10 +48,10 @@ fn bad_inputs_are_refused_without_changing_state() {
     let _ = sleeper.wait();
 
     let out = w.steer(&["promote", &pid, "--port", "9999"]);
-    refused(&w, &out, 1, "no listening TCP socket on port 9999", &before);
+    refused(&w, &out, 1, "no listening TCP socket or bound UDP socket on port 9999", &before);
     // Every port named must match, not just one of them.
     let out = w.steer(&["promote", &pid, "--port", "8080", "--port", "9999"]);
-    refused(&w, &out, 1, "no listening TCP socket on port 9999", &before);
+    refused(&w, &out, 1, "no listening TCP socket or bound UDP socket on port 9999", &before);
 
     let mut plain = ServerArgs::new("plain", [addr("127.0.0.1:8090")]);
     plain.no_reuseport = true;
