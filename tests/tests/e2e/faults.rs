@@ -1,6 +1,8 @@
 //! Faults under load: each test runs closed-loop clients (a new connection per
 //! request) through reloads while something goes wrong, and asserts that no
 //! request failed and what steer did about it.
+mod promote;
+
 use std::time::Duration;
 
 use steer_harness::load;
