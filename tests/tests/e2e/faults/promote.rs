@@ -85,6 +85,19 @@ fn a_promote_killed_at_every_step_is_repaired_by_the_next_and_nothing_fails() {
         }
         old = Some(new);
     }
+    // The active generation grows (its second listener opens after its
+    // promotion): its sockets move, through an interim configuration.
+    let grown = growing(&w, "g7");
+    assert_killed(&promote_at(&w, &grown, failpoint::PROMOTE_INTERIM), failpoint::PROMOTE_INTERIM);
+    killed += 1;
+    w.promote(&grown);
+    assert_consistent(&w, &grown, "after the repair of the grown generation");
+    std::thread::sleep(Duration::from_millis(200));
+    if let Some(mut old) = old.take() {
+        old.pause().expect("pause");
+        old.close_listeners().expect("close");
+        old.exit().expect("exit");
+    }
     std::thread::sleep(Duration::from_millis(300));
     let report = running.expect("load started").stop();
     eprintln!(
@@ -93,13 +106,44 @@ fn a_promote_killed_at_every_step_is_repaired_by_the_next_and_nothing_fails() {
         report.failed()
     );
     assert_no_failures(&report, "promotes killed mid-way");
-    let last = old.expect("last generation");
-    assert_consistent(&w, &last, "at the end");
+    assert_consistent(&w, &grown, "at the end");
     let c = w.counters(8080);
     assert!(c.steered_active > report.requests / 2, "the program steered: {c:?}");
     assert_eq!(c.helper_error, 0, "{c:?}");
     let r = w.requests(TARGET, 300);
-    assert_eq!(answered_by(&r, "g6"), 300);
+    assert_eq!(answered_by(&r, "g7"), 300);
+}
+
+/// A generation promoted when its first listener opens, its second opening
+/// 1.5 s later; returned once both listen.
+fn growing(w: &World, generation: &str) -> TestServer {
+    let mut args = ServerArgs::new(generation, [addr(TARGET)]);
+    args.listeners = 2;
+    args.listen_gap_ms = 1500;
+    std::thread::scope(|s| {
+        let spawned = s.spawn(|| w.server_with(args));
+        let needle = format!("--gen\0{generation}\0");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let promoted = loop {
+            assert!(Instant::now() < deadline, "{generation} never listened");
+            let pid = std::fs::read_dir("/proc").expect("/proc").flatten().find_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
+            });
+            if let Some(pid) = pid
+                && w.steer(&["promote", &pid.to_string()]).status.success()
+            {
+                break pid;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let server = spawned.join().expect("spawn the growing server");
+        assert_eq!(server.pid(), promoted);
+        let listening = w.group(8080).sockets.iter().filter(|s| s.pid == promoted).count();
+        assert_eq!(listening, 1, "promoted with one listener of two");
+        server
+    })
 }
 
 /// The group's sockets as (slot, pid, fd, role), and its configuration generation.
