@@ -39,7 +39,7 @@ pub enum SocketError {
     #[error("process {pid} exited while steer was reading its sockets; start it again and retry")]
     Vanished { pid: u32 },
     #[error(
-        "process {pid} closed its listeners or exited while steer promoted it, so nothing was changed; promote the process that listens now"
+        "process {pid} closed its listeners or exited while steer promoted it, and no other process holds them, so nothing was changed; promote the process that listens now"
     )]
     LeftDuringPromote { pid: u32 },
     #[error("{what} of fd {fd} in process {pid}")]

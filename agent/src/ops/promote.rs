@@ -383,14 +383,20 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
     Ok(change)
 }
 
-/// Refuses a promote whose process closed one of these sockets, or exited,
-/// since they were duplicated: steer's duplicates keep such a socket open, and
-/// listening, though nobody accepts from it any more. Checked after the slots
-/// are filled and before the configuration names them, so that a process
-/// leaving before this point changes nothing; one leaving after it is a
-/// promoted generation that dies (its slots empty, the previous one serves).
+/// Refuses a promote whose process let go of one of these sockets (closed it,
+/// or exited) since they were duplicated, when no other process holds it
+/// either: steer's duplicate alone keeps such a socket open, and listening,
+/// though nobody accepts from it any more. (A server that forks its worker and
+/// exits, HAProxy `-D`, leaves its sockets to the worker: those are promoted.)
+/// Checked after the slots are filled and before the configuration names
+/// them, so that a process leaving before this point changes nothing; one
+/// leaving after it is a promoted generation that dies (its slots empty, the
+/// previous one serves).
 fn still_listening(process: &Process, sockets: &[Candidate]) -> Result<(), OpError> {
-    if sockets.iter().all(|c| crate::proc::holds_socket(process.pid, c.fd, c.inode)) {
+    let held = |c: &Candidate| {
+        crate::proc::holds_socket(process.pid, c.fd, c.inode) || crate::proc::socket_holder(c.inode).is_some()
+    };
+    if sockets.iter().all(held) {
         Ok(())
     } else {
         Err(sockets::SocketError::LeftDuringPromote { pid: process.pid }.into())
