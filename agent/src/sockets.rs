@@ -216,6 +216,22 @@ pub fn duplicate(process: &Process, sockets: &[(u32, Listener)]) -> Result<Vec<C
     Ok(out)
 }
 
+/// For a promote: refuses whose process let go of one of these sockets (closed it,
+/// or exited) since they were duplicated, when no other process holds it
+/// either: steer's duplicate alone keeps such a socket open, and listening,
+/// though nobody accepts from it any more. (A server that forks its worker and
+/// exits, HAProxy `-D`, leaves its sockets to the worker: those are promoted.)
+/// Checked after the slots are filled and before the configuration names
+/// them, so that a process leaving before this point changes nothing; one
+/// leaving after it is a promoted generation that dies (its slots empty, the
+/// previous one serves).
+pub fn still_held(process: &Process, sockets: &[Candidate]) -> Result<(), SocketError> {
+    let held = |c: &Candidate| {
+        crate::proc::holds_socket(process.pid, c.fd, c.inode) || crate::proc::socket_holder(c.inode).is_some()
+    };
+    if sockets.iter().all(held) { Ok(()) } else { Err(SocketError::LeftDuringPromote { pid: process.pid }) }
+}
+
 /// A duplicate of descriptor `fd` of process `pid` (through its `pidfd`). The outer error
 /// is one a user can act on (no ptrace rights, the process exited); the inner one any
 /// other failure, such as a descriptor closed meanwhile, for the caller to judge.

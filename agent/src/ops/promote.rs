@@ -345,7 +345,7 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
                 }
             })
             .and_then(|()| (0..moving).try_for_each(|i| fill(instance, i)))
-            .and_then(|()| still_listening(process, &sockets));
+            .and_then(|()| sockets::still_held(process, &sockets).map_err(OpError::from));
         if let Err(e) = result {
             for slot in filled {
                 let _ = instance.free_slot(slot);
@@ -381,26 +381,6 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
     };
     drop(sockets); // close the duplicates now
     Ok(change)
-}
-
-/// Refuses a promote whose process let go of one of these sockets (closed it,
-/// or exited) since they were duplicated, when no other process holds it
-/// either: steer's duplicate alone keeps such a socket open, and listening,
-/// though nobody accepts from it any more. (A server that forks its worker and
-/// exits, HAProxy `-D`, leaves its sockets to the worker: those are promoted.)
-/// Checked after the slots are filled and before the configuration names
-/// them, so that a process leaving before this point changes nothing; one
-/// leaving after it is a promoted generation that dies (its slots empty, the
-/// previous one serves).
-fn still_listening(process: &Process, sockets: &[Candidate]) -> Result<(), OpError> {
-    let held = |c: &Candidate| {
-        crate::proc::holds_socket(process.pid, c.fd, c.inode) || crate::proc::socket_holder(c.inode).is_some()
-    };
-    if sockets.iter().all(held) {
-        Ok(())
-    } else {
-        Err(sockets::SocketError::LeftDuringPromote { pid: process.pid }.into())
-    }
 }
 
 /// Kept here for the commands that name it; it lives with the state now.
