@@ -16,8 +16,10 @@
 //! - [`daemon`]: the sidecar: events → decisions ([`daemon::core`], pure) → effects.
 //! - [`metrics`]: the daemon's `/metrics` and `/healthz`.
 //! - [`btf`]: field offsets from the kernel's BTF, for the daemon's raw tracepoints.
+//! - [`failpoint`]: named places where a test build can kill a write command.
 pub mod btf;
 pub mod daemon;
+pub mod failpoint;
 pub mod metrics;
 pub mod netns;
 pub mod ops;

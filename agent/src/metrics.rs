@@ -23,6 +23,7 @@ use crate::ops::status::{Counters, Status};
 
 mod format;
 mod http;
+mod lock;
 
 pub use format::{Format, negotiate, prometheus_text};
 pub use http::serve;
@@ -361,6 +362,7 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
         heartbeat,
     );
     registry.register("groups", "Steered reuseport groups", group_count);
+    lock::register(&mut registry, crate::state::lock_waits());
 
     let mut out = String::new();
     text::encode(&mut out, &registry)?;

@@ -275,3 +275,18 @@ fn health_follows_the_event_loops_heartbeat() {
     let text = render(&status(), &stats, "").unwrap();
     assert!(text.contains("steer_daemon_heartbeat_age_seconds"), "{text}");
 }
+
+#[test]
+fn lock_waits_are_counted_with_the_seconds_waited() {
+    let mut registry = Registry::with_prefix("steer");
+    let waits = crate::state::LockWaits { waits: 3, waited: Duration::from_millis(1500), timeouts: 1 };
+    lock::register(&mut registry, waits);
+    let mut text = String::new();
+    text::encode(&mut text, &registry).unwrap();
+    assert_eq!(value(&text, "steer_lock_waits_total", &[]), "3");
+    assert_eq!(value(&text, "steer_lock_wait_seconds_total", &[]), "1.5");
+    assert_eq!(value(&text, "steer_lock_timeouts_total", &[]), "1");
+    // Every scrape carries them, zero or not.
+    let text = render(&status(), &DaemonStats::default(), "").unwrap();
+    assert!(sample(&text, "steer_lock_wait_seconds_total", &[]).is_some(), "{text}");
+}

@@ -77,6 +77,28 @@ pub fn holds_socket(pid: u32, fd: u32, inode: u64) -> bool {
         == Some(inode)
 }
 
+/// Some process other than this one whose descriptors hold the socket with
+/// `inode` (a scan of every `/proc/PID/fd`: for the rare case where the
+/// process it was found in let go of it, as a server that forks its worker and
+/// exits does).
+#[must_use]
+pub fn socket_holder(inode: u64) -> Option<u32> {
+    let me = std::process::id();
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        if pid == me {
+            return None;
+        }
+        let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        fds.flatten()
+            .any(|fd| {
+                fs::read_link(fd.path()).ok().and_then(|t| t.to_str().and_then(parse_socket_link))
+                    == Some(inode)
+            })
+            .then_some(pid)
+    })
+}
+
 fn read_error(pid: u32, path: PathBuf, source: io::Error) -> ProcError {
     if source.kind() == io::ErrorKind::NotFound {
         ProcError::NoSuchProcess { pid }

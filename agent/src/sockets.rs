@@ -39,6 +39,10 @@ pub enum SocketError {
     NoPtrace { pid: u32 },
     #[error("process {pid} exited while steer was reading its sockets; start it again and retry")]
     Vanished { pid: u32 },
+    #[error(
+        "process {pid} closed its listeners or exited while steer promoted it, and no other process holds them, so nothing was changed; promote the process that listens now"
+    )]
+    LeftDuringPromote { pid: u32 },
     #[error("{what} of fd {fd} in process {pid}")]
     Sys {
         what: &'static str,
@@ -276,6 +280,22 @@ pub fn receive_queue(fd: impl AsFd) -> io::Result<u32> {
         )
     };
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(info[0]) }
+}
+
+/// For a promote: refuses whose process let go of one of these sockets (closed it,
+/// or exited) since they were duplicated, when no other process holds it
+/// either: steer's duplicate alone keeps such a socket open, and listening,
+/// though nobody accepts from it any more. (A server that forks its worker and
+/// exits, HAProxy `-D`, leaves its sockets to the worker: those are promoted.)
+/// Checked after the slots are filled and before the configuration names
+/// them, so that a process leaving before this point changes nothing; one
+/// leaving after it is a promoted generation that dies (its slots empty, the
+/// previous one serves).
+pub fn still_held(process: &Process, sockets: &[Candidate]) -> Result<(), SocketError> {
+    let held = |c: &Candidate| {
+        crate::proc::holds_socket(process.pid, c.fd, c.inode) || crate::proc::socket_holder(c.inode).is_some()
+    };
+    if sockets.iter().all(held) { Ok(()) } else { Err(SocketError::LeftDuringPromote { pid: process.pid }) }
 }
 
 /// A duplicate of descriptor `fd` of process `pid` (through its `pidfd`). The outer error

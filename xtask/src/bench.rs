@@ -10,7 +10,8 @@
 //! ports (`bench/promote.rs`); and 1,000 groups and 64 generations (`bench/scale.rs`). A
 //! new measurement is one more entry in [`SECTIONS`]. Targets are reported, not enforced;
 //! a section fails the bench only when it cannot run or a hard check (`failures`) fails.
-//! `--quick` runs every section briefly, and `cargo xtask test` runs it.
+//! `--quick` runs every section briefly, and `cargo xtask test` runs it. `--soak MINUTES`
+//! runs the soak (`bench/soak.rs`) instead of the sections.
 
 mod chart;
 mod cli;
@@ -20,9 +21,11 @@ mod latency;
 mod matrix;
 mod memory;
 mod overhead;
+mod pinned;
 mod promote;
 mod report;
 mod scale;
+mod soak;
 
 use std::{
     fs,
@@ -48,6 +51,11 @@ pub struct Options {
     /// Run only these sections (their keys in `bench.json`); repeat for more.
     #[arg(long, value_name = "KEY")]
     only: Vec<String>,
+    /// Instead of the sections: HAProxy reloaded ten times a second with the daemon under
+    /// load for MINUTES; failures, the daemon's RSS, fds and slots, instances and pinned
+    /// kernel memory at the start and the end (`soak` in `bench.json`).
+    #[arg(long, value_name = "MINUTES", conflicts_with_all = ["quick", "only"])]
+    soak: Option<u64>,
 }
 
 /// Every measurement, in the order they run.
@@ -77,6 +85,8 @@ pub struct Ctx {
     steer_bin: PathBuf,
     /// `target/bench`: the outputs and the daemons' logs.
     pub out_dir: PathBuf,
+    /// `--soak MINUTES` (0 without it).
+    pub soak_minutes: u64,
 }
 
 impl Ctx {
@@ -188,18 +198,30 @@ pub struct Done {
 /// (exit 1) when a section could not run or a hard check failed.
 pub fn run(options: &Options) -> Result<ExitCode> {
     let started = Instant::now();
+    if options.soak == Some(0) {
+        bail!("--soak takes the soak's length in minutes, at least 1 (for example --soak 30)");
+    }
     if let Some(unknown) = options.only.iter().find(|key| !SECTIONS.iter().any(|s| s.key == key.as_str())) {
         let keys: Vec<&str> = SECTIONS.iter().map(|s| s.key).collect();
         bail!("there is no bench section `{unknown}`; the sections are {}", keys.join(", "));
     }
-    let sections: Vec<&Section> = SECTIONS
-        .iter()
-        .filter(|s| options.only.is_empty() || options.only.iter().any(|k| k == s.key))
-        .collect();
+    let sections: Vec<&Section> = if options.soak.is_some() {
+        vec![&soak::SECTION]
+    } else {
+        SECTIONS
+            .iter()
+            .filter(|s| options.only.is_empty() || options.only.iter().any(|k| k == s.key))
+            .collect()
+    };
     let bin_dir = release::prepare(options.no_setup, "bench")?;
     let out_dir = bin_dir.parent().context("the release directory has a parent")?.join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("could not create {}", out_dir.display()))?;
-    let ctx = Ctx { quick: options.quick, steer_bin: bin_dir.join("steer"), out_dir };
+    let ctx = Ctx {
+        quick: options.quick,
+        steer_bin: bin_dir.join("steer"),
+        out_dir,
+        soak_minutes: options.soak.unwrap_or(0),
+    };
     let mode = if ctx.quick { "quick" } else { "full" };
     println!("== bench ({mode}): {} sections, outputs in {}", sections.len(), ctx.out_dir.display());
 
@@ -245,7 +267,7 @@ pub fn run(options: &Options) -> Result<ExitCode> {
 /// `bench --quick` with setup already done, as a step of `cargo xtask test`: every
 /// section runs briefly, so the bench cannot rot, and quick mode's checks must hold.
 pub fn run_quick() -> Result<()> {
-    let options = Options { quick: true, no_setup: true, only: Vec::new() };
+    let options = Options { quick: true, no_setup: true, only: Vec::new(), soak: None };
     if run(&options)? == ExitCode::SUCCESS {
         Ok(())
     } else {

@@ -153,7 +153,16 @@ fn ebpf_clippy() -> Command {
 /// The real-server and container end-to-end tests (`servers::`, `containers::`) run in a
 /// step of their own.
 fn tests(options: &Options) -> Command {
-    let mut command = cargo(["test", "--workspace", "--exclude", EBPF_CRATE, "--no-fail-fast"]);
+    // The test build of steer: its failpoints are compiled in (tests/tests/e2e/faults).
+    let mut command = cargo([
+        "test",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--features",
+        "steer/failpoints",
+        "--no-fail-fast",
+    ]);
     command.args(["--", "--skip", SERVER_TESTS, "--skip", CONTAINER_TESTS]);
     if let Some(threads) = options.test_threads {
         command.args(["--test-threads", &threads.to_string()]);

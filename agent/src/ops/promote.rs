@@ -7,6 +7,7 @@ use steer_abi::{GroupConfig, GroupKey, SlotMeta, SlotRange, WEIGHT_SCALE};
 
 use super::OpError;
 use crate::{
+    failpoint,
     policy::{self, Outcome, Slots},
     preflight,
     proc::Process,
@@ -104,7 +105,9 @@ pub fn run_kept(state_dir: &Path, req: &Request, open: &mut OpenInstances) -> Re
         }
         .into());
     }
+    failpoint::hit(failpoint::PROMOTE_DISCOVERED);
     let candidates = sockets::duplicate(&process, &listening)?;
+    failpoint::hit(failpoint::PROMOTE_DUPLICATED);
     if candidates.is_empty() {
         return Err(sockets::SocketError::Vanished { pid: req.pid }.into());
     }
@@ -325,6 +328,9 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
             };
             instance.fill_slot(slot, &socket.dup, &meta, take_over)?;
             filled.push(slot);
+            if filled.len() == 1 && sockets.len() > 1 {
+                failpoint::hit(failpoint::SLOT_FILLED);
+            }
             Ok(())
         };
         let selected = |slot: &u32| [current.active, current.canary].iter().any(|r| r.contains(*slot));
@@ -333,8 +339,19 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
         let result = (moving..sockets.len())
             .try_for_each(|i| fill(instance, i))
             .and_then(|()| interim.map_or(Ok(()), |c| instance.set_config(&key, &c).map_err(OpError::from)))
+            .inspect(|()| {
+                if interim.is_some() {
+                    failpoint::hit(failpoint::PROMOTE_INTERIM);
+                }
+            })
             .and_then(|()| stale.iter().try_for_each(|slot| instance.free_slot(*slot).map_err(OpError::from)))
-            .and_then(|()| (0..moving).try_for_each(|i| fill(instance, i)));
+            .inspect(|()| {
+                if !stale.is_empty() {
+                    failpoint::hit(failpoint::PROMOTE_STALE_FREED);
+                }
+            })
+            .and_then(|()| (0..moving).try_for_each(|i| fill(instance, i)))
+            .and_then(|()| sockets::still_held(process, &sockets).map_err(OpError::from));
         if let Err(e) = result {
             for slot in filled {
                 let _ = instance.free_slot(slot);
@@ -344,15 +361,18 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
             }
             return Err(e);
         }
+        failpoint::hit(failpoint::PROMOTE_FILLED);
     }
     if config != instance.config(&key).unwrap_or_default() || fill {
         instance.set_config(&key, &config)?;
+        failpoint::hit(failpoint::PROMOTE_CONFIGURED);
     }
     // Attach after the configuration is in place, so the program's first run
     // already finds it. Attaching again is harmless and re-arms a group that
     // emptied and formed again.
     if let Some(first) = sockets.first() {
         instance.attach(first.dup.as_fd())?;
+        failpoint::hit(failpoint::PROMOTE_ATTACHED);
     }
     tracing::info!(pid = process.pid, group = %sockets::key_label(&key), first_slot = range.first, generation = config.generation, %outcome, "promote");
     let change = Change {

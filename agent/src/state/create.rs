@@ -35,6 +35,7 @@ pub fn create_instance(state_dir: &Path, netns: u64) -> Result<(), StateError> {
         .create(&tmp)
         .map_err(StateError::io("create", &tmp))?;
     let result = fill(&tmp).and_then(|()| {
+        crate::failpoint::hit(crate::failpoint::CREATE_PINNED);
         let dest = paths::instance_dir(state_dir, netns);
         fs::rename(&tmp, &dest).map_err(StateError::io("rename into place", &dest))
     });

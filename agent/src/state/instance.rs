@@ -207,6 +207,7 @@ impl Instance {
     ) -> Result<(), StateError> {
         self.reset_hits(slot)?;
         self.slots.insert(slot, meta, 0).map_err(StateError::map("slots"))?;
+        crate::failpoint::hit(crate::failpoint::SLOT_RECORDED);
         let mut result = self.sockarray().insert(slot, socket.as_fd(), sockarray::BPF_NOEXIST);
         if take_over && result.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EBUSY)) {
             // The socket sits in another sockarray (kernel/bpf/reuseport_array.c,

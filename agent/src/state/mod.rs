@@ -4,6 +4,7 @@
 mod bpffs;
 mod create;
 mod instance;
+mod lockwait;
 pub mod sockarray;
 
 use std::{
@@ -16,6 +17,7 @@ use std::{
 pub use bpffs::{BPF_FS_MAGIC, ensure_bpffs, is_bpffs};
 pub use create::load_program;
 pub use instance::{GroupView, Instance, SlotView, pids_of};
+pub use lockwait::{LockWaits, lock_waits};
 
 use crate::paths;
 
@@ -268,9 +270,16 @@ fn take_lock(lock: &File, path: &Path) -> Result<(), StateError> {
         std::env::var(paths::LOCK_WAIT_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(paths::LOCK_WAIT_MS);
     let start = std::time::Instant::now();
     let mut pause = std::time::Duration::from_micros(200);
+    // Whether the lock was held at the first try (the wait is counted).
+    let mut held = false;
     loop {
         match rustix::fs::flock(lock.as_fd(), FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                if held {
+                    lockwait::record(start.elapsed(), false);
+                }
+                return Ok(());
+            }
             Err(rustix::io::Errno::WOULDBLOCK) => {}
             Err(e) => {
                 return Err(StateError::Io { what: "lock", path: path.to_path_buf(), source: e.into() });
@@ -281,8 +290,10 @@ fn take_lock(lock: &File, path: &Path) -> Result<(), StateError> {
             let holder =
                 lock_holder(lock).map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
             let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+            lockwait::record(waited, true);
             return Err(StateError::Locked { path: path.to_path_buf(), holder, waited_ms });
         }
+        held = true;
         std::thread::sleep(pause);
         pause = (pause * 2).min(std::time::Duration::from_millis(20));
     }

@@ -118,11 +118,12 @@ pub fn addr(s: &str) -> SocketAddr {
 
 /// The `steer` binary, built first so the tests never run a stale one
 /// (`cargo test -p steer-tests` alone does not rebuild another package's binary).
+/// It is a test build: its failpoints (`STEER_FAILPOINT`) are compiled in.
 pub fn steer_bin() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--package", "steer", "--bin", "steer"])
+            .args(["build", "--quiet", "--package", "steer", "--bin", "steer", "--features", "failpoints"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("run cargo build -p steer");
@@ -135,6 +136,7 @@ pub fn steer_cmd(state_dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(steer_bin());
     cmd.arg("--state-dir").arg(state_dir).args(args);
     cmd.env_remove("STEER_STATE_DIR").env_remove("STEER_KERNEL_RELEASE").env_remove("STEER_MAX_SLOTS");
+    cmd.env_remove(steer::failpoint::ENV);
     cmd
 }
 

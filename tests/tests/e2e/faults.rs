@@ -1,6 +1,11 @@
 //! Faults under load: each test runs closed-loop clients (a new connection per
 //! request) through reloads while something goes wrong, and asserts that no
 //! request failed and what steer did about it.
+mod flood;
+mod lock;
+mod promote;
+mod restart;
+
 use std::time::Duration;
 
 use steer_harness::load;

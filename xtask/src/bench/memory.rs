@@ -75,6 +75,7 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     std::thread::sleep(SETTLE);
     let (final_rss, final_fds) = (daemon.rss_kb()?, daemon.open_fds()?);
     let status = steer.status_json()?;
+    let pinned = super::pinned::measure(&steer.state_dir)?;
     let slots: usize = release::groups(&status).map(|g| g["sockets"].as_array().map_or(0, Vec::len)).sum();
     daemon.stop()?;
     let failed_promotes = daemon::failed_promotes(daemon.lines()?);
@@ -112,6 +113,7 @@ fn run(ctx: &Ctx) -> Result<Findings> {
         Row::new(format!("open fds after gen {WINDOW}"), at_window.1),
         Row::new("open fds at the end", final_fds).target(format!("<= at gen {WINDOW}"), Some(fds_met)),
         Row::new("sockarray slots used at the end", slots),
+        Row::new("pinned kernel memory per instance (KiB)", pinned.per_instance() / 1024),
     ];
     let data = json!({
         "generations": generations,
@@ -128,6 +130,7 @@ fn run(ctx: &Ctx) -> Result<Findings> {
         "window": WINDOW,
         "fds": { "at_window": at_window.1, "final": final_fds },
         "slots_used": slots,
+        "pinned": { "instances": pinned.instances, "bytes": pinned.bytes, "per_instance_bytes": pinned.per_instance() },
         "targets": {
             "rss_kb": TARGET_RSS_KB,
             "rss_met": rss_met,
