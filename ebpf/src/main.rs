@@ -64,7 +64,13 @@ impl SockArrayDef {
 
 /// Configuration per group, replaced whole by the agent.
 #[map(name = "STEER_GROUPS")]
-static STEER_GROUPS: HashMap<GroupKey, GroupConfig> = HashMap::with_max_entries(MAX_GROUPS, 0);
+static STEER_GROUPS: HashMap<GroupKey, GroupConfig> = HashMap::with_max_entries(MAX_GROUPS, BPF_F_NO_PREALLOC);
+
+/// `BPF_F_NO_PREALLOC` (include/uapi/linux/bpf.h): a hash map's elements are
+/// allocated when the agent inserts them, so an instance's memory follows the
+/// groups and slots in use, not the maps' capacities. An update still swaps the
+/// element whole (kernel/bpf/hashtab.c, `htab_map_update_elem`).
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Per-CPU counters per group, at the index the group's configuration names
 /// (`GroupConfig::stats`): an array lookup, which the verifier inlines, where a
@@ -89,7 +95,7 @@ static STEER_GLOBAL: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0)
 /// read here; it lives in the object so that it is created and pinned with the
 /// other maps. A hash map, so reading it costs what is used, not its capacity.
 #[map(name = "STEER_SLOTS")]
-static STEER_SLOTS: HashMap<u32, SlotMeta> = HashMap::with_max_entries(MAX_SLOTS, 0);
+static STEER_SLOTS: HashMap<u32, SlotMeta> = HashMap::with_max_entries(MAX_SLOTS, BPF_F_NO_PREALLOC);
 
 /// ABI version of whoever created the pinned state.
 #[map(name = "STEER_INFO")]
