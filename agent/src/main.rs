@@ -95,6 +95,7 @@ enum Command {
     },
     /// Watch for new listeners and promote per policy (the sidecar)
     #[command(group(clap::ArgGroup::new("select").args(["comms", "ports"]).required(true).multiple(true)))]
+    #[command(group(clap::ArgGroup::new("gate").args(["ready_cmd", "ready_http"]).multiple(true)))]
     Daemon {
         /// Watch processes with this name (repeatable), e.g. haproxy; at most 15 bytes, as the
         /// kernel keeps it
@@ -167,8 +168,9 @@ enum Command {
         ready_http: Option<steer::ops::ready::HttpProbe>,
         /// How long a new generation has to pass --ready-cmd or --ready-http, from when it listens:
         /// 500ms, 30s, 2m; then it is not promoted and the active generation keeps serving
-        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = daemon::parse_duration)]
-        ready_timeout: std::time::Duration,
+        /// [default: 30s]
+        #[arg(long, value_name = "DURATION", requires = "gate", value_parser = daemon::parse_duration)]
+        ready_timeout: Option<std::time::Duration>,
         /// Serve metrics on /metrics and /healthz at ADDR: IP:PORT, or a bare PORT on 127.0.0.1 (0.0.0.0:9477 in a pod); off by default
         #[arg(long, value_name = "ADDR", value_parser = steer::metrics::parse_addr)]
         metrics: Option<std::net::SocketAddr>,
@@ -365,7 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .zip(canary_for)
                     .map(|(weight, duration)| daemon::canary::Plan { weight, duration }),
                 gate: gated.then_some(ops::ready::Gate { cmd: ready_cmd, http: ready_http }),
-                ready_timeout,
+                ready_timeout: ready_timeout.unwrap_or(std::time::Duration::from_secs(30)),
             };
             daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)
