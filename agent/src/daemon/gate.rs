@@ -18,6 +18,9 @@ use super::{
 
 /// How long after a "not ready" the gate asks again.
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How long past the deadline a check that never answers is waited for (a
+/// check is bounded by the deadline; this only guards against a lost answer).
+pub const ANSWER_GRACE: Duration = Duration::from_secs(15);
 
 /// Per port, the group's configuration generation when an operator's command
 /// set it last (`FLAG_OPERATOR`), or 0 when the daemon (or nobody) did.
@@ -69,7 +72,7 @@ impl Gating {
     /// When the next check or held promotion is due.
     #[must_use]
     pub fn next_due(&self) -> Option<Instant> {
-        self.waiting.values().filter_map(|w| w.next).min()
+        self.waiting.values().map(|w| w.next.unwrap_or(w.deadline + ANSWER_GRACE)).min()
     }
 
     /// Forgets the processes that gave up and have left.
@@ -194,7 +197,7 @@ impl Core {
             .gating
             .waiting
             .iter()
-            .filter(|(_, w)| w.next.is_some_and(|n| n <= now))
+            .filter(|(_, w)| w.next.unwrap_or(w.deadline + ANSWER_GRACE) <= now)
             .map(|(p, _)| *p)
             .collect();
         let mut decisions = Vec::new();

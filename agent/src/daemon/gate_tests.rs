@@ -50,7 +50,11 @@ fn a_gated_promotion_goes_out_as_a_check_and_waits() {
     c.observe(&[listen(20)], t, &world);
     let (d, _) = c.take_due(t + Duration::from_millis(50), &world);
     assert!(d.is_empty(), "{d:?}");
-    assert_eq!(c.next_due(), None, "no wake-up of its own while the check runs");
+    assert_eq!(c.next_due(), Some(t + TIMEOUT + ANSWER_GRACE), "only a lost answer's guard while it runs");
+    // An answer that never comes: given up well after the deadline.
+    let (d, r) = c.take_due(t + TIMEOUT + ANSWER_GRACE, &world);
+    assert!(d.is_empty());
+    assert!(matches!(&r[..], [Report::NotReady { reason, .. }] if reason == "no check answered"), "{r:?}");
 }
 
 /// What follows an answer, by answer and time.
