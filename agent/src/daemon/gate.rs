@@ -134,6 +134,23 @@ impl Core {
         (Some(check), reports)
     }
 
+    /// At adoption: a process already active in every group of the decision
+    /// passes untouched (promoting it changes nothing, and a failing check
+    /// would only report a generation that serves anyway); any other waits as
+    /// [`Core::admit`] says. `active` are the ports where it is active.
+    pub fn admit_adopted(
+        &mut self,
+        decision: Decision,
+        active: &[u16],
+        now: Instant,
+        world: &dyn World,
+    ) -> (Option<Decision>, Vec<Report>) {
+        if !decision.groups.is_empty() && decision.groups.iter().all(|(g, _)| active.contains(&g.port)) {
+            return (Some(decision), Vec::new());
+        }
+        self.admit(decision, now, world)
+    }
+
     /// A check of `pid` went out; `marks` are its groups' operator marks now,
     /// kept from the first check: an operator's command after it wins.
     pub fn checking(&mut self, pid: u32, marks: Marks) {

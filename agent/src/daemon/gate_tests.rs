@@ -208,6 +208,10 @@ fn adoption_at_start_waits_for_the_gate_too() {
     let (d, r) = c.admit(adopted[0].clone(), t, &world);
     assert_eq!(d.map(|d| (d.action, d.pid)), Some((Action::Check, 20)));
     assert!(matches!(r[..], [Report::Waiting { pid: 20, .. }]));
+    // Already active where it listens: nothing to wait for.
+    let (d, r) = core(None).admit_adopted(adopted[0].clone(), &[80], t, &world);
+    assert_eq!(d.map(|d| d.action), Some(Action::Promote));
+    assert!(r.is_empty());
     // Held by the operator at start: nothing to check (the core's rule for the canary, too).
     let held = c.yield_to_operator(adopted[0].clone(), &[80]);
     assert!(held.0.is_none() && matches!(held.1[..], [Report::Yielded { pid: 20, port: 80 }]));

@@ -225,7 +225,12 @@ impl Loop<'_> {
                 decision
             };
             tracing::info!(pid = decision.pid, ports = ?decision.scope, "adopting");
-            let (decision, reports) = self.core.admit(decision, Instant::now(), self.world);
+            let active = if self.core.config.ready_timeout.is_some() {
+                self.steerer.active_ports(decision.pid, &decision.scope)
+            } else {
+                Vec::new()
+            };
+            let (decision, reports) = self.core.admit_adopted(decision, &active, Instant::now(), self.world);
             log(&reports, self.stats);
             if let Some(decision) = decision {
                 self.step(decision);

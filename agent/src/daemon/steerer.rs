@@ -106,6 +106,10 @@ pub trait Steerer {
     fn operator_marks(&mut self, _pid: u32, _scope: &[u16]) -> super::gate::Marks {
         super::gate::Marks::new()
     }
+    /// The ports of `pid` in `scope` where its sockets are the active generation.
+    fn active_ports(&mut self, _pid: u32, _scope: &[u16]) -> Vec<u16> {
+        Vec::new()
+    }
     /// Attaches the program to the configured groups of `pid`'s listeners on
     /// `scope`, changing no configuration; returns those groups.
     fn reattach(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<String>, StepError>;
@@ -188,6 +192,14 @@ impl Steerer for State {
         let places = places(&self.state_dir, pid, scope).unwrap_or_default();
         let mut ports: Vec<u16> =
             places.iter().filter(|p| p.operator && p.role.is_none()).map(|p| p.port).collect();
+        ports.dedup();
+        ports
+    }
+
+    fn active_ports(&mut self, pid: u32, scope: &[u16]) -> Vec<u16> {
+        let places = places(&self.state_dir, pid, scope).unwrap_or_default();
+        let mut ports: Vec<u16> =
+            places.iter().filter(|p| p.role == Some(Role::Active)).map(|p| p.port).collect();
         ports.dedup();
         ports
     }

@@ -1,6 +1,7 @@
 //! `steer daemon --ready-cmd CMD --ready-timeout D`: a new generation gets no
 //! new connection until CMD says it is ready (its own count of accepted
-//! connections proves it), the daemon restarted meanwhile waits again, a
+//! connections proves it), the daemon restarted meanwhile waits again (and,
+//! restarted later, adopts the active generation without a check), a
 //! generation never ready is never promoted while the old one keeps serving
 //! under load, and an operator's `steer rollback` while one waits wins.
 use std::{path::PathBuf, time::Duration};
@@ -76,6 +77,13 @@ fn a_generation_gets_no_connection_before_it_is_ready_even_across_a_daemon_resta
     assert_no_failures(&r, "after b is ready");
     assert_eq!(answered_by(&r, "b"), 500);
     assert!(w.counters(8080).steered_active >= 2000, "the program steered: {:?}", w.counters(8080));
+
+    // Restarted once b is active: it is adopted as it is, with no check (its marker is gone).
+    assert!(d.stop().success());
+    std::fs::remove_file(m.0.join(format!("ready-{}", b.pid()))).expect("remove b's marker");
+    let d = Daemon::spawn(&w, &args);
+    d.wait_for(&["already active", &format!("\"pid\":{}", b.pid())], "b adopted as it is");
+    assert!(!d.log().contains("waiting for readiness"), "{}", d.log());
 }
 
 #[test]
