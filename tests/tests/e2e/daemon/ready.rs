@@ -168,3 +168,28 @@ fn an_operators_rollback_while_a_generation_waits_wins_also_across_a_restart() {
     assert_eq!(answered_by(&r, "a"), 500, "the rollback holds across a restart");
     drop(b);
 }
+
+#[test]
+fn with_a_canary_the_gate_comes_first_then_the_canary_then_everything() {
+    let Some(w) = World::new("hreadycanary") else { return };
+    let m = Markers::new("canary");
+    let cmd = m.cmd();
+    let a = w.server("a", &[TARGET]);
+    m.ready(&a);
+    let d =
+        Daemon::spawn(&w, &["--port", "8080", "--ready-cmd", &cmd, "--canary", "25", "--canary-for", "1s"]);
+    d.promoted(&a);
+    let mut b = w.server("b", &[TARGET]);
+    waiting(&d, &b);
+    let r = w.requests(TARGET, 500);
+    assert_eq!(answered_by(&r, "a"), 500, "no canary share before b is ready");
+    assert_eq!(b.accepted().expect("b's count"), 0);
+    m.ready(&b);
+    d.wait_for(&["\"message\":\"canary started\"", &format!("\"pid\":{}", b.pid())], "b's canary");
+    let g = w.group(8080);
+    assert_eq!(g.canary_weight, 25, "{g:?}");
+    d.promoted(&b);
+    let r = w.requests(TARGET, 300);
+    assert_no_failures(&r, "after the canary");
+    assert_eq!(answered_by(&r, "b"), 300);
+}
