@@ -71,7 +71,7 @@ pub struct Config {
 #[derive(Debug)]
 pub struct Core {
     pub(super) config: Config,
-    pending: BTreeMap<GroupId, Pending>,
+    pub(super) pending: BTreeMap<GroupId, Pending>,
     watched: Watched,
     pub(super) canaries: Canaries,
     pub(super) gating: Gating,

@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::{
-    core::{Action, Core, Decision, GroupId, Report, ports_of},
+    core::{Action, Core, Decision, GroupId, MAX_FALLBACKS, Pending, Report, ports_of},
     world::World,
 };
 
@@ -208,8 +208,7 @@ impl Core {
     /// passed, and the checks to send again. A waiting process that left is
     /// dropped.
     pub(super) fn take_gated(&mut self, now: Instant, world: &dyn World) -> (Vec<Decision>, Vec<Report>) {
-        let mut reports =
-            self.drop_waiting_pids(|pid, w| world.start_time(pid) != Some(w.start), "its process left");
+        let mut reports = self.left_waiting(now, world);
         let due: Vec<u32> = self
             .gating
             .waiting
@@ -282,10 +281,38 @@ impl Core {
         reports
     }
 
-    fn drop_waiting_pids(&mut self, drop: impl Fn(u32, &Waiting) -> bool, why: &'static str) -> Vec<Report> {
-        let gone: BTreeSet<u32> =
-            self.gating.waiting.iter().filter(|(p, w)| drop(**p, w)).map(|(p, _)| *p).collect();
-        self.drop_waiting(|w, _| gone.contains(&w.held.pid), why)
+    /// Drops the waiting processes that left. A daemonising server listens,
+    /// forks the process that serves, and exits: as when a promotion finds its
+    /// process gone, each of its groups goes back to the core, which takes the
+    /// port's newest holder (at most [`MAX_FALLBACKS`] times in a row), and that
+    /// one waits for the gate in turn.
+    fn left_waiting(&mut self, now: Instant, world: &dyn World) -> Vec<Report> {
+        let left: Vec<u32> = self
+            .gating
+            .waiting
+            .iter()
+            .filter(|(pid, w)| world.start_time(**pid) != Some(w.start))
+            .map(|(pid, _)| *pid)
+            .collect();
+        let mut reports = Vec::new();
+        for pid in left {
+            let Some(w) = self.gating.waiting.remove(&pid) else { continue };
+            for (group, p) in w.held.groups {
+                let port = group.port;
+                if p.fallbacks < MAX_FALLBACKS {
+                    let next = Pending { due: now, pid: 0, tries: 0, fallbacks: p.fallbacks + 1, ..p };
+                    self.pending.entry(group).or_insert(next);
+                    reports.push(Report::NoLongerWaiting {
+                        pid,
+                        port,
+                        why: "its process left; the port's newest holder is taken instead",
+                    });
+                } else {
+                    reports.push(Report::NoLongerWaiting { pid, port, why: "its process left" });
+                }
+            }
+        }
+        reports
     }
 }
 

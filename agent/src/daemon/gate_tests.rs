@@ -166,6 +166,26 @@ fn ends_of_a_wait_table() {
     }
 }
 
+#[test]
+fn a_daemonising_server_that_forks_and_exits_while_it_waits_hands_the_wait_to_its_child() {
+    let t = Instant::now();
+    let mut world = Fake::with([p(1, "srv", 10, 10, &[80]), p(1, "srv", 20, 20, &[80])]);
+    let mut c = core(None);
+    listened(&mut c, &world, 20, t);
+    c.checking(20, Marks::new());
+    // 20 forks 21, which holds its listener, and exits.
+    let (pid, mut child) = p(1, "srv", 21, 21, &[]);
+    child.listeners = world.procs[&20].listeners.clone();
+    world.procs.insert(pid, child);
+    world.procs.remove(&20);
+    let (d, r) = c.take_due(t, &world);
+    assert!(d.is_empty() && matches!(r[..], [Report::NoLongerWaiting { pid: 20, .. }]), "{d:?} {r:?}");
+    assert_eq!(c.next_due(), Some(t), "the group is due again at once");
+    let (d, r) = c.take_due(t, &world);
+    assert_eq!(kinds(&d), vec![(Action::Check, 21)], "{r:?}");
+    assert!(matches!(r[..], [Report::Waiting { pid: 21, .. }]), "{r:?}");
+}
+
 /// Whether a promotion that passed the gate gives way, by the operator marks
 /// before and after the wait (port 80's mark; 0: the daemon set the group).
 #[test]
