@@ -6,7 +6,11 @@
 //! under load, and an operator's `steer rollback` while one waits wins.
 use std::{path::PathBuf, time::Duration};
 
-use steer_harness::{load, server::TestServer};
+use steer_harness::{
+    haproxy::{Haproxy, Mode as HaproxyMode},
+    load,
+    server::TestServer,
+};
 
 use crate::common::{Daemon, World, answered_by, assert_no_failures, free_port, metric, scrape};
 
@@ -192,4 +196,50 @@ fn with_a_canary_the_gate_comes_first_then_the_canary_then_everything() {
     let r = w.requests(TARGET, 300);
     assert_no_failures(&r, "after the canary");
     assert_eq!(answered_by(&r, "b"), 300);
+}
+
+/// HAProxy `-D` listens, forks the process that serves, and exits: the wait
+/// follows it to that child. Reloaded without `-sf`, the old HAProxy keeps
+/// its listener, so the gate can hold the new one back.
+#[test]
+fn haproxy_started_without_sf_waits_for_the_gate_through_its_daemonising_fork() {
+    let Some(w) = World::new("hreadyhap") else { return };
+    let m = Markers::new("hap");
+    let mut hap = Haproxy::start(&w.ns, &m.0, HaproxyMode::Daemon, 8080).expect("start haproxy -D");
+    let open = m.0.join("open");
+    std::fs::write(&open, b"").expect("open the gate");
+    let cmd = format!("test -e {}", open.display());
+    let d = Daemon::spawn(&w, &["--port", "8080", "--ready-cmd", &cmd, "--ready-timeout", "60s"]);
+    d.promoted_pid(hap.pid());
+    std::fs::remove_file(&open).expect("close the gate");
+    let old = hap.pid();
+    let status = hap.next_generation().expect("next config").status().expect("run haproxy -D");
+    assert!(status.success(), "haproxy -D exited {status}");
+    let pidfile = m.0.join("haproxy.pid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        let pid = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        match pid {
+            Some(pid) if pid != old => break pid,
+            _ => assert!(std::time::Instant::now() < deadline, "no new pid in {}", pidfile.display()),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    hap.adopt(new);
+    d.wait_for(&["waiting for readiness", &format!("\"pid\":{new}")], "the serving child's wait");
+    let handed = d.log().contains("its process left; the port's newest holder is taken instead");
+    eprintln!("haproxy -D: the wait began with the listening parent and moved to the child: {handed}");
+    let http = |n: u64| {
+        let mut cfg = w.load_config(TARGET);
+        (cfg.protocol, cfg.max_requests) = (load::Protocol::Http, Some(n));
+        load::run(cfg).expect("HTTP requests")
+    };
+    let r = http(300);
+    assert_no_failures(&r, "while the new HAProxy waits");
+    assert_eq!(answered_by(&r, "g0"), 300, "{:?}", r.by_generation);
+    std::fs::write(&open, b"").expect("open the gate");
+    d.promoted_pid(new);
+    let r = http(300);
+    assert_no_failures(&r, "after the gate");
+    assert_eq!(answered_by(&r, "g1"), 300, "{:?}", r.by_generation);
 }
