@@ -97,6 +97,7 @@ enum Command {
     },
     /// Watch for new listeners and promote per policy (the sidecar)
     #[command(group(clap::ArgGroup::new("select").args(["comms", "ports"]).required(true).multiple(true)))]
+    #[command(group(clap::ArgGroup::new("gate").args(["ready_cmd", "ready_http"]).multiple(true)))]
     Daemon {
         /// Watch processes with this name (repeatable), e.g. haproxy; at most 15 bytes, as the
         /// kernel keeps it
@@ -158,6 +159,20 @@ enum Command {
         /// How long a canary runs before its full promotion: 500ms, 30s, 2m
         #[arg(long, value_name = "DURATION", requires = "canary", value_parser = daemon::parse_duration)]
         canary_for: Option<std::time::Duration>,
+        /// Promote a new generation only once CMD exits 0 (asked again every 100 ms); run through
+        /// `sh -c` with STEER_PID, STEER_PORT and STEER_ADDR set. Until then it gets no new connection
+        #[arg(long, value_name = "CMD", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        ready_cmd: Option<String>,
+        /// Promote a new generation only once GET URL answers 2xx; URL is an address only the new
+        /// generation holds (its own health port), never the steered one, which reaches the active
+        /// generation
+        #[arg(long, value_name = "URL")]
+        ready_http: Option<steer::ops::ready::HttpProbe>,
+        /// How long a new generation has to pass --ready-cmd or --ready-http, from when it listens:
+        /// 500ms, 30s, 2m; then it is not promoted and the active generation keeps serving
+        /// [default: 30s]
+        #[arg(long, value_name = "DURATION", requires = "gate", value_parser = daemon::parse_duration)]
+        ready_timeout: Option<std::time::Duration>,
         /// Serve metrics on /metrics and /healthz at ADDR: IP:PORT, or a bare PORT on 127.0.0.1 (0.0.0.0:9477 in a pod); off by default
         #[arg(long, value_name = "ADDR", value_parser = steer::metrics::parse_addr)]
         metrics: Option<std::net::SocketAddr>,
@@ -357,6 +372,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ready_delay,
             canary,
             canary_for,
+            ready_cmd,
+            ready_http,
+            ready_timeout,
             metrics,
             source,
             poll_interval,
@@ -365,12 +383,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             udp,
             ..
         } => {
-            if canary.is_some() && policy == Policy::Manual {
+            let gated = ready_cmd.is_some() || ready_http.is_some();
+            if (canary.is_some() || gated) && policy == Policy::Manual {
                 use clap::CommandFactory as _;
                 Cli::command()
                     .error(
                         clap::error::ErrorKind::ArgumentConflict,
-                        "--canary needs --policy newest: under manual the daemon promotes nothing",
+                        "--canary, --ready-cmd and --ready-http need --policy newest: under manual the daemon promotes nothing",
                     )
                     .exit();
             }
@@ -393,6 +412,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .zip(canary_for)
                     .map(|(weight, duration)| daemon::canary::Plan { weight, duration }),
                 udp: udp.into(),
+                gate: gated.then_some(ops::ready::Gate { cmd: ready_cmd, http: ready_http }),
+                ready_timeout: ready_timeout.unwrap_or(std::time::Duration::from_secs(30)),
             };
             daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)

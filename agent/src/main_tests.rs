@@ -89,3 +89,28 @@ fn the_daemons_caps_default_to_the_librarys() {
     assert_eq!((d.instances, d.groups_per_process, d.generations_per_process), (64, 32, 30));
     assert_eq!(limits(&["steer", "daemon", "--port", "80", "--max-instances", "2"]).0, 2);
 }
+
+#[test]
+fn the_daemons_readiness_gate_parses_and_its_timeout_needs_a_gate() {
+    let gate = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+        Ok(Command::Daemon { ready_cmd, ready_http, ready_timeout, .. }) => {
+            Ok((ready_cmd, ready_http.map(|h| h.to_string()), ready_timeout))
+        }
+        Ok(other) => panic!("parsed as {other:?}"),
+        Err(e) => Err(e.kind()),
+    };
+    let base = ["steer", "daemon", "--port", "80"];
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+    assert_eq!(gate(&base), Ok((None, None, None)));
+    assert_eq!(
+        gate(&with(&["--ready-cmd", "true", "--ready-timeout", "2s"])),
+        Ok((Some("true".into()), None, Some(std::time::Duration::from_secs(2))))
+    );
+    assert_eq!(
+        gate(&with(&["--ready-http", "http://127.0.0.1:8404/health"])),
+        Ok((None, Some("http://127.0.0.1:8404/health".into()), None))
+    );
+    assert_eq!(gate(&with(&["--ready-timeout", "2s"])), Err(clap::error::ErrorKind::MissingRequiredArgument));
+    assert_eq!(gate(&with(&["--ready-http", "/health"])), Err(clap::error::ErrorKind::ValueValidation));
+    assert_eq!(gate(&with(&["--ready-cmd", ""])), Err(clap::error::ErrorKind::InvalidValue));
+}

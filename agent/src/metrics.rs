@@ -59,6 +59,8 @@ pub struct DaemonStats {
     close_events: AtomicU64,
     fork_events: AtomicU64,
     lost_events: AtomicU64,
+    /// Groups where a new generation was not ready within `--ready-timeout`.
+    not_ready: AtomicU64,
     /// When the event loop last went round, in ms since [`Self::started`] plus
     /// one (0: not yet). It goes round at least every 200 ms.
     heartbeat_ms: AtomicU64,
@@ -105,6 +107,7 @@ impl DaemonStats {
             close_events: AtomicU64::new(0),
             fork_events: AtomicU64::new(0),
             lost_events: AtomicU64::new(0),
+            not_ready: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(0),
         }
     }
@@ -156,6 +159,17 @@ impl DaemonStats {
     pub fn record_refusal(&self, reason: &'static str) {
         let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
         *refusals.entry(reason).or_default() += 1;
+    }
+
+    /// Counts a group where a new generation was not ready in time.
+    pub fn record_not_ready(&self) {
+        self.not_ready.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Groups so far where a new generation was not ready in time.
+    #[must_use]
+    pub fn not_ready(&self) -> u64 {
+        self.not_ready.load(Ordering::Relaxed)
     }
 
     /// Refusals so far, per reason.
@@ -342,6 +356,13 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
         "daemon_events_lost",
         "Listener events the daemon's source lost because its ring buffer was full; each loss makes it look at every matching group again",
         lost,
+    );
+    let not_ready = Counter::<u64>::default();
+    not_ready.inc_by(stats.not_ready());
+    registry.register(
+        "daemon_not_ready",
+        "Groups where a new generation did not pass the readiness gate within --ready-timeout, so it was not promoted and the active generation kept serving",
+        not_ready,
     );
     registry.register(
         "daemon_refusals",

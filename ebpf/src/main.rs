@@ -64,7 +64,8 @@ impl SockArrayDef {
 
 /// Configuration per group, replaced whole by the agent.
 #[map(name = "STEER_GROUPS")]
-static STEER_GROUPS: HashMap<GroupKey, GroupConfig> = HashMap::with_max_entries(MAX_GROUPS, BPF_F_NO_PREALLOC);
+static STEER_GROUPS: HashMap<GroupKey, GroupConfig> =
+    HashMap::with_max_entries(MAX_GROUPS, BPF_F_NO_PREALLOC);
 
 /// `BPF_F_NO_PREALLOC` (include/uapi/linux/bpf.h): a hash map's elements are
 /// allocated when the agent inserts them, so an instance's memory follows the

@@ -186,6 +186,28 @@ impl<'ns> Haproxy<'ns> {
         Ok(new)
     }
 
+    /// For a reload that another tool carries out (`steer reload`): writes the next
+    /// generation's config and returns its command line, `haproxy -D -f CFG -p PIDFILE` in
+    /// the namespace, with no `-sf`: the old process is left to that tool. Call
+    /// [`Haproxy::adopt`] with the new serving pid once the tool is done.
+    ///
+    /// # Errors
+    ///
+    /// When the config cannot be written.
+    pub fn next_generation(&mut self) -> anyhow::Result<Command> {
+        self.reloads += 1;
+        self.write_config()?;
+        Ok(self.haproxy_command())
+    }
+
+    /// Takes `pid` as the serving process after a reload made with
+    /// [`Haproxy::next_generation`]; drop stops it with the others.
+    pub fn adopt(&mut self, pid: u32) {
+        self.pid = pid;
+        self.master = pid;
+        self.seen.push(pid);
+    }
+
     fn config_path(&self) -> PathBuf {
         self.dir.join("haproxy.cfg")
     }

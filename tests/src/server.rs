@@ -5,7 +5,8 @@
 //! Protocol on stdout: one `ready pid=<PID> gen=<NAME>` line once every listener
 //! listens, then `ok <cmd>` (or `err <cmd>: <reason>`) per stdin command:
 //! `pause`, `resume`, `close` (close every listener without accepting its queue; the
-//! process stays up so in-flight connections finish), `exit`. EOF on stdin exits too.
+//! process stays up so in-flight connections finish), `exit`; and `accepted`, answered
+//! `accepted <N>`: the connections accepted so far. EOF on stdin exits too.
 //! SIGTERM stops it gracefully: the listeners close once each accept thread has
 //! answered the connection in hand, then it exits 0.
 
@@ -145,6 +146,10 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<()> {
             "exit" => {
                 say("ok exit")?;
                 return Ok(());
+            }
+            "accepted" => {
+                say(&format!("accepted {}", reply.accepted()))?;
+                continue;
             }
             _ => Err(anyhow::anyhow!("unknown command")),
         };

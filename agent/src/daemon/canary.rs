@@ -225,7 +225,7 @@ impl Core {
     /// the operator set them, until a generation listens while it watches.
     #[must_use]
     pub fn yield_to_operator(&self, mut decision: Decision, held: &[u16]) -> (Option<Decision>, Vec<Report>) {
-        if self.config.canary.is_none() || held.is_empty() {
+        if (self.config.canary.is_none() && self.config.ready_timeout.is_none()) || held.is_empty() {
             return (Some(decision), Vec::new());
         }
         let pid = decision.pid;

@@ -25,6 +25,7 @@ fn core() -> Core {
         ports: vec![80],
         me: 4_000_000,
         canary: Some(Plan { weight: 25, duration: FOR }),
+        ready_timeout: None,
     })
 }
 

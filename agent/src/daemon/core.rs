@@ -14,6 +14,7 @@ use std::{
 use super::{
     Policy,
     canary::Canaries,
+    gate::Gating,
     steerer::StepError,
     watched::Watched,
     world::{ListenerSet, World},
@@ -61,21 +62,31 @@ pub struct Config {
     pub me: u32,
     /// `--canary`: each new generation is a canary first (policy `newest`).
     pub canary: Option<Plan>,
+    /// `--ready-timeout`, when a readiness gate (`--ready-cmd`, `--ready-http`)
+    /// holds each promotion until the process is ready; `None`: no gate.
+    pub ready_timeout: Option<Duration>,
 }
 
 /// The decision core.
 #[derive(Debug)]
 pub struct Core {
     pub(super) config: Config,
-    pending: BTreeMap<GroupId, Pending>,
+    pub(super) pending: BTreeMap<GroupId, Pending>,
     watched: Watched,
     pub(super) canaries: Canaries,
+    pub(super) gating: Gating,
 }
 
 impl Core {
     #[must_use]
     pub fn new(config: Config) -> Self {
-        Self { config, pending: BTreeMap::new(), watched: Watched::default(), canaries: Canaries::default() }
+        Self {
+            config,
+            pending: BTreeMap::new(),
+            watched: Watched::default(),
+            canaries: Canaries::default(),
+            gating: Gating::default(),
+        }
     }
 
     fn port_matches(&self, port: u16) -> bool {
@@ -88,7 +99,7 @@ impl Core {
         let mut by_pid: BTreeMap<u32, BTreeSet<GroupId>> = BTreeMap::new();
         for (pid, netns, port) in world.newest_per_group() {
             let group = GroupId { netns, port };
-            if !self.canaries.ended(group, pid, world) {
+            if !self.canaries.ended(group, pid, world) && !self.gating.gave_up(group, pid, world) {
                 by_pid.entry(pid).or_default().insert(group);
             }
         }
@@ -158,7 +169,7 @@ impl Core {
     #[must_use]
     pub fn next_due(&self) -> Option<Instant> {
         let canary = self.canaries.next_due(&self.pending);
-        self.pending.values().map(|p| p.due).chain(canary).min()
+        self.pending.values().map(|p| p.due).chain(canary).chain(self.gating.next_due()).min()
     }
 
     /// The canaries running, by group.
@@ -191,7 +202,9 @@ impl Core {
                 world.newest_holder(group.netns(), group.port)
             };
             match found {
-                Some(pid) if self.canaries.ended(group, pid, world) => {
+                Some(pid)
+                    if self.canaries.ended(group, pid, world) || self.gating.gave_up(group, pid, world) =>
+                {
                     reports.push(Report::NotAgain { pid, port: group.port });
                 }
                 Some(pid) => targets.entry(pid).or_default().push((group, p)),
@@ -199,15 +212,17 @@ impl Core {
             }
         }
         let deciding: BTreeSet<GroupId> = targets.values().flatten().map(|(g, _)| *g).collect();
-        let mut decisions: Vec<Decision> = targets
-            .into_iter()
-            .map(|(pid, groups)| {
-                let first =
-                    groups.iter().map(|(_, p)| *p).min_by_key(|p| p.ktime_ns).expect("one group at least");
-                let scope = if self.config.ports.is_empty() { Vec::new() } else { ports_of(&groups) };
-                self.decision(pid, groups, scope, first.trigger, first.ktime_ns)
-            })
-            .collect();
+        let (mut decisions, gated) = self.take_gated(now, world);
+        reports.extend(gated);
+        for (pid, groups) in targets {
+            let first =
+                groups.iter().map(|(_, p)| *p).min_by_key(|p| p.ktime_ns).expect("one group at least");
+            let scope = if self.config.ports.is_empty() { Vec::new() } else { ports_of(&groups) };
+            let decision = self.decision(pid, groups, scope, first.trigger, first.ktime_ns);
+            let (decision, admitted) = self.admit(decision, now, world);
+            reports.extend(admitted);
+            decisions.extend(decision);
+        }
         for (pid, running) in self.canaries.take_due(now, &self.pending, &deciding) {
             let groups: Vec<(GroupId, Pending)> = running
                 .iter()
@@ -355,6 +370,7 @@ impl Core {
     pub fn prune_watched(&mut self, now: Instant, world: &dyn World) {
         self.watched.prune(now, world);
         self.canaries.prune(world);
+        self.gating.prune(world);
     }
 
     /// The fork watch list, when it changed since the last call.

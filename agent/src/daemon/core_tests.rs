@@ -14,6 +14,7 @@ fn core(policy: Policy, ports: &[u16]) -> Core {
         ports: ports.to_vec(),
         me: 4_000_000,
         canary: None,
+        ready_timeout: None,
     })
 }
 
@@ -292,6 +293,7 @@ fn the_ready_delay_holds_a_new_generation_back() {
         ports: vec![80],
         me: 1,
         canary: None,
+        ready_timeout: None,
     });
     c.observe(&[listen(10, 80, 1)], t, &world);
     assert!(c.take_due(t + Duration::from_millis(49), &world).0.is_empty());

@@ -35,6 +35,9 @@ pub enum Action {
     Complete,
     /// Only re-attach the program (policy `manual`).
     Reattach,
+    /// Ask the readiness gate about the process (`--ready-cmd`, `--ready-http`);
+    /// the answer comes back later, and the promotion it holds waits for it.
+    Check,
 }
 
 /// One step for the effects to take.
@@ -90,4 +93,17 @@ pub enum Report {
     Gone { port: u16 },
     /// A cap refused the step (logged once where it was decided); not retried.
     Refused { pid: u32, port: u16, error: String },
+    /// The readiness gate holds the promotion until the process is ready.
+    Waiting { pid: u32, ports: Vec<u16>, timeout: Duration },
+    /// The process passed the readiness gate; its promotion follows.
+    Ready { pid: u32, after: Duration, checks: u32 },
+    /// The process did not pass the gate within `--ready-timeout`: it is not
+    /// promoted, and the active generation keeps every new connection.
+    NotReady { pid: u32, port: u16, after: Duration, checks: u32, reason: String },
+    /// A process waiting for readiness left, or a newer generation of the
+    /// group took its place; it is not promoted there.
+    NoLongerWaiting { pid: u32, port: u16, why: &'static str },
+    /// An operator's command set the group while the process waited for
+    /// readiness: the daemon leaves it as the operator set it.
+    OperatorWhileWaiting { pid: u32, port: u16 },
 }

@@ -236,6 +236,14 @@ impl<S: Steerer> Steerer for Limited<S> {
     fn unnamed_by_operator(&mut self, pid: u32, scope: &[u16]) -> Vec<u16> {
         self.inner.unnamed_by_operator(pid, scope)
     }
+
+    fn active_ports(&mut self, pid: u32, scope: &[u16]) -> Vec<u16> {
+        self.inner.active_ports(pid, scope)
+    }
+
+    fn operator_marks(&mut self, pid: u32, scope: &[u16]) -> super::gate::Marks {
+        self.inner.operator_marks(pid, scope)
+    }
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@
 //! - [`core`]: the rules, pure: pending work per group, coalescing, retries,
 //!   trigger attribution, the fork, close and newest-holder rules (its inputs in
 //!   `event`, its outputs in `decision`, the fork watch list in `watched`), and
-//!   the progressive canary's in [`canary`];
+//!   the progressive canary's in [`canary`], the readiness gate's in [`gate`];
 //! - [`world`]: what the core asks of the machine (`/proc`, listeners);
 //! - [`steerer`]: the effects, through the CLI's promote code;
+//! - [`prober`]: the readiness checks, on threads of their own;
 //! - [`upkeep`]: slot upkeep on a thread of its own;
 //! - [`filter`]: which processes the operator named, and how each is verified;
 //! - [`limits`]: the caps on what the daemon pins for them;
@@ -24,8 +25,11 @@ mod event;
 #[cfg(test)]
 mod fake;
 mod filter;
+pub mod gate;
 pub mod limits;
+mod logging;
 pub mod poll;
+pub mod prober;
 mod service;
 pub mod source;
 pub mod steerer;
@@ -49,16 +53,14 @@ pub use service::serve;
 pub use source::Source;
 
 use self::{
-    core::{Action, Core, Decision, Done, Report},
+    core::{Action, Core, Decision, Done},
+    logging::log,
+    prober::Prober,
     source::EventSource,
     steerer::{Steerer, StepError},
     world::World,
 };
-use crate::{
-    metrics::{DaemonStats, EventCounts},
-    ops::promote::Change,
-    policy::Outcome,
-};
+use crate::metrics::{DaemonStats, EventCounts};
 
 /// What to do when a new generation listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -87,6 +89,10 @@ pub struct Options {
     pub canary: Option<canary::Plan>,
     /// `--udp-flows`, `--udp-flow-timeout`: the flow table's settings for UDP groups.
     pub udp: crate::policy::UdpSettings,
+    /// `--ready-cmd`, `--ready-http`: each promotion waits until the new
+    /// generation passes this gate, for at most `ready_timeout`.
+    pub gate: Option<crate::ops::ready::Gate>,
+    pub ready_timeout: Duration,
 }
 
 /// A `--canary-for` duration: a whole number of seconds (`30s`), milliseconds
@@ -114,15 +120,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The event loop wakes at least this often, to see a stop and the upkeep's findings.
 const WAKE_EVERY: Duration = Duration::from_millis(200);
+/// ... and this often while a readiness check runs.
+const CHECK_POLL: Duration = Duration::from_millis(10);
 
 /// Runs until `stop` is set: adopts what it finds, then takes events from
 /// `source`, lets the core decide, and carries the decisions out with
-/// `steerer`. `upkeep` is the slot upkeep's handle (none in tests).
+/// `steerer`. `upkeep` is the slot upkeep's handle (none in tests). The
+/// readiness checks of `opts.gate` run on threads of their own.
 pub fn run(
     opts: &Options,
     source: &mut dyn EventSource,
     world: &dyn World,
     steerer: &mut dyn Steerer,
+    upkeep: Option<&upkeep::Handle>,
+    stats: &DaemonStats,
+    stop: &AtomicBool,
+) {
+    match &opts.gate {
+        Some(gate) => {
+            let mut prober = prober::Threads::new(gate.clone());
+            run_gated(opts, source, world, steerer, &mut prober, upkeep, stats, stop);
+        }
+        None => run_gated(opts, source, world, steerer, &mut prober::Open, upkeep, stats, stop),
+    }
+}
+
+/// [`run`] with the readiness checks run by `prober`.
+#[expect(clippy::too_many_arguments, reason = "the loop's adapters, each its own parameter for tests")]
+pub fn run_gated(
+    opts: &Options,
+    source: &mut dyn EventSource,
+    world: &dyn World,
+    steerer: &mut dyn Steerer,
+    prober: &mut dyn Prober,
     upkeep: Option<&upkeep::Handle>,
     stats: &DaemonStats,
     stop: &AtomicBool,
@@ -133,19 +163,27 @@ pub fn run(
         ports: opts.filter.ports.clone(),
         me: std::process::id(),
         canary: opts.canary,
+        ready_timeout: opts.gate.as_ref().map(|_| opts.ready_timeout),
     });
-    let mut l = Loop { core, world, steerer, stats, stop };
+    let mut l = Loop { core, world, steerer, prober, stats, stop };
     l.adopt(true);
     let f = &opts.filter;
     let exe: Vec<_> = f.exes.iter().map(|e| e.path.display().to_string()).collect();
     let (canary, canary_for_ms) =
         opts.canary.map_or((None, None), |c| (Some(c.weight), Some(c.duration.as_millis())));
-    tracing::info!(policy = ?opts.policy, canary, canary_for_ms, comm = ?f.comms, port = ?f.ports, user = ?f.users, ?exe, cgroup = ?f.cgroups, netns = ?f.netns, user_namespace = ?f.user_namespace, limits = ?opts.limits, "watching");
+    let ready_timeout_ms = opts.gate.as_ref().map(|_| opts.ready_timeout.as_millis());
+    let (ready_cmd, ready_http) = opts
+        .gate
+        .as_ref()
+        .map_or((None, None), |g| (g.cmd.clone(), g.http.as_ref().map(ToString::to_string)));
+    tracing::info!(policy = ?opts.policy, canary, canary_for_ms, ready_cmd, ready_http, ready_timeout_ms, comm = ?f.comms, port = ?f.ports, user = ?f.users, ?exe, cgroup = ?f.cgroups, netns = ?f.netns, user_namespace = ?f.user_namespace, limits = ?opts.limits, "watching");
     let mut events = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         stats.beat();
         let now = Instant::now();
-        let wake = l.core.next_due().map_or(now + WAKE_EVERY, |due| due.min(now + WAKE_EVERY));
+        // A check running: its answer is taken soon, not a whole wake later.
+        let every = if l.prober.busy() { CHECK_POLL } else { WAKE_EVERY };
+        let wake = l.core.next_due().map_or(now + every, |due| due.min(now + every));
         events.clear();
         source.wait(wake.saturating_duration_since(now), &mut events);
         // A stop requested while waiting wins over the events that came with it:
@@ -166,6 +204,7 @@ struct Loop<'a> {
     core: Core,
     world: &'a dyn World,
     steerer: &'a mut dyn Steerer,
+    prober: &'a mut dyn Prober,
     stats: &'a DaemonStats,
     stop: &'a AtomicBool,
 }
@@ -188,8 +227,42 @@ impl Loop<'_> {
                 decision
             };
             tracing::info!(pid = decision.pid, ports = ?decision.scope, "adopting");
-            step(&mut self.core, decision, self.world, self.steerer, self.stats);
+            let active = if self.core.config.ready_timeout.is_some() {
+                self.steerer.active_ports(decision.pid, &decision.scope)
+            } else {
+                Vec::new()
+            };
+            let (decision, reports) = self.core.admit_adopted(decision, &active, Instant::now(), self.world);
+            log(&reports, self.stats);
+            if let Some(decision) = decision {
+                self.step(decision);
+            }
         }
+    }
+
+    /// Carries one decision out and hands the result back to the core. A
+    /// check goes to the prober; a promotion that waited for one first gives
+    /// way where an operator's command set the group meanwhile.
+    fn step(&mut self, decision: Decision) {
+        let (pid, core) = (decision.pid, &mut self.core);
+        if decision.action == Action::Check {
+            core.checking(pid, self.steerer.operator_marks(pid, &decision.scope));
+            let deadline = core.deadline(pid).unwrap_or_else(Instant::now);
+            self.prober.start(pid, &decision.scope, deadline);
+            return;
+        }
+        let decision = if core.passed(pid) {
+            let marks = self.steerer.operator_marks(pid, &decision.scope);
+            let (decision, reports) = core.operator_moved(decision, &marks);
+            log(&reports, self.stats);
+            match decision {
+                Some(d) => d,
+                None => return,
+            }
+        } else {
+            decision
+        };
+        step(core, decision, self.world, self.steerer, self.stats);
     }
 
     /// Takes in one batch of events and the upkeep's findings, then carries
@@ -221,13 +294,17 @@ impl Loop<'_> {
             }
         }
         self.core.observe(events, Instant::now(), self.world);
+        for (pid, answer) in self.prober.answers() {
+            let reports = self.core.checked(pid, answer, Instant::now());
+            log(&reports, self.stats);
+        }
         let (decisions, reports) = self.core.take_due(Instant::now(), self.world);
         log(&reports, self.stats);
         for decision in decisions {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            step(&mut self.core, decision, self.world, self.steerer, self.stats);
+            self.step(decision);
         }
         self.core.prune_watched(Instant::now(), self.world);
     }
@@ -248,100 +325,11 @@ fn step(
         }
         Action::Complete => steerer.complete(decision.pid, &decision.scope).map(Done::Completed),
         Action::Reattach => steerer.reattach(decision.pid, &decision.scope).map(Done::Reattached),
+        // The loop hands checks to the prober; none reaches here.
+        Action::Check => return,
     };
     let reports = core.settle(decision, result, Instant::now(), world);
     log(&reports, stats);
-}
-
-/// Logs the core's reports, and counts promotions.
-fn log(reports: &[Report], stats: &DaemonStats) {
-    for report in reports {
-        match report {
-            Report::Promoted { pid, trigger, ktime_ns, changes } => {
-                log_changes(*pid, trigger.as_str(), Some(*ktime_ns), changes, stats);
-            }
-            Report::Canaried { pid, trigger, ktime_ns, changes, duration } => {
-                let latency_us = monotonic_ns().saturating_sub(*ktime_ns) / 1000;
-                let trigger = trigger.as_str();
-                let completes_in_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-                for c in changes {
-                    match c.outcome {
-                        Outcome::Canary { weight } => {
-                            tracing::info!(pid, group = %c.group, weight, slot = c.first_slot, generation = c.generation, sockets = c.sockets, latency_us, trigger, completes_in_ms, "canary started");
-                        }
-                        Outcome::AlreadyCanary { weight } => {
-                            tracing::info!(pid, group = %c.group, weight, trigger, completes_in_ms, "canary runs on");
-                        }
-                        _ => log_changes(*pid, trigger, Some(*ktime_ns), std::slice::from_ref(c), stats),
-                    }
-                }
-            }
-            Report::Completed { pid, after, changes } => {
-                let canary_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
-                tracing::info!(pid, canary_ms, "canary ran its course; promoting it fully");
-                log_changes(*pid, "canary", None, changes, stats);
-            }
-            Report::CanaryEnded { pid, port, why } => {
-                tracing::info!(
-                    pid,
-                    port,
-                    why = why.as_str(),
-                    "canary abandoned; the active generation keeps every new connection, and it is not promoted"
-                );
-            }
-            Report::NotAgain { pid, port } => {
-                tracing::debug!(pid, port, "not canaried again: its canary ended");
-            }
-            Report::Yielded { pid, port } => {
-                tracing::info!(
-                    pid,
-                    port,
-                    "not adopted: the operator's last command set this group and does not name this generation (it may be a canary that command ended); a generation that listens from now on is canaried"
-                );
-            }
-            Report::Reattached { pid, ports, groups } => {
-                tracing::info!(pid, ?ports, reattached = ?groups, "new generation listening; not promoted (policy manual)");
-            }
-            Report::Retrying { pid, port, tries, error } => {
-                tracing::debug!(pid, port, tries, error, "not promoted yet; trying again");
-            }
-            Report::Failed { action: Action::Reattach, pid, port, tries, error } => {
-                tracing::warn!(pid, port, tries, error, "re-attach failed");
-            }
-            Report::Failed { action, pid, port, tries, error } => {
-                tracing::warn!(pid, port, tries, error, action = ?action, "promote failed");
-            }
-            Report::NextHolder { pid, next, port } => {
-                tracing::debug!(
-                    pid,
-                    next,
-                    port,
-                    "listener's process left; promoting the port's newest holder"
-                );
-            }
-            Report::Left { pid, port, error } => {
-                tracing::debug!(pid, port, error, "the new listener's process left");
-            }
-            Report::Gone { port } => tracing::debug!(port, "new listener gone before it could be handled"),
-            // Logged (once per process or namespace) and counted where the cap decided.
-            Report::Refused { pid, port, error } => tracing::debug!(pid, port, error, "refused by a cap"),
-        }
-    }
-}
-
-/// Logs what a promotion did per group, and counts those that changed.
-fn log_changes(pid: u32, trigger: &str, ktime_ns: Option<u64>, changes: &[Change], stats: &DaemonStats) {
-    let latency_us = ktime_ns.map(|k| monotonic_ns().saturating_sub(k) / 1000);
-    for c in changes {
-        if c.changed {
-            stats.record_promotion(&c.group);
-            tracing::info!(pid, group = %c.group, slot = c.first_slot, generation = c.generation, sockets = c.sockets, latency_us, trigger, previous = ?c.previous_pids, "promoted");
-        } else if c.outcome == Outcome::HeldByOperator {
-            tracing::info!(pid, group = %c.group, trigger, "not promoted: the operator's last command (promote, rollback or a canary by hand) set this group, and this generation is one it named");
-        } else {
-            tracing::debug!(pid, group = %c.group, trigger, "already active");
-        }
-    }
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.

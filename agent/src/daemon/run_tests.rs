@@ -86,6 +86,8 @@ fn options(ports: &[u16]) -> Options {
         limits: crate::daemon::Limits::default(),
         canary: None,
         udp: crate::policy::UdpSettings::default(),
+        gate: None,
+        ready_timeout: Duration::from_secs(30),
     }
 }
 
@@ -193,4 +195,57 @@ fn canary_durations_parse_in_ms_s_and_m_and_nothing_else() {
         let err = parse_duration(text).unwrap_err();
         assert!(err.contains("500ms, 30s, 2m"), "{text}: {err}");
     }
+}
+
+/// Answers each check from its script at once (`Err` once the script ends).
+#[derive(Default)]
+struct Answers {
+    script: VecDeque<prober::Answer>,
+    out: Vec<(u32, prober::Answer)>,
+    starts: Vec<u32>,
+}
+
+impl Prober for Answers {
+    fn start(&mut self, pid: u32, _scope: &[u16], _deadline: Instant) {
+        self.starts.push(pid);
+        self.out.push((pid, self.script.pop_front().unwrap_or_else(|| Err("503".into()))));
+    }
+    fn answers(&mut self) -> Vec<(u32, prober::Answer)> {
+        std::mem::take(&mut self.out)
+    }
+    fn busy(&self) -> bool {
+        !self.out.is_empty()
+    }
+}
+
+fn run_gate(timeout: Duration, prober: &mut Answers, steerer: &mut Recorder, quiet: usize) -> DaemonStats {
+    let world = Fake::with([p(1, "srv", 10, 10, &[80]), p(1, "srv", 20, 20, &[80])]);
+    let opts =
+        Options { gate: Some(crate::ops::ready::Gate::default()), ready_timeout: timeout, ..options(&[80]) };
+    let stop = Arc::new(AtomicBool::new(false));
+    let watched = Arc::new(Mutex::new(Vec::new()));
+    let mut source = Script { batches: vec![vec![]; quiet].into(), stop: Arc::clone(&stop), watched };
+    let stats = DaemonStats::new();
+    run_gated(&opts, &mut source, &world, steerer, prober, None, &stats, &stop);
+    stats
+}
+
+#[test]
+fn with_a_gate_the_loop_promotes_only_after_a_check_said_ready() {
+    let mut prober = Answers { script: [Err("503".into()), Ok(())].into(), ..Answers::default() };
+    let mut steerer = Recorder::default();
+    let stats = run_gate(Duration::from_secs(5), &mut prober, &mut steerer, 4);
+    assert_eq!(prober.starts, vec![20, 20], "asked, not ready, asked again");
+    assert_eq!(steerer.kinds, vec!["promote"], "{:?}", steerer.calls);
+    assert_eq!(stats.not_ready(), 0);
+}
+
+#[test]
+fn with_a_gate_never_passed_nothing_is_promoted_and_the_timeout_is_counted() {
+    let mut prober = Answers::default();
+    let mut steerer = Recorder::default();
+    let stats = run_gate(Duration::from_millis(250), &mut prober, &mut steerer, 8);
+    assert!(steerer.calls.is_empty(), "{:?}", steerer.calls);
+    assert!(prober.starts.len() >= 2, "asked again until the timeout: {:?}", prober.starts);
+    assert_eq!(stats.not_ready(), 1);
 }

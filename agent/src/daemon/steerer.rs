@@ -100,6 +100,16 @@ pub trait Steerer {
     fn unnamed_by_operator(&mut self, _pid: u32, _scope: &[u16]) -> Vec<u16> {
         Vec::new()
     }
+    /// Per port of `pid` in `scope`, the configuration generation of its group
+    /// if an operator's command set it last (`FLAG_OPERATOR`), else 0: the
+    /// readiness gate compares them before and after a wait.
+    fn operator_marks(&mut self, _pid: u32, _scope: &[u16]) -> super::gate::Marks {
+        super::gate::Marks::new()
+    }
+    /// The ports of `pid` in `scope` where its sockets are the active generation.
+    fn active_ports(&mut self, _pid: u32, _scope: &[u16]) -> Vec<u16> {
+        Vec::new()
+    }
     /// Attaches the program to the configured groups of `pid`'s listeners on
     /// `scope`, changing no configuration; returns those groups.
     fn reattach(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<String>, StepError>;
@@ -200,6 +210,23 @@ impl Steerer for State {
         ports
     }
 
+    fn active_ports(&mut self, pid: u32, scope: &[u16]) -> Vec<u16> {
+        let places = places(&self.state_dir, pid, scope).unwrap_or_default();
+        let mut ports: Vec<u16> =
+            places.iter().filter(|p| p.role == Some(Role::Active)).map(|p| p.port).collect();
+        ports.dedup();
+        ports
+    }
+
+    fn operator_marks(&mut self, pid: u32, scope: &[u16]) -> super::gate::Marks {
+        let mut marks = super::gate::Marks::new();
+        for p in places(&self.state_dir, pid, scope).unwrap_or_default() {
+            let mark = marks.entry(p.port).or_default();
+            *mark = (*mark).max(if p.operator { p.generation } else { 0 });
+        }
+        marks
+    }
+
     fn reattach(&mut self, pid: u32, scope: &[u16]) -> Result<Vec<String>, StepError> {
         Ok(reattach(&self.state_dir, pid, scope)?)
     }
@@ -241,6 +268,8 @@ struct Place {
     has_active: bool,
     /// Whether an operator's command set the group's configuration.
     operator: bool,
+    /// The configuration's generation (0: none).
+    generation: u64,
 }
 
 /// The place of `pid`'s listeners on `scope` (empty: all) in their groups, by
@@ -257,7 +286,7 @@ fn places(state_dir: &std::path::Path, pid: u32, scope: &[u16]) -> Result<Vec<Pl
     let Some(instance) = instance else {
         return Ok(ports
             .into_iter()
-            .map(|port| Place { port, role: None, has_active: false, operator: false })
+            .map(|port| Place { port, role: None, has_active: false, operator: false, generation: 0 })
             .collect());
     };
     let metas = instance.slot_metas()?;
@@ -266,7 +295,7 @@ fn places(state_dir: &std::path::Path, pid: u32, scope: &[u16]) -> Result<Vec<Pl
     for port in ports {
         let on_port: Vec<_> = groups.iter().filter(|g| g.key.port == port).collect();
         if on_port.is_empty() {
-            out.push(Place { port, role: None, has_active: false, operator: false });
+            out.push(Place { port, role: None, has_active: false, operator: false, generation: 0 });
         }
         for g in on_port {
             let c = g.config;
@@ -279,7 +308,13 @@ fn places(state_dir: &std::path::Path, pid: u32, scope: &[u16]) -> Result<Vec<Pl
                 .find(|(r, _)| !r.is_none() && holds(*r))
                 .map(|(_, role)| role);
             let operator = c.flags & FLAG_OPERATOR != 0;
-            out.push(Place { port, role, has_active: !c.active.is_none(), operator });
+            out.push(Place {
+                port,
+                role,
+                has_active: !c.active.is_none(),
+                operator,
+                generation: c.generation,
+            });
         }
     }
     Ok(out)

@@ -105,10 +105,11 @@ impl Control {
     }
 }
 
-/// What the server answers, precomputed.
+/// What the server answers, precomputed, and how many connections it accepted.
 pub(super) struct Reply {
     http: bool,
     bytes: Vec<u8>,
+    accepted: std::sync::atomic::AtomicU64,
 }
 
 impl Reply {
@@ -119,7 +120,12 @@ impl Reply {
         } else {
             body
         };
-        Reply { http, bytes: bytes.into_bytes() }
+        Reply { http, bytes: bytes.into_bytes(), accepted: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Connections accepted so far, on every listener.
+    pub(super) fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -176,7 +182,10 @@ fn readable(listener: &TcpListener, timeout: Duration) -> rustix::io::Result<boo
 /// Accepts one connection, if there is one, and serves it.
 fn accept_one(listener: &TcpListener, reply: &Arc<Reply>) {
     match listener.accept() {
-        Ok((stream, _peer)) => serve(stream, reply),
+        Ok((stream, _peer)) => {
+            reply.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            serve(stream, reply);
+        }
         Err(e)
             if matches!(
                 e.kind(),

@@ -133,6 +133,19 @@ impl TestServer {
         self.command("close")
     }
 
+    /// The connections the server has accepted so far, on every listener.
+    ///
+    /// # Errors
+    ///
+    /// When the server does not answer within 10 s.
+    pub fn accepted(&mut self) -> anyhow::Result<u64> {
+        writeln!(self.stdin, "accepted")
+            .and_then(|()| self.stdin.flush())
+            .with_context(|| format!("asking test server pid {} what it accepted", self.pid))?;
+        let line = self.wait_line(|line| line.starts_with("accepted "))?;
+        line.trim_start_matches("accepted ").parse().with_context(|| format!("malformed answer {line:?}"))
+    }
+
     /// Asks the server to exit and reaps it.
     ///
     /// # Errors

@@ -454,6 +454,7 @@ fn a_state_directory_removed_under_a_running_daemon_is_created_again_at_the_next
 }
 
 mod canary;
+mod ready;
 mod trust;
 
 #[test]

@@ -1,7 +1,8 @@
 //! Section "reload matrix": the same HTTP load against HAProxy 2.6 under the same reload
-//! schedule, once per way of reloading (none, hard restart, `-sf`, `-sf -x`, `-sf` with
-//! `tcp_migrate_req`, `-sf` with `steer daemon`, master-worker with and without the
-//! daemon), each mode in a fresh network namespace. Per mode: requests, failures by
+//! schedule (a fixed number of reloads at fixed times), once per way of reloading (none,
+//! hard restart, `-sf`, `-sf -x`, `-sf` with `tcp_migrate_req`, `-sf` with `steer daemon`,
+//! `steer reload`, master-worker with and without the daemon), each mode in a fresh
+//! network namespace. Per mode: requests, failures by
 //! class, successful requests per second, latency percentiles, reloads done (and tried),
 //! and for the steer modes the promotions the daemon logged.
 //!
@@ -23,13 +24,16 @@ use mode::Outcome;
 pub const SECTION: Section =
     Section { key: "reload_matrix", title: "reload matrix: HAProxy reloads under load", run };
 
-/// How long each mode runs (load and reloads), full run.
-const DURATION: Duration = Duration::from_secs(20);
-/// How long each mode runs with `--quick`.
-const DURATION_QUICK: Duration = Duration::from_secs(4);
-/// Time between the starts of two reloads (10 a second), unless a reload takes longer:
-/// then the next one starts as soon as it is done.
-const INTERVAL: Duration = Duration::from_millis(100);
+/// Reloads each reloading mode performs, full run: the same number at the same times in
+/// every mode (one every [`INTERVAL`] from the start of the load), so that rate and tail
+/// latency compare row against row. The baseline runs as long without reloading.
+const RELOADS: u32 = 40;
+/// Reloads per mode with `--quick`.
+const RELOADS_QUICK: u32 = 8;
+/// Time between two scheduled reloads. `steer reload` waits for the new process to
+/// listen and for the old one to drain, a few hundred milliseconds with `haproxy -D`, so
+/// the schedule is one every half second; a reload that starts late is counted as late.
+const INTERVAL: Duration = Duration::from_millis(500);
 /// Load workers, each with one request (one new connection) in flight.
 const CONCURRENCY: usize = 20;
 
@@ -45,8 +49,24 @@ pub struct Mode {
     pub migrate_req: bool,
     /// `steer daemon --comm haproxy` runs through the mode.
     pub steer: bool,
+    /// Who carries each reload out.
+    pub reloader: Reloader,
     /// `--quick` fails when a request of this mode fails.
     pub lossless: bool,
+}
+
+/// Who carries a reload out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloader {
+    /// HAProxy itself, as [`Mode::reload`] says (`-sf`, `-st`, `-x`, SIGUSR2).
+    Haproxy,
+    /// `steer reload --old PID --signal USR1 -- haproxy -D ...` (no `-sf`): steer starts
+    /// the new process, promotes it once it listens, waits until the old one's queues are
+    /// empty, then tells it to finish. No kernel migration is involved.
+    SteerReload,
+    // The select-only row (issue 13) goes here once the kernel mode `--no-migrate` exists:
+    // `steer reload` with the program loaded as BPF_SK_REUSEPORT_SELECT, as on kernels
+    // before 5.14.
 }
 
 /// Every mode, in the order they run.
@@ -57,6 +77,7 @@ const MODES: &[Mode] = &[
         reload: None,
         migrate_req: false,
         steer: false,
+        reloader: Reloader::Haproxy,
         lossless: false,
     },
     Mode {
@@ -65,6 +86,7 @@ const MODES: &[Mode] = &[
         reload: Some(HaproxyMode::DaemonHardRestart),
         migrate_req: false,
         steer: false,
+        reloader: Reloader::Haproxy,
         lossless: false,
     },
     Mode {
@@ -73,6 +95,7 @@ const MODES: &[Mode] = &[
         reload: Some(HaproxyMode::Daemon),
         migrate_req: false,
         steer: false,
+        reloader: Reloader::Haproxy,
         lossless: false,
     },
     Mode {
@@ -81,6 +104,7 @@ const MODES: &[Mode] = &[
         reload: Some(HaproxyMode::DaemonSocketTransfer),
         migrate_req: false,
         steer: false,
+        reloader: Reloader::Haproxy,
         lossless: true,
     },
     Mode {
@@ -89,6 +113,7 @@ const MODES: &[Mode] = &[
         reload: Some(HaproxyMode::Daemon),
         migrate_req: true,
         steer: false,
+        reloader: Reloader::Haproxy,
         lossless: false,
     },
     Mode {
@@ -97,6 +122,16 @@ const MODES: &[Mode] = &[
         reload: Some(HaproxyMode::Daemon),
         migrate_req: false,
         steer: true,
+        reloader: Reloader::Haproxy,
+        lossless: true,
+    },
+    Mode {
+        key: "steer_reload",
+        what: "`steer reload --old OLD --signal USR1 -- haproxy -D` (no `-sf`): promote once it listens, drain, then stop the old one",
+        reload: Some(HaproxyMode::Daemon),
+        migrate_req: false,
+        steer: false,
+        reloader: Reloader::SteerReload,
         lossless: true,
     },
     Mode {
@@ -105,6 +140,7 @@ const MODES: &[Mode] = &[
         reload: Some(HaproxyMode::MasterWorker),
         migrate_req: false,
         steer: false,
+        reloader: Reloader::Haproxy,
         lossless: false,
     },
     Mode {
@@ -113,21 +149,24 @@ const MODES: &[Mode] = &[
         reload: Some(HaproxyMode::MasterWorker),
         migrate_req: false,
         steer: true,
+        reloader: Reloader::Haproxy,
         lossless: true,
     },
 ];
 
 fn run(ctx: &Ctx) -> Result<Findings> {
-    let duration = if ctx.quick { DURATION_QUICK } else { DURATION };
+    let reloads = if ctx.quick { RELOADS_QUICK } else { RELOADS };
+    let duration = INTERVAL * reloads;
     let version = super::haproxy_version()?;
     let mut findings = Findings {
         setup: format!(
-            "{version}; {} modes, each in a fresh netns for {} s: {CONCURRENCY} closed-loop HTTP \
-             clients, a new connection per request, and one reload every {} ms (the next waits \
-             for one that takes longer)",
+            "{version}; {} modes, each in a fresh netns: {CONCURRENCY} closed-loop HTTP clients, \
+             a new connection per request, and the same schedule in every mode: {reloads} \
+             reloads, one every {} ms from the start of the load (a reload still running when \
+             the next is due delays it, and counts as late), then {} s of load without reloads",
             MODES.len(),
-            duration.as_secs(),
-            INTERVAL.as_millis()
+            INTERVAL.as_millis(),
+            mode::SETTLE.as_secs_f64()
         ),
         ..Findings::default()
     };
@@ -135,7 +174,7 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     let mut modes_data = Vec::new();
     for (index, mode) in MODES.iter().enumerate() {
         println!("   [{}/{}] {}: {}", index + 1, MODES.len(), mode.key, mode.what);
-        match mode::run(ctx, mode, duration).with_context(|| format!("mode {}", mode.key)) {
+        match mode::run(ctx, mode, reloads).with_context(|| format!("mode {}", mode.key)) {
             Ok(outcome) => {
                 println!("   [{}/{}] {}", index + 1, MODES.len(), outcome.summary());
                 modes_data.push(outcome.json());
@@ -173,6 +212,7 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     let data = json!({
         "haproxy": version,
         "duration_secs": duration.as_secs_f64(),
+        "reloads_scheduled": reloads,
         "interval_ms": INTERVAL.as_millis(),
         "concurrency": CONCURRENCY,
         "modes": modes_data,
@@ -198,10 +238,11 @@ impl Outcome {
             rows.push(Row::new(
                 format!("{key}: reloads done / tried"),
                 format!(
-                    "{} / {} ({:.1}/s)",
+                    "{} / {} ({:.1}/s, {} late)",
                     self.reloads.performed,
                     self.reloads.attempted,
-                    self.reloads.rate()
+                    self.reloads.rate(),
+                    self.reloads.late
                 ),
             ));
         }

@@ -2,11 +2,13 @@
 //! modes), the load, and the reload schedule; and what it measured.
 
 use std::{
-    path::PathBuf,
+    ffi::{OsStr, OsString},
+    path::{Path, PathBuf},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 use steer_harness::{
     haproxy::{Haproxy, Mode as HaproxyMode},
@@ -15,19 +17,22 @@ use steer_harness::{
     procfs,
 };
 
-use super::{CONCURRENCY, INTERVAL, Mode};
+use super::{CONCURRENCY, INTERVAL, Mode, Reloader};
 use crate::{
     bench::{
         Ctx, Summary, chart,
         daemon::{self, Daemon},
     },
+    release::Steer,
     util::ms,
 };
 
 /// HAProxy's frontend port, inside each mode's namespace.
 const PORT: u16 = 8080;
 /// Load after the reload window, so the last reload's old process finishing is covered.
-const SETTLE: Duration = Duration::from_millis(500);
+pub const SETTLE: Duration = Duration::from_millis(500);
+/// A reload that starts more than this after its time counts as late.
+const LATE: Duration = Duration::from_millis(20);
 /// How often a long mode prints how it is going.
 const PROGRESS: Duration = Duration::from_secs(5);
 /// Reload errors kept for the report.
@@ -62,6 +67,10 @@ pub struct Reloads {
     /// Each reload's duration (command or signal to the new process listening), µs.
     durations_us: Vec<u64>,
     pub first_errors: Vec<String>,
+    /// Reloads that started more than [`LATE`] after their time (the one before ran
+    /// long), and the latest start.
+    pub late: u32,
+    max_late: Duration,
     /// From the first reload's start to the end of the last one.
     window: Duration,
 }
@@ -74,8 +83,10 @@ impl Reloads {
     }
 }
 
-/// Runs `mode` for `duration` (and [`SETTLE`]); everything it started is stopped on return.
-pub fn run(ctx: &Ctx, mode: &'static Mode, duration: Duration) -> Result<Outcome> {
+/// Runs `mode` through `scheduled` reloads, one every [`INTERVAL`] (and [`SETTLE`]);
+/// everything it started is stopped on return.
+pub fn run(ctx: &Ctx, mode: &'static Mode, scheduled: u32) -> Result<Outcome> {
+    let duration = INTERVAL * scheduled;
     let ns = NetNs::new("matrix")?;
     if mode.migrate_req {
         ns.set_sysctl("net.ipv4.tcp_migrate_req", "1")?;
@@ -83,10 +94,16 @@ pub fn run(ctx: &Ctx, mode: &'static Mode, duration: Duration) -> Result<Outcome
     let dir = ctx.haproxy_dir(&format!("matrix-{}", mode.key))?;
     let haproxy_mode = mode.reload.unwrap_or(HaproxyMode::Daemon);
     let mut hap = Haproxy::start_with(&ns, &dir, haproxy_mode, PORT, GLOBAL).context("starting HAProxy")?;
-    let steer = if mode.steer { Some(ctx.steer()?) } else { None };
+    let reloading_steer = mode.reloader == Reloader::SteerReload;
+    let steer = if mode.steer || reloading_steer { Some(ctx.steer()?) } else { None };
+    if let (Some(steer), true) = (&steer, reloading_steer) {
+        // `steer reload` hands over from the active generation: make the first one so.
+        let pid = hap.pid().to_string();
+        run_steer(steer, &["promote", &pid], &ctx.out_dir.join("steer-reload.out"))?;
+    }
     let log_path = ctx.out_dir.join(format!("daemon-matrix-{}.log", mode.key));
     let mut daemon = match &steer {
-        Some(steer) => {
+        Some(steer) if mode.steer => {
             let netns = ns.path();
             // The bench runs HAProxy and nginx as root: `--user 0` is what verifies them.
             let args = ["--comm", "haproxy", "--user", "0", "--netns"]
@@ -95,7 +112,7 @@ pub fn run(ctx: &Ctx, mode: &'static Mode, duration: Duration) -> Result<Outcome
                 .chain([netns.as_os_str()]);
             Some(Daemon::spawn(steer, args, &log_path)?)
         }
-        None => None,
+        _ => None,
     };
 
     let mut load_cfg = LoadConfig::new(([127, 0, 0, 1], PORT).into());
@@ -108,18 +125,26 @@ pub fn run(ctx: &Ctx, mode: &'static Mode, duration: Duration) -> Result<Outcome
     let started = Instant::now();
     let mut progress = Progress { mode: mode.key, started, next: started + PROGRESS };
     let mut reloads = Reloads::default();
-    // Reload i starts INTERVAL after reload i - 1 started, or when it is done if later.
-    let mut due = started;
-    while due < started + duration {
+    // Reload i is due INTERVAL * i after the start; one still running delays the next.
+    for i in 0..scheduled {
+        let due = started + INTERVAL * i;
         progress.wait_until(due, &running, &reloads);
         let begun = Instant::now();
-        due = begun + INTERVAL;
         if mode.reload.is_none() {
             continue;
         }
+        let late = begun.saturating_duration_since(due);
+        if late > LATE {
+            reloads.late += 1;
+        }
+        reloads.max_late = reloads.max_late.max(late);
         reloads.attempted += 1;
-        match hap.reload() {
-            Ok(_) => {
+        let done = match (&steer, mode.reloader) {
+            (Some(steer), Reloader::SteerReload) => steer_reload(steer, &mut hap, &ctx.out_dir),
+            _ => hap.reload().map(drop),
+        };
+        match done {
+            Ok(()) => {
                 reloads.performed += 1;
                 reloads.durations_us.push(u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX));
             }
@@ -130,7 +155,8 @@ pub fn run(ctx: &Ctx, mode: &'static Mode, duration: Duration) -> Result<Outcome
         }
         reloads.window = started.elapsed();
     }
-    progress.wait_until(started + duration + SETTLE, &running, &reloads);
+    let end = (started + duration).max(Instant::now());
+    progress.wait_until(end + SETTLE, &running, &reloads);
     let load = running.stop();
     let migrate_req = (
         procfs::tcp_ext(hap.pid(), "TCPMigrateReqSuccess"),
@@ -149,6 +175,53 @@ pub fn run(ctx: &Ctx, mode: &'static Mode, duration: Duration) -> Result<Outcome
     }
     let daemon_log = mode.steer.then_some(log_path);
     Ok(Outcome { mode, load, reloads, promotions, promote_failed, migrate_req, daemon_log })
+}
+
+/// One reload by `steer reload`: the next HAProxy started without `-sf`, promoted once it
+/// listens, the old one told to finish (SIGUSR1, HAProxy's soft stop) once its queues are
+/// empty. Its report goes to `steer-reload.out` in `out_dir`.
+fn steer_reload(steer: &Steer, hap: &mut Haproxy<'_>, out_dir: &Path) -> Result<()> {
+    let old = hap.pid().to_string();
+    let next = hap.next_generation()?;
+    let mut args: Vec<OsString> = ["reload", "--old", &old, "--signal", "USR1", "--drain-timeout", "5", "--"]
+        .map(OsString::from)
+        .into();
+    args.push(next.get_program().to_owned());
+    args.extend(next.get_args().map(ToOwned::to_owned));
+    let out = out_dir.join("steer-reload.out");
+    let report = run_steer(steer, &args, &out)?;
+    let new = report
+        .lines()
+        .find_map(|l| l.strip_prefix("new generation: pid "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no new pid in the report of `steer reload`: {report:?}"))?;
+    hap.adopt(new);
+    Ok(())
+}
+
+/// Runs `steer ARGS`, its stdout in a file (not a pipe: a daemonising server it starts may
+/// keep a pipe open) and its stderr appended to `out` too; returns its stdout.
+fn run_steer<S: AsRef<OsStr>>(steer: &Steer, args: &[S], out: &Path) -> Result<String> {
+    let stdout_path = out.with_extension("stdout");
+    let stdout =
+        std::fs::File::create(&stdout_path).with_context(|| format!("create {}", stdout_path.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .with_context(|| format!("open {}", out.display()))?;
+    let status = steer
+        .command(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(log)
+        .status()
+        .context("could not run steer")?;
+    let text = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    if !status.success() {
+        bail!("`steer` failed ({status}); its errors are in {}", out.display());
+    }
+    Ok(text)
 }
 
 /// Prints a line every [`PROGRESS`] while a mode runs.
@@ -204,11 +277,13 @@ impl Outcome {
             let r = &self.reloads;
             let took = Summary::of(&r.durations_us);
             line += &format!(
-                ", {}/{} reloads ({:.1}/s, each {:.0} ms median)",
+                ", {}/{} reloads ({:.1}/s, each {:.0} ms median, {} late, latest by {:.0} ms)",
                 r.performed,
                 r.attempted,
                 r.rate(),
-                ms(took.p50)
+                ms(took.p50),
+                r.late,
+                r.max_late.as_secs_f64() * 1000.0
             );
             for error in &r.first_errors {
                 line += &format!("\n      {error}");
@@ -230,6 +305,7 @@ impl Outcome {
             "reload": mode.reload.map(|reload| format!("{reload:?}")),
             "tcp_migrate_req": mode.migrate_req,
             "steer_daemon": mode.steer,
+            "reloader": format!("{:?}", mode.reloader),
             "load": self.load,
             "failed": self.load.failed(),
             "reloads": {
@@ -238,6 +314,8 @@ impl Outcome {
                 "window_secs": r.window.as_secs_f64(),
                 "per_sec": r.rate(),
                 "duration_us": { "p50": took.p50, "p99": took.p99, "max": took.max },
+                "late": r.late,
+                "max_late_ms": r.max_late.as_secs_f64() * 1000.0,
                 "first_errors": r.first_errors,
             },
             "promotions": self.promotions.map(|p| p.0),

@@ -65,7 +65,8 @@ pub fn markdown(outcomes: &[Outcome]) -> String {
 /// What each mode does, as a Markdown list.
 pub fn legend(modes: &[Mode]) -> String {
     let mut md = String::from(
-        "\n`reloads`: done / tried. `failed`: connect errors, resets, timeouts, short replies, bad \
+        "\n`reloads`: done / tried (every mode is scheduled the same number at the same times; a \
+         reload is late when the one before it still ran at its time). `failed`: connect errors, resets, timeouts, short replies, bad \
          replies and other errors. `rps`: successful requests per second. Latency of successful \
          requests, from connect to the whole reply.\n\n",
     );
@@ -78,7 +79,9 @@ pub fn legend(modes: &[Mode]) -> String {
 fn row(outcome: &Outcome) -> [String; 13] {
     let (load, r) = (&outcome.load, &outcome.reloads);
     let l = &load.latency_us;
-    let reloads = if outcome.mode.reload.is_some() {
+    let reloads = if outcome.mode.reload.is_some() && r.late > 0 {
+        format!("{}/{} ({} late)", r.performed, r.attempted, r.late)
+    } else if outcome.mode.reload.is_some() {
         format!("{}/{}", r.performed, r.attempted)
     } else {
         "-".to_owned()
