@@ -18,6 +18,8 @@ pub struct Poller {
     next: Instant,
     /// Listener inodes seen, per network namespace.
     known: HashMap<u64, HashSet<u64>>,
+    /// Listener inodes found new but held by no candidate: looked at again once.
+    pending: HashMap<u64, HashSet<u64>>,
     primed: bool,
     /// Only sockets of this protocol (the UDP poller beside a watcher).
     protocol: Option<u16>,
@@ -32,6 +34,7 @@ impl Poller {
             interval,
             next: Instant::now() + interval,
             known: HashMap::new(),
+            pending: HashMap::new(),
             primed: false,
             protocol: None,
         };
@@ -48,6 +51,7 @@ impl Poller {
             interval,
             next: Instant::now() + interval,
             known: HashMap::new(),
+            pending: HashMap::new(),
             primed: false,
             protocol: Some(steer_abi::IPPROTO_UDP),
         };
@@ -82,8 +86,15 @@ impl Poller {
         }
         let mut found = Vec::new();
         let mut known = HashMap::new();
+        let mut pending = HashMap::new();
         for (netns, processes) in by_ns {
-            let Ok(mut listeners) = sockets::namespace_listeners(&processes[0]) else { continue };
+            let Ok(mut listeners) = sockets::namespace_listeners(&processes[0]) else {
+                // Unreadable this time (its first process left, say): what was seen stays seen.
+                if let Some(seen) = self.known.remove(&netns) {
+                    known.insert(netns, seen);
+                }
+                continue;
+            };
             if let Some(protocol) = self.protocol {
                 listeners.retain(|l| l.protocol == protocol);
             }
@@ -93,16 +104,29 @@ impl Poller {
                 .filter(|l| filter.port_matches(l.addr.port()))
                 .filter(|l| self.primed && !seen.is_some_and(|s| s.contains(&l.inode)))
                 .collect();
+            let mut held = HashSet::new();
             if !fresh.is_empty() {
                 for p in &processes {
                     let Ok(fds) = p.socket_fds() else { continue };
-                    found.extend(
-                        fresh.iter().filter(|l| fds.contains_key(&l.inode)).map(|l| (p.pid, l.addr.port())),
-                    );
+                    for l in fresh.iter().filter(|l| fds.contains_key(&l.inode)) {
+                        found.push((p.pid, l.addr.port()));
+                        held.insert(l.inode);
+                    }
                 }
             }
-            known.insert(netns, listeners.iter().map(|l| l.inode).collect());
+            // A listener of a process that started after `candidates` read /proc
+            // is held by none of `processes` yet: it is looked at once more on the
+            // next poll before it counts as seen (someone else's, then).
+            let was_pending = self.pending.get(&netns);
+            let retry: HashSet<u64> = fresh
+                .iter()
+                .map(|l| l.inode)
+                .filter(|i| !held.contains(i) && !was_pending.is_some_and(|p| p.contains(i)))
+                .collect();
+            known.insert(netns, listeners.iter().map(|l| l.inode).filter(|i| !retry.contains(i)).collect());
+            pending.insert(netns, retry);
         }
+        self.pending = pending;
         self.known = known;
         self.primed = true;
         found.sort_unstable();
