@@ -1,0 +1,62 @@
+//! UDP reuseport groups: unbound reloads under dnsperf (`udp::unbound::`, real servers
+//! under load, run one at a time with the other real-server tests), and flows of the
+//! UDP test server across a handover (`udp::flows::`): flow affinity, stateless mode,
+//! and the counters that prove the program ran.
+//!
+//! The tests marked "with steer" need steer's UDP steering; they skip with a reason
+//! until [`STEERING_LANDED`] is true (or `STEER_E2E_UDP=1` is set, to try them sooner).
+//! The baselines (no steer) run everywhere privileged tests run.
+use serde_json::Value;
+
+use crate::common::World;
+
+mod flows;
+mod unbound;
+
+/// Flip to true when `steer promote`, `reload` and `status` handle UDP groups.
+const STEERING_LANDED: bool = false;
+/// Runs the "with steer" tests even while [`STEERING_LANDED`] is false.
+const FORCE_ENV: &str = "STEER_E2E_UDP";
+
+/// The counters and fields of `steer status --json` these tests read, in one place.
+mod names {
+    pub const PROTOCOL: &str = "protocol";
+    pub const UDP: &str = "udp";
+    pub const STEERED_ACTIVE: &str = "steered_active";
+    pub const FLOW_KEPT_PREVIOUS: &str = "flow_kept_previous";
+    pub const FLOW_TABLE_FULL: &str = "flow_table_full";
+    pub const FLOW_TO_ACTIVE: &str = "flow_to_active";
+    /// `steer promote PID --udp-flows off`: stateless, every datagram to the active one.
+    pub const FLOWS_OFF: [&str; 2] = ["--udp-flows", "off"];
+}
+
+/// Whether a "with steer" test runs: UDP steering has landed (or is forced), and the
+/// test is privileged. Prints why not.
+fn with_steer(test: &str) -> Option<World> {
+    if !STEERING_LANDED && !std::env::var(FORCE_ENV).is_ok_and(|v| v == "1") {
+        eprintln!(
+            "skipping {test}: UDP steering has not landed (udp::STEERING_LANDED; {FORCE_ENV}=1 forces)"
+        );
+        return None;
+    }
+    World::new(test)
+}
+
+/// The UDP group on `port` in `steer status --json` (panics when there is none).
+fn udp_group(w: &World, port: u16) -> Value {
+    let status: Value = serde_json::from_str(&w.status_json()).expect("status --json parses");
+    status["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|ns| ns["groups"].as_array().into_iter().flatten())
+        .find(|g| g["port"] == port && g[names::PROTOCOL] == names::UDP)
+        .cloned()
+        .unwrap_or_else(|| panic!("no UDP group on port {port} in {status:#}"))
+}
+
+/// One counter of the UDP group on `port`.
+fn counter(w: &World, port: u16, name: &str) -> u64 {
+    let group = udp_group(w, port);
+    group["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {group:#}"))
+}
