@@ -22,6 +22,7 @@ mod overhead;
 mod promote;
 mod report;
 mod scale;
+mod udp;
 
 use std::{
     fs,
@@ -57,6 +58,7 @@ const SECTIONS: &[Section] = &[
     overhead::SECTION,
     promote::SECTION,
     scale::SECTION,
+    udp::SECTION,
 ];
 
 /// One measurement: where its numbers go in `bench.json`, its title, and how it runs.

@@ -4,19 +4,16 @@
 //! and the counters that prove the program ran.
 //!
 //! The tests marked "with steer" need steer's UDP steering; they skip with a reason
-//! until [`STEERING_LANDED`] is true (or `STEER_E2E_UDP=1` is set, to try them sooner).
+//! until `steer_harness::dns_handover::STEERING_LANDED` is true (or `STEER_E2E_UDP=1`
+//! is set, to try them sooner); `cargo xtask bench` reads the same flag.
 //! The baselines (no steer) run everywhere privileged tests run.
 use serde_json::Value;
+use steer_harness::dns_handover::{FORCE_ENV, steering_enabled};
 
 use crate::common::World;
 
 mod flows;
 mod unbound;
-
-/// Flip to true when `steer promote`, `reload` and `status` handle UDP groups.
-const STEERING_LANDED: bool = false;
-/// Runs the "with steer" tests even while [`STEERING_LANDED`] is false.
-const FORCE_ENV: &str = "STEER_E2E_UDP";
 
 /// The counters and fields of `steer status --json` these tests read, in one place.
 mod names {
@@ -33,9 +30,9 @@ mod names {
 /// Whether a "with steer" test runs: UDP steering has landed (or is forced), and the
 /// test is privileged. Prints why not.
 fn with_steer(test: &str) -> Option<World> {
-    if !STEERING_LANDED && !std::env::var(FORCE_ENV).is_ok_and(|v| v == "1") {
+    if !steering_enabled() {
         eprintln!(
-            "skipping {test}: UDP steering has not landed (udp::STEERING_LANDED; {FORCE_ENV}=1 forces)"
+            "skipping {test}: UDP steering has not landed (dns_handover::STEERING_LANDED; {FORCE_ENV}=1 forces)"
         );
         return None;
     }
