@@ -39,17 +39,27 @@ fn with_steer(test: &str) -> Option<World> {
     World::new(test)
 }
 
-/// The UDP group on `port` in `steer status --json` (panics when there is none).
-fn udp_group(w: &World, port: u16) -> Value {
+/// The groups on `port` (of any protocol) in `steer status --json`.
+fn groups_on(w: &World, port: u16) -> Vec<Value> {
     let status: Value = serde_json::from_str(&w.status_json()).expect("status --json parses");
     status["namespaces"]
         .as_array()
         .into_iter()
         .flatten()
         .flat_map(|ns| ns["groups"].as_array().into_iter().flatten())
-        .find(|g| g["port"] == port && g[names::PROTOCOL] == names::UDP)
+        .filter(|g| g["port"] == port)
         .cloned()
-        .unwrap_or_else(|| panic!("no UDP group on port {port} in {status:#}"))
+        .collect()
+}
+
+/// The UDP group on `port` in `steer status --json` (panics when there is none).
+fn udp_group(w: &World, port: u16) -> Value {
+    let groups = groups_on(w, port);
+    groups
+        .iter()
+        .find(|g| g[names::PROTOCOL] == names::UDP)
+        .cloned()
+        .unwrap_or_else(|| panic!("no UDP group on port {port} in {groups:#?}"))
 }
 
 /// One counter of the UDP group on `port`.

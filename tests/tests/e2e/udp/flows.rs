@@ -9,7 +9,7 @@ use std::time::Duration;
 use steer_harness::udp::Flow;
 use steer_harness::udp_server::{UdpServer, UdpServerArgs};
 
-use super::{counter, names, udp_group, with_steer};
+use super::{counter, groups_on, names, udp_group, with_steer};
 use crate::common::World;
 
 const PORT: u16 = 5300;
@@ -125,4 +125,30 @@ fn with_steer_flows_off_sends_every_datagram_to_the_active_generation() {
     assert!(answers[first_g2..].iter().all(|a| a.as_deref() == Some("g2")), "{answers:?}");
     assert_eq!(counter(&w, PORT, names::FLOW_KEPT_PREVIOUS), 0, "no flow kept in stateless mode");
     assert!(counter(&w, PORT, names::STEERED_ACTIVE) >= 2 * FLOWS as u64);
+}
+
+#[test]
+fn with_steer_status_shows_a_udp_group_whose_counters_grow_with_every_datagram() {
+    let Some(w) = with_steer("hudpstat") else { return };
+    let g1 = server(&w, "g1");
+    w.steer_ok(&["promote", &g1.pid().to_string()]);
+    let group = udp_group(&w, PORT);
+    assert_eq!(group[names::PROTOCOL], names::UDP, "{group:#}");
+    let pids: Vec<u64> =
+        group["sockets"].as_array().into_iter().flatten().filter_map(|s| s["pid"].as_u64()).collect();
+    assert_eq!(pids, vec![u64::from(g1.pid())], "{group:#}");
+    let before = counter(&w, PORT, names::STEERED_ACTIVE);
+    let mut flows = open(&w, FLOWS);
+    for _ in 0..5 {
+        assert_eq!(count(&ask_all(&mut flows), "g1"), FLOWS);
+    }
+    let after = counter(&w, PORT, names::STEERED_ACTIVE);
+    eprintln!("steered_active {before} -> {after} over {} datagrams", 5 * FLOWS);
+    assert!(after - before >= 5 * FLOWS as u64, "the program steered every datagram: {before} -> {after}");
+
+    // Detached, the kernel's own selection serves the group and steer shows no UDP group.
+    w.steer_ok(&["detach", "--port", &PORT.to_string()]);
+    assert_eq!(count(&ask_all(&mut flows), "g1"), FLOWS);
+    let left = groups_on(&w, PORT);
+    assert!(left.is_empty(), "detach removed the UDP group: {left:#?}");
 }
