@@ -14,9 +14,17 @@
 //!   their configs, reload them, and find which process holds the listeners.
 //! - [`docker`], [`image`]: the Docker CLI for the container tests, and building the
 //!   `steer` and HAProxy images they run (`cargo xtask image` builds them the same way).
+//! - [`unbound`], [`dnsperf`], [`dns`], [`dns_handover`]: unbound generations with a
+//!   local zone, dnsperf at a fixed rate, a TXT query naming the answering generation,
+//!   and handovers of unbound under dnsperf with or without steer (the UDP proof).
+//! - [`udp`], [`udp_server`]: bound UDP sockets of a process, one-source-port flows, and
+//!   the `steer-udpserver` binary whose answers name their generation.
 //! - [`procfs`]: the `/proc` reading, signalling and bounded polling those drivers share.
 //! - [`require_privileges`]: decide whether a privileged test runs, skips, or fails.
 
+pub mod dns;
+pub mod dns_handover;
+pub mod dnsperf;
 pub mod docker;
 pub mod haproxy;
 pub mod image;
@@ -25,6 +33,9 @@ pub mod netns;
 pub mod nginx;
 pub mod procfs;
 pub mod server;
+pub mod udp;
+pub mod udp_server;
+pub mod unbound;
 
 use std::path::Path;
 

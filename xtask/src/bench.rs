@@ -26,6 +26,7 @@ mod promote;
 mod report;
 mod scale;
 mod soak;
+mod udp;
 
 use std::{
     fs,
@@ -67,6 +68,7 @@ const SECTIONS: &[Section] = &[
     cost::SECTION,
     promote::SECTION,
     scale::SECTION,
+    udp::SECTION,
 ];
 
 /// One measurement: where its numbers go in `bench.json`, its title, and how it runs.

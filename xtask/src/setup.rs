@@ -22,7 +22,13 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "procps",
     "fonts-dejavu-core",
+    "unbound",
+    "dnsperf",
 ];
+
+/// Packages that ship a system service the tests never want: the UDP tests run their own
+/// unbound instances in namespaces of their own, and the machine's resolver stays as it is.
+const NO_SERVICE: &[&str] = &["unbound"];
 
 /// LLVM install prefix of the llvm-22-dev package.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -33,6 +39,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub fn run() -> Result<()> {
     let root = is_root()?;
     apt_packages(root)?;
+    services_off(root)?;
     toolchain("stable", &["clippy", "rustfmt"], "builds and lints the workspace")?;
     toolchain("nightly", &["rust-src", "clippy"], "builds the eBPF program with `-Z build-std=core`")?;
     bpf_linker()?;
@@ -86,17 +93,75 @@ fn apt_packages(root: bool) -> Result<()> {
     let lock_wait = "DPkg::Lock::Timeout=600";
     util::run(cmd("apt-get").args(["-q", "-o", lock_wait, "update"]))
         .context("could not update the Debian package lists")?;
-    util::run(
+    // A service package must not start its service while it installs: policy-rc.d says
+    // no to invoke-rc.d and deb-systemd-invoke, for this install only.
+    let guard = NO_SERVICE.iter().any(|p| missing.contains(p)).then(PolicyRcd::deny).transpose()?;
+    let installed = util::run(
         cmd("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["-q", "-o", lock_wait, "install", "-y", "--no-install-recommends"])
             .args(&missing),
-    )
-    .context("could not install the Debian packages")?;
+    );
+    drop(guard);
+    installed.context("could not install the Debian packages")?;
     for package in missing {
         let version = dpkg_version(package)
             .with_context(|| format!("{package} is still not installed after apt-get"))?;
         println!("ok: {package} {version} installed");
+    }
+    Ok(())
+}
+
+/// `/usr/sbin/policy-rc.d` denying every service action, written only where there is
+/// none and removed on drop.
+struct PolicyRcd;
+
+const POLICY_RCD: &str = "/usr/sbin/policy-rc.d";
+
+impl PolicyRcd {
+    fn deny() -> Result<Option<PolicyRcd>> {
+        if fs::exists(POLICY_RCD).with_context(|| format!("checking {POLICY_RCD}"))? {
+            return Ok(None);
+        }
+        fs::write(
+            POLICY_RCD,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs\nexit 101\n",
+        )
+        .and_then(|()| fs::set_permissions(POLICY_RCD, std::os::unix::fs::PermissionsExt::from_mode(0o755)))
+        .with_context(|| format!("writing {POLICY_RCD}"))?;
+        Ok(Some(PolicyRcd))
+    }
+}
+
+impl Drop for PolicyRcd {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(POLICY_RCD) {
+            eprintln!("warning: could not remove {POLICY_RCD}: {e}");
+        }
+    }
+}
+
+/// Disables (and stops, where systemd runs) the system service of each [`NO_SERVICE`]
+/// package, so that it does not start at boot or touch the machine's resolver.
+fn services_off(root: bool) -> Result<()> {
+    for &package in NO_SERVICE {
+        let unit = format!("{package}.service");
+        let enabled = util::probe(cmd("systemctl").args(["is-enabled", &unit]))
+            .is_some_and(|state| state.trim() == "enabled");
+        let running = util::probe(cmd("systemctl").args(["is-active", &unit]))
+            .is_some_and(|state| state.trim() == "active");
+        if !enabled && !running {
+            println!("ok: the {package} system service is disabled");
+            continue;
+        }
+        println!("disabling: the {package} system service (the tests run their own instances)");
+        need_root(root, &format!("disabling the {package} system service"))?;
+        util::run(cmd("update-rc.d").args([package, "disable"]))
+            .with_context(|| format!("could not disable the {package} system service"))?;
+        if running {
+            util::run(cmd("systemctl").args(["stop", &unit]))
+                .with_context(|| format!("could not stop the {package} system service"))?;
+        }
     }
     Ok(())
 }

@@ -150,8 +150,8 @@ fn ebpf_clippy() -> Command {
 /// Every unit and integration test of the host crates. The environment (`CI`,
 /// `STEER_*`) passes through: the privileged tests read it to decide whether a
 /// missing capability is a skip or a failure.
-/// The real-server and container end-to-end tests (`servers::`, `containers::`) run in a
-/// step of their own.
+/// The real-server and container end-to-end tests (`servers::`, `containers::`,
+/// `udp::unbound::`) run in a step of their own.
 fn tests(options: &Options) -> Command {
     // The test build of steer: its failpoints are compiled in (tests/tests/e2e/faults).
     let mut command = cargo([
@@ -163,7 +163,7 @@ fn tests(options: &Options) -> Command {
         "steer/failpoints",
         "--no-fail-fast",
     ]);
-    command.args(["--", "--skip", SERVER_TESTS, "--skip", CONTAINER_TESTS]);
+    command.args(["--", "--skip", SERVER_TESTS, "--skip", CONTAINER_TESTS, "--skip", UDP_SERVER_TESTS]);
     if let Some(threads) = options.test_threads {
         command.args(["--test-threads", &threads.to_string()]);
     }
@@ -176,9 +176,11 @@ fn tests(options: &Options) -> Command {
 const SERVER_TESTS: &str = "servers::";
 /// Real containers under load (`containers::`), one at a time for the same reason.
 const CONTAINER_TESTS: &str = "containers::";
+/// unbound reloaded under dnsperf (`udp::unbound::`), one at a time for the same reason.
+const UDP_SERVER_TESTS: &str = "udp::unbound::";
 
 fn server_tests() -> Command {
     let mut command = cargo(["test", "-p", "steer-tests", "--test", "e2e", "--no-fail-fast"]);
-    command.args(["--", SERVER_TESTS, CONTAINER_TESTS, "--test-threads", "1"]);
+    command.args(["--", SERVER_TESTS, CONTAINER_TESTS, UDP_SERVER_TESTS, "--test-threads", "1"]);
     command
 }

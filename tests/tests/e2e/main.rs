@@ -14,3 +14,4 @@ mod metrics;
 mod reload;
 mod servers;
 mod steering;
+mod udp;
