@@ -22,7 +22,7 @@ use crate::unbound::{GEN_NAME, Unbound, UnboundConfig};
 /// Whether steer steers UDP groups yet. The "with steer" UDP tests and bench figures
 /// run only once this is true (the tests also when `STEER_E2E_UDP=1`): flip it when
 /// `steer promote`, `reload`, `detach` and `status` handle UDP groups.
-pub const STEERING_LANDED: bool = false;
+pub const STEERING_LANDED: bool = true;
 /// Set to `1`, runs the "with steer" UDP tests and bench figures before [`STEERING_LANDED`].
 pub const FORCE_ENV: &str = "STEER_E2E_UDP";
 
