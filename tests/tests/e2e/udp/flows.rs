@@ -152,3 +152,48 @@ fn with_steer_status_shows_a_udp_group_whose_counters_grow_with_every_datagram()
     let left = groups_on(&w, PORT);
     assert!(left.is_empty(), "detach removed the UDP group: {left:#?}");
 }
+
+/// A flood of new source ports (more than the flow table's 65,536 buckets) neither
+/// grows steer's state nor cuts an exchange already in progress: a new flow whose
+/// bucket holds a live one is steered but not remembered (`flow_table_full`).
+#[test]
+fn with_steer_a_flood_of_source_ports_keeps_the_table_bounded_and_the_exchange_on_its_generation() {
+    let Some(w) = with_steer("hudpflood") else { return };
+    let g1 = server(&w, "g1");
+    w.steer_ok(&["promote", &g1.pid().to_string()]);
+    let exchange = Flow::open(&w.ns, target()).expect("open the exchange").exchange(EVERY);
+    std::thread::sleep(Duration::from_millis(100));
+    let g2 = server(&w, "g2");
+    w.steer_ok(&["promote", &g2.pid().to_string()]);
+
+    // 80,000 datagrams, each from a fresh source port (bind, send, close): under the
+    // default 30 s timeout every one stays a live flow for the rest of the test.
+    const FLOOD: usize = 80_000;
+    let flooded =
+        w.ns.spawn_in(move || {
+            let mut sent = 0;
+            for _ in 0..FLOOD {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                if s.send_to(b"flood", target()).is_ok() {
+                    sent += 1;
+                }
+            }
+            Ok(sent)
+        })
+        .join()
+        .expect("the flood thread")
+        .expect("the flood ran");
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, answers) = exchange.stop().expect("the exchange ran");
+    let full = counter(&w, PORT, names::FLOW_TABLE_FULL);
+    eprintln!(
+        "flood: {flooded} new source ports; flow_table_full {full}; exchange: {} datagrams, {} to g1",
+        answers.len(),
+        answers.iter().filter(|a| a.as_deref() == Some("g1")).count()
+    );
+    assert!(flooded > 60_000, "the flood ran: {flooded}");
+    assert!(full > 0, "new flows beyond the table's buckets were counted, not stored: {full}");
+    assert!(answers.len() > 20, "the exchange ran through the flood: {}", answers.len());
+    assert!(answers.iter().all(|a| a.as_deref() == Some("g1")), "the flood cut the exchange: {answers:?}");
+    drop(g2);
+}
