@@ -197,3 +197,31 @@ fn with_steer_a_flood_of_source_ports_keeps_the_table_bounded_and_the_exchange_o
     assert!(answers.iter().all(|a| a.as_deref() == Some("g1")), "the flood cut the exchange: {answers:?}");
     drop(g2);
 }
+
+/// The daemon promotes each new UDP generation by itself: the kernel reports no UDP
+/// bind, so its poller finds it (`trigger` poll) beside the tracepoints, within a
+/// quarter of a second; old flows stay with their generation, new ones go to it.
+#[test]
+fn with_steer_the_daemon_promotes_a_new_udp_generation_found_by_its_poller() {
+    let Some(w) = with_steer("hudpdaemon") else { return };
+    let g1 = server(&w, "g1");
+    let d = crate::common::Daemon::spawn(&w, &["--port", "5300"]);
+    let first = d.promoted_pid(g1.pid());
+    assert!(first.contains("5300/udp"), "the UDP group was adopted: {first}");
+    let mut old = open(&w, FLOWS);
+    assert_eq!(count(&ask_all(&mut old), "g1"), FLOWS);
+    let g2 = server(&w, "g2");
+    let line = d.promoted_pid(g2.pid());
+    assert!(line.contains("\"trigger\":\"poll\"") && line.contains("5300/udp"), "{line}");
+    let latency: u64 = line
+        .split("\"latency_us\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("latency_us in the promotion line");
+    assert!(latency < 1_000_000, "found within the poll interval, not later: {line}");
+    let mut fresh = open(&w, FLOWS);
+    assert_eq!(count(&ask_all(&mut fresh), "g2"), FLOWS, "new flows go to g2");
+    assert_eq!(count(&ask_all(&mut old), "g1"), FLOWS, "old flows stay with g1 while it lives");
+    drop((d, g1, g2));
+}
