@@ -217,16 +217,20 @@ impl Container {
         docker(&["wait", &self.id]).map(drop)
     }
 
-    /// `docker start` after a stop or kill; the log is collected afresh from the start
-    /// of the new run (`docker logs --since` the start).
+    /// `docker start` after a stop or kill; the log is collected afresh from the end
+    /// of the previous run (`docker logs --since` its `FinishedAt`).
     ///
     /// # Errors
     ///
     /// When `docker start` fails.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        // Follow from when the previous run ended, not from the new StartedAt: dockerd
+        // records StartedAt once the task runs, and a process that logs at once (steer's
+        // first lines come within milliseconds) can log before it; `--since StartedAt`
+        // then hides those lines and a test waits for them in vain.
+        let finished = docker(&["inspect", "--format", "{{.State.FinishedAt}}", &self.id])?;
         docker(&["start", &self.id])?;
-        let started = docker(&["inspect", "--format", "{{.State.StartedAt}}", &self.id])?;
-        self.follow(Some(&started))
+        self.follow(Some(&finished))
     }
 }
 
