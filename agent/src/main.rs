@@ -45,6 +45,10 @@ enum Command {
         /// (for example one removed without `steer detach`)
         #[arg(long)]
         take_over: bool,
+        /// Steer in select-only mode (new connections only, no queue migration on close), as on
+        /// kernels before 5.14; kept by later commands while the groups stay steered
+        #[arg(long)]
+        no_migrate: bool,
     },
     /// End a running canary; without one, make the previous generation active again, if it still listens
     Rollback {
@@ -178,6 +182,10 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1,
               value_parser = clap::value_parser!(u8).range(0..=99))]
         rt_priority: u8,
+        /// Steer in select-only mode (new connections only, no queue migration on close), as on
+        /// kernels before 5.14
+        #[arg(long)]
+        no_migrate: bool,
     },
 }
 
@@ -261,8 +269,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if items.iter().all(|i| i.ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Promote { pid, ports, weight, take_over } => {
-            let request = ops::promote::Request { pid, ports, weight, take_over, by_operator: true };
+        Command::Promote { pid, ports, weight, take_over, no_migrate } => {
+            let request =
+                ops::promote::Request { pid, ports, weight, take_over, by_operator: true, no_migrate };
             let changes = ops::promote::run(&state_dir, &request)?;
             changes.iter().for_each(|c| println!("{c}"));
             Ok(ExitCode::SUCCESS)
@@ -318,6 +327,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             poll_interval,
             nice,
             rt_priority,
+            no_migrate,
             ..
         } => {
             if canary.is_some() && policy == Policy::Manual {
@@ -347,6 +357,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 canary: canary
                     .zip(canary_for)
                     .map(|(weight, duration)| daemon::canary::Plan { weight, duration }),
+                no_migrate,
             };
             daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)

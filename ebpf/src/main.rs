@@ -6,7 +6,9 @@
 //! `SK_PASS` without a selection and the kernel's own hash pick applies
 //! (net/core/sock_reuseport.c: `reuseport_select_sock` falls back to
 //! `reuseport_select_sock_by_hash` when the program selected nothing). It never
-//! returns `SK_DROP`, which would reset a new connection.
+//! returns `SK_DROP`, which would reset a new connection. In select-only mode
+//! the agent loads `steer_select` instead, once per group, with the group set
+//! before load: the same logic, without `ctx->sk` and without migration.
 #![no_std]
 #![no_main]
 
@@ -89,16 +91,32 @@ const ENOENT: i64 = 2;
 
 #[sk_reuseport(migrate)]
 pub fn steer(ctx: SkReuseportContext) -> u32 {
-    match try_steer(&ctx) {
+    match try_steer(&ctx, group_key(&ctx), ctx.migrating_sk().is_some()) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// The group a `steer_select` instance serves, set by the agent before load
+/// (`EbpfLoader::override_global`): one instance per group, attached to that
+/// group only. Read with `read_volatile` so the placeholder is not folded in.
+#[unsafe(no_mangle)]
+static STEER_SELECT_GROUP: GroupKey =
+    GroupKey { family: 0, protocol: 0, port: 0, pad: 0, ifindex: 0, addr: [0; 4] };
+
+/// Select-only mode (`BPF_SK_REUSEPORT_SELECT`, and kernels before 5.14, which
+/// have no `ctx->sk`): the group comes from [`STEER_SELECT_GROUP`], and the
+/// kernel never asks where a closing listener's queue goes.
+#[sk_reuseport]
+pub fn steer_select(ctx: SkReuseportContext) -> u32 {
+    // SAFETY: a read of a static; the loader rewrote its value in .rodata.
+    let key = unsafe { core::ptr::read_volatile(&raw const STEER_SELECT_GROUP) };
+    match try_steer(&ctx, key, false) {
         Ok(v) | Err(v) => v,
     }
 }
 
 #[inline(always)]
-fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
-    let key = group_key(ctx);
-    let migrating = ctx.migrating_sk().is_some();
-
+fn try_steer(ctx: &SkReuseportContext, key: GroupKey, migrating: bool) -> Result<u32, u32> {
     // SAFETY: the value is only read, and the agent replaces it whole.
     let Some(config) = (unsafe { STEER_GROUPS.get(key) }) else {
         count(&key, counter::NO_CONFIG);

@@ -85,6 +85,8 @@ pub struct Options {
     pub limits: Limits,
     /// `--canary PCT --canary-for DURATION`: each new generation is a canary first.
     pub canary: Option<canary::Plan>,
+    /// `--no-migrate`: steer in select-only mode (`BPF_SK_REUSEPORT_SELECT`).
+    pub no_migrate: bool,
 }
 
 /// A `--canary-for` duration: a whole number of seconds (`30s`), milliseconds

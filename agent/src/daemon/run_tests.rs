@@ -85,6 +85,7 @@ fn options(ports: &[u16]) -> Options {
         rt_priority: 0,
         limits: crate::daemon::Limits::default(),
         canary: None,
+        no_migrate: false,
     }
 }
 

@@ -112,12 +112,14 @@ pub trait Steerer {
 pub struct State {
     state_dir: PathBuf,
     open: OpenInstances,
+    /// `--no-migrate`: new instances steer in select-only mode.
+    no_migrate: bool,
 }
 
 impl State {
     #[must_use]
-    pub fn new(state_dir: PathBuf) -> Self {
-        Self { state_dir, open: OpenInstances::default() }
+    pub fn new(state_dir: PathBuf, no_migrate: bool) -> Self {
+        Self { state_dir, open: OpenInstances::default(), no_migrate }
     }
 }
 
@@ -128,8 +130,14 @@ impl State {
         scope: &[u16],
         weight: u32,
     ) -> Result<Vec<promote::Change>, StepError> {
-        let request =
-            promote::Request { pid, ports: scope.to_vec(), weight, take_over: false, by_operator: false };
+        let request = promote::Request {
+            pid,
+            ports: scope.to_vec(),
+            weight,
+            take_over: false,
+            by_operator: false,
+            no_migrate: self.no_migrate,
+        };
         Ok(promote::run_kept(&self.state_dir, &request, &mut self.open)?)
     }
 }
@@ -203,7 +211,7 @@ fn reattach(state_dir: &std::path::Path, pid: u32, ports: &[u16]) -> Result<Vec<
     let mut done = BTreeSet::new();
     for c in &candidates {
         if instance.config(&c.key).is_some() && done.insert(c.key) {
-            instance.attach(c.dup.as_fd())?;
+            instance.attach(&c.key, c.dup.as_fd())?;
         }
     }
     Ok(done.iter().map(sockets::key_label).collect())

@@ -305,6 +305,8 @@ fn promote_new(
         weight: 100,
         take_over: false,
         by_operator: true,
+        // The instance holds the old generation's groups: it keeps its mode.
+        no_migrate: false,
     };
     let changes = match promote::run(state_dir, &request) {
         Err(

@@ -93,6 +93,7 @@ fn no_socket_stays_open_in_steer_and_no_client_hangs() {
         weight: 100,
         take_over: false,
         by_operator: true,
+        no_migrate: false,
     };
     steer::ops::promote::run(&w.state_dir, &req).expect("promote a");
     let req = steer::ops::promote::Request {
@@ -101,6 +102,7 @@ fn no_socket_stays_open_in_steer_and_no_client_hangs() {
         weight: 100,
         take_over: false,
         by_operator: true,
+        no_migrate: false,
     };
     steer::ops::promote::run(&w.state_dir, &req).expect("promote b");
     let _ = steer::ops::status::read(&w.state_dir).expect("status");

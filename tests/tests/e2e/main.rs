@@ -12,5 +12,6 @@ mod faults;
 mod handover;
 mod metrics;
 mod reload;
+mod select;
 mod servers;
 mod steering;
