@@ -65,11 +65,13 @@ pub fn run(state_dir: &Path, event_source: impl FnOnce() -> String) -> Vec<Item>
         items.push(Item { name: "event source", ok: true, detail: event_source() });
     }
     let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
-    items.push(Item {
-        name: "tcp_migrate_req",
-        ok: true,
-        detail: format!("{} (steer migrates queued connections with or without it)", migrate.trim()),
-    });
+    let effect = match wanted.mode {
+        Mode::SelectOrMigrate => "steer migrates queued connections with or without it",
+        Mode::SelectOnly => {
+            "in select-only mode, 1 lets the kernel move a closing listener's queue to a random member, 0 resets it"
+        }
+    };
+    items.push(Item { name: "tcp_migrate_req", ok: true, detail: format!("{} ({effect})", migrate.trim()) });
     items
 }
 

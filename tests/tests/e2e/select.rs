@@ -3,7 +3,7 @@
 //! steers new connections (the counters and the generation that answered
 //! prove the program ran), never migrates, keeps its mode across commands,
 //! and `steer reload` hands over without loss.
-use crate::common::{World, answered_by, assert_no_failures};
+use crate::common::{Daemon, World, answered_by, assert_no_failures};
 
 const TARGET: &str = "127.0.0.1:8080";
 const N: u64 = 300;
@@ -118,4 +118,22 @@ fn thirty_reloads_in_select_only_mode_lose_nothing_and_migrate_nothing() {
     assert_eq!(mode(&w), "select-only");
     assert!(c.steered_active > report.ok / 2, "{c:?} for {} requests", report.ok);
     assert_eq!(c.fallback_no_config + c.helper_error, 0, "{c:?}");
+}
+
+#[test]
+fn the_daemon_promotes_in_select_only_mode() {
+    let Some(w) = World::new("seldaemon") else { return };
+    let a = w.server("a", &[TARGET]);
+    let d = Daemon::spawn(&w, &["--port", "8080", "--no-migrate"]);
+    d.promoted(&a);
+    assert_eq!(mode(&w), "select-only");
+    let b = w.server("b", &[TARGET]);
+    d.promoted(&b);
+    let r = w.requests(TARGET, N);
+    assert_no_failures(&r, "after the daemon promoted b");
+    assert_eq!(answered_by(&r, "b"), N, "{:?}", r.by_generation);
+    assert_eq!(w.counters(8080).steered_active, N);
+    assert_eq!(group_programs(&w).len(), 1, "{:?}", group_programs(&w));
+    assert!(d.stop().success());
+    drop(a);
 }
