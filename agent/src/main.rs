@@ -47,6 +47,10 @@ enum Command {
         take_over: bool,
         #[command(flatten)]
         udp: UdpArgs,
+        /// Steer in select-only mode (new connections only, no queue migration on close), as on
+        /// kernels before 5.14; kept by later commands while the groups stay steered
+        #[arg(long)]
+        no_migrate: bool,
     },
     /// End a running canary; without one, make the previous generation active again, if it still listens
     Rollback {
@@ -197,6 +201,10 @@ enum Command {
         rt_priority: u8,
         #[command(flatten)]
         udp: UdpArgs,
+        /// Steer in select-only mode (new connections only, no queue migration on close), as on
+        /// kernels before 5.14
+        #[arg(long)]
+        no_migrate: bool,
     },
 }
 
@@ -319,9 +327,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if items.iter().all(|i| i.ok) { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Promote { pid, ports, weight, take_over, udp } => {
+        Command::Promote { pid, ports, weight, take_over, udp, no_migrate } => {
             let udp = udp.into();
-            let request = ops::promote::Request { pid, ports, weight, take_over, by_operator: true, udp };
+            let request =
+                ops::promote::Request { pid, ports, weight, take_over, by_operator: true, udp, no_migrate };
             let changes = ops::promote::run(&state_dir, &request)?;
             changes.iter().for_each(|c| println!("{c}"));
             Ok(ExitCode::SUCCESS)
@@ -381,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nice,
             rt_priority,
             udp,
+            no_migrate,
             ..
         } => {
             let gated = ready_cmd.is_some() || ready_http.is_some();
@@ -414,6 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 udp: udp.into(),
                 gate: gated.then_some(ops::ready::Gate { cmd: ready_cmd, http: ready_http }),
                 ready_timeout: ready_timeout.unwrap_or(std::time::Duration::from_secs(30)),
+                no_migrate,
             };
             daemon::serve(&state_dir, &opts, metrics)?;
             Ok(ExitCode::SUCCESS)

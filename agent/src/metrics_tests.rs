@@ -64,6 +64,7 @@ fn status() -> Status {
         namespaces: vec![Namespace {
             netns: 4_026_532_248,
             max_slots: 8192,
+            mode: "select+migrate".to_owned(),
             program: None,
             counters: Counters::default(),
             groups: vec![web, api],

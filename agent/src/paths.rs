@@ -29,6 +29,10 @@ pub const INSTANCE_PREFIX: &str = "net-";
 /// Pin names inside one instance directory.
 pub mod pins {
     pub const PROGRAM: &str = "prog";
+    /// Select-only mode's marker: `steer_select` loaded for no group, never attached.
+    pub const SELECT_PROGRAM: &str = "prog-select";
+    /// Select-only mode: `prog-select-<group>`, one `steer_select` per group.
+    pub const SELECT_PROGRAM_PREFIX: &str = "prog-select-";
     pub const SOCKETS: &str = "sockets";
     pub const GROUPS: &str = "groups";
     pub const SLOTS: &str = "slots";

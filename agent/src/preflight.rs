@@ -3,9 +3,12 @@ use std::fs;
 
 use crate::paths;
 
+/// The oldest kernel steer runs on: `pidfd_getfd` (5.6) takes the server's
+/// sockets. Before [`MIGRATE_KERNEL`] it steers in select-only mode.
+pub const MIN_KERNEL: (u32, u32) = (5, 6);
 /// The oldest kernel with `ctx->sk`, `ctx->migrating_sk` and
 /// `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`.
-pub const MIN_KERNEL: (u32, u32) = (5, 14);
+pub const MIGRATE_KERNEL: (u32, u32) = (5, 14);
 
 /// Capabilities and their bit numbers (include/uapi/linux/capability.h).
 pub const CAP_NET_ADMIN: u32 = 12;
@@ -17,7 +20,7 @@ pub const CAP_BPF: u32 = 39;
 /// Why steering cannot work here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PreflightError {
-    #[error("kernel {release} is older than {}.{}: steering needs ctx->sk and listener migration for reuseport programs (Linux 5.14+); upgrade the kernel", MIN_KERNEL.0, MIN_KERNEL.1)]
+    #[error("kernel {release} is older than {}.{}: steer takes the server's sockets with pidfd_getfd (Linux 5.6+); upgrade the kernel", MIN_KERNEL.0, MIN_KERNEL.1)]
     OldKernel { release: String },
     #[error(
         "steer lacks {missing}; run it as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_SYS_PTRACE (see deploy/ for a unit that does)"
@@ -50,6 +53,13 @@ pub fn kernel() -> Result<String, PreflightError> {
         Some(v) if v >= MIN_KERNEL => Ok(release),
         _ => Err(PreflightError::OldKernel { release }),
     }
+}
+
+/// Whether `release` has listener migration for reuseport programs
+/// ([`MIGRATE_KERNEL`]); an unparsable release has not.
+#[must_use]
+pub fn migrate_supported(release: &str) -> bool {
+    parse_release(release).is_some_and(|v| v >= MIGRATE_KERNEL)
 }
 
 /// The effective capability set, from `/proc/self/status`.

@@ -7,8 +7,17 @@ fn releases_parse() {
     assert_eq!(parse_release("5.4.0-150-generic"), Some((5, 4)));
     assert_eq!(parse_release("5.14"), Some((5, 14)));
     assert_eq!(parse_release("garbage"), None);
-    assert!(parse_release("5.13.0").unwrap() < MIN_KERNEL);
-    assert!(parse_release("5.14.0").unwrap() >= MIN_KERNEL);
+    assert!(parse_release("5.5.0").unwrap() < MIN_KERNEL);
+    assert!(parse_release("5.10.0-32-cloud-amd64").unwrap() >= MIN_KERNEL);
+}
+
+#[test]
+fn migration_needs_5_14() {
+    assert!(!migrate_supported("5.10.0-32-cloud-amd64"));
+    assert!(!migrate_supported("5.13.19"));
+    assert!(migrate_supported("5.14.0"));
+    assert!(migrate_supported("6.18.44-fc-v657"));
+    assert!(!migrate_supported("garbage"));
 }
 
 #[test]

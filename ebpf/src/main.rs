@@ -8,7 +8,9 @@
 //! `SK_PASS` without a selection and the kernel's own hash pick applies
 //! (net/core/sock_reuseport.c: `reuseport_select_sock` falls back to
 //! `reuseport_select_sock_by_hash` when the program selected nothing). It never
-//! returns `SK_DROP`, which would reset a new connection.
+//! returns `SK_DROP`, which would reset a new connection. In select-only mode
+//! the agent loads `steer_select` instead, once per group, with the group set
+//! before load: the same logic, without `ctx->sk` and without migration.
 #![no_std]
 #![no_main]
 
@@ -17,7 +19,7 @@ use core::cell::UnsafeCell;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_map_def, bpf_map_type::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, sk_action::SK_PASS},
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_sk_select_reuseport},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_sk_select_reuseport},
     macros::{map, sk_reuseport},
     maps::{Array, HashMap, PerCpuArray},
     programs::SkReuseportContext,
@@ -104,18 +106,58 @@ static STEER_INFO: Array<Info> = Array::with_max_entries(1, 0);
 
 const ENOENT: i64 = 2;
 
+/// The flow table's clock. The coarse one (Linux 5.11+) reads the time of the
+/// last tick and no clock source, which is cheaper on every datagram; the
+/// select-only program, which also serves kernels before 5.11, uses the
+/// precise one. Each entry point passes a constant, so the other branch is
+/// compiled out and its helper never reaches the verifier.
+#[derive(Clone, Copy)]
+enum Clock {
+    Coarse,
+    Precise,
+}
+
+impl Clock {
+    #[inline(always)]
+    fn now_ns(self) -> u64 {
+        // SAFETY: the kernel's clocks, no arguments.
+        unsafe {
+            match self {
+                Self::Coarse => bpf_ktime_get_coarse_ns(),
+                Self::Precise => bpf_ktime_get_ns(),
+            }
+        }
+    }
+}
+
 #[sk_reuseport(migrate)]
 pub fn steer(ctx: SkReuseportContext) -> u32 {
-    match try_steer(&ctx) {
+    match try_steer(&ctx, group_key(&ctx), ctx.migrating_sk().is_some(), Clock::Coarse) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// The group a `steer_select` instance serves, set by the agent before load
+/// (`EbpfLoader::override_global`): one instance per group, attached to that
+/// group only. Read with `read_volatile` so the placeholder is not folded in.
+#[unsafe(no_mangle)]
+static STEER_SELECT_GROUP: GroupKey =
+    GroupKey { family: 0, protocol: 0, port: 0, pad: 0, ifindex: 0, addr: [0; 4] };
+
+/// Select-only mode (`BPF_SK_REUSEPORT_SELECT`, and kernels before 5.14, which
+/// have no `ctx->sk`): the group comes from [`STEER_SELECT_GROUP`], and the
+/// kernel never asks where a closing listener's queue goes.
+#[sk_reuseport]
+pub fn steer_select(ctx: SkReuseportContext) -> u32 {
+    // SAFETY: a read of a static; the loader rewrote its value in .rodata.
+    let key = unsafe { core::ptr::read_volatile(&raw const STEER_SELECT_GROUP) };
+    match try_steer(&ctx, key, false, Clock::Precise) {
         Ok(v) | Err(v) => v,
     }
 }
 
 #[inline(always)]
-fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
-    let key = group_key(ctx);
-    let migrating = ctx.migrating_sk().is_some();
-
+fn try_steer(ctx: &SkReuseportContext, key: GroupKey, migrating: bool, clock: Clock) -> Result<u32, u32> {
     // SAFETY: the value is only read, and the agent replaces it whole.
     let Some(config) = (unsafe { STEER_GROUPS.get(key) }) else {
         count_global(counter::NO_CONFIG);
@@ -124,7 +166,7 @@ fn try_steer(ctx: &SkReuseportContext) -> Result<u32, u32> {
 
     let hash = ctx.hash();
     if key.protocol == IPPROTO_UDP && config.flags & FLAG_FLOWS_OFF == 0 {
-        return steer_flow(ctx, &key, config, hash);
+        return steer_flow(ctx, &key, config, hash, clock);
     }
     let (range, path) = choose(config, migrating, hash);
     if range.is_none() {
@@ -172,12 +214,17 @@ fn fallback(
 /// that socket lives and the flow is not idle; any other goes where a new
 /// connection would, and is remembered there.
 #[inline(always)]
-fn steer_flow(ctx: &SkReuseportContext, key: &GroupKey, config: &GroupConfig, hash: u32) -> Result<u32, u32> {
+fn steer_flow(
+    ctx: &SkReuseportContext,
+    key: &GroupKey,
+    config: &GroupConfig,
+    hash: u32,
+    clock: Clock,
+) -> Result<u32, u32> {
     let Some(bucket) = STEER_FLOWS.get_ptr_mut(flows::bucket(hash, key.port)) else {
         return steer_new_flow(ctx, config, hash, None);
     };
-    // SAFETY: the kernel's clock, no arguments.
-    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> flows::TICK_SHIFT) as u32;
+    let now = (clock.now_ns() >> flows::TICK_SHIFT) as u32;
     // SAFETY: an 8-byte aligned value of the array; a single load.
     let entry = unsafe { core::ptr::read_volatile(bucket) };
     let live = !flows::idle(entry, now, config.flow_timeout());

@@ -9,7 +9,8 @@
 # STEER_RESULTS (file), SMOKE_PORT (8080), SMOKE_TMP (work directory),
 # SMOKE_LOAD_SECS (how long the load of the handovers runs, 30), SMOKE_DAEMON_ARGS
 # (more daemon flags: `--netns all` in the VMs; on the host the daemon keeps to its own
-# network namespace, away from other people's servers), STEER_STATE_DIR.
+# network namespace, away from other people's servers), STEER_STATE_DIR (the reloads in
+# select-only mode use "$STEER_STATE_DIR-select", removed at the end).
 set -u
 BIN=${STEER_BIN:?}
 OUT=${STEER_RESULTS:?}
@@ -17,7 +18,10 @@ PORT=${SMOKE_PORT:-8080}
 W=${SMOKE_TMP:-/tmp/steer-smoke}
 LOAD_SECS=${SMOKE_LOAD_SECS:-30}
 HANDOVERS=10
+RELOADS=5
 ADDR=127.0.0.1:$PORT
+RADDR=127.0.0.1:$((PORT + 1))
+SELECT_DIR=${STEER_STATE_DIR:-/sys/fs/bpf/steer}-select
 A=0
 B=0
 rm -rf "$W"
@@ -43,11 +47,11 @@ wait_for() {
     return 1
 }
 
-# start_gen NAME: a test server generation on $ADDR, its commands read from a FIFO that
-# a `sleep` holds open; sets GEN_PID.
+# start_gen NAME [ADDR]: a test server generation on ADDR ($ADDR), its commands read from a
+# FIFO that a `sleep` holds open; sets GEN_PID.
 start_gen() {
     mkfifo "$W/$1.in"
-    "$BIN/steer-testserver" --listen "$ADDR" --gen "$1" < "$W/$1.in" > "$W/$1.out" 2>&1 &
+    "$BIN/steer-testserver" --listen "${2:-$ADDR}" --gen "$1" < "$W/$1.in" > "$W/$1.out" 2>&1 &
     sleep 100000 > "$W/$1.in" &
     echo $! > "$W/$1.holder"
     if ! wait_for "$W/$1.out" "^ready pid=" 60; then
@@ -164,8 +168,53 @@ wait $DAEMON
 result daemon_rc $?
 result daemon_first_line "$(head -n 1 "$W/daemon.log")"
 
-# `steer reload` has no select-only mode yet (issue 13).
-result reload_select_only not-built
+say "$RELOADS reloads with \`steer reload\` in select-only mode, under load, on $RADDR"
+# A state directory of its own, so that this kernel's own mode above stays as it was.
+SEL="$BIN/steer --state-dir $SELECT_DIR"
+start_gen r0 "$RADDR" && R0=$GEN_PID
+$SEL promote --no-migrate "$R0" > "$W/select_promote.out" 2> "$W/select_promote.err"
+result select_promote_rc $?
+result_file select_promote_stderr "$W/select_promote.err"
+"$BIN/steer-load" --target "$RADDR" --concurrency 4 --duration-secs "$((LOAD_SECS / 2))" --timeout-ms 20000 \
+    > "$W/reloads.json" 2> "$W/reloads.err" &
+RLOAD=$!
+# The new generations read a FIFO held open (the test server exits at EOF of its stdin).
+mkfifo "$W/reload.in"
+sleep 100000 > "$W/reload.in" &
+RHOLDER=$!
+reloads_t0=$(now_ms)
+rold=$R0
+reloads_ok=0
+drained=0
+i=1
+while [ $i -le $RELOADS ]; do
+    sleep 1
+    $SEL reload --old "$rold" --drain-timeout 10 -- "$BIN/steer-testserver" --listen "$RADDR" --gen "r$i" \
+        < "$W/reload.in" > "$W/reload_$i.out" 2> "$W/reload_$i.err"
+    rc=$?
+    new=$(sed -n 's/^new generation: pid \([0-9]*\).*/\1/p' "$W/reload_$i.out")
+    if [ "$rc" = 0 ] && [ -n "$new" ]; then
+        reloads_ok=$((reloads_ok + 1))
+        grep -q " drained in " "$W/reload_$i.out" && drained=$((drained + 1))
+        rold=$new
+    else
+        result_file "reload_${i}_stderr" "$W/reload_$i.err"
+    fi
+    say "reload $i (rc $rc) at $(($(now_ms) - reloads_t0)) ms"
+    i=$((i + 1))
+done
+result reloads_done_ms $(($(now_ms) - reloads_t0))
+result reloads_total $RELOADS
+result reloads_ok $reloads_ok
+result reloads_drained $drained
+wait $RLOAD
+result reloads "$(tr '\n' ' ' < "$W/reloads.json")"
+$SEL status --json > "$W/status_reloads.json" 2> "$W/status_reloads.err" && result_file status_reloads "$W/status_reloads.json"
+kill "$rold" 2>/dev/null
+$SEL detach > /dev/null 2>&1
+rm -rf "$SELECT_DIR"
+kill $RHOLDER 2>/dev/null
+kill "$(cat "$W/r0.holder")" 2>/dev/null
 
 stop_gen "$old" "$old_pid"
 result done 1

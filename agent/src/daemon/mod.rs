@@ -93,6 +93,8 @@ pub struct Options {
     /// generation passes this gate, for at most `ready_timeout`.
     pub gate: Option<crate::ops::ready::Gate>,
     pub ready_timeout: Duration,
+    /// `--no-migrate`: steer in select-only mode (`BPF_SK_REUSEPORT_SELECT`).
+    pub no_migrate: bool,
 }
 
 /// A `--canary-for` duration: a whole number of seconds (`30s`), milliseconds

@@ -88,6 +88,7 @@ fn options(ports: &[u16]) -> Options {
         udp: crate::policy::UdpSettings::default(),
         gate: None,
         ready_timeout: Duration::from_secs(30),
+        no_migrate: false,
     }
 }
 

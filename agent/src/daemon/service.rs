@@ -28,7 +28,7 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
     let io = Io::start(state_dir, metrics, &stats, &stop)?;
     let world = super::world::System::new(opts.filter.clone());
     let mut steerer = super::limits::Limited::new(
-        super::steerer::State::new(state_dir.to_path_buf()).with_udp(opts.udp),
+        super::steerer::State::new(state_dir.to_path_buf(), opts.no_migrate).with_udp(opts.udp),
         state_dir.to_path_buf(),
         opts.limits,
         Arc::clone(&stats),

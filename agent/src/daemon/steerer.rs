@@ -123,12 +123,19 @@ pub struct State {
     state_dir: PathBuf,
     open: OpenInstances,
     udp: crate::policy::UdpSettings,
+    /// `--no-migrate`: new instances steer in select-only mode.
+    no_migrate: bool,
 }
 
 impl State {
     #[must_use]
-    pub fn new(state_dir: PathBuf) -> Self {
-        Self { state_dir, open: OpenInstances::default(), udp: crate::policy::UdpSettings::default() }
+    pub fn new(state_dir: PathBuf, no_migrate: bool) -> Self {
+        Self {
+            state_dir,
+            open: OpenInstances::default(),
+            no_migrate,
+            udp: crate::policy::UdpSettings::default(),
+        }
     }
 
     /// The flow-table settings the daemon's promotes give UDP groups.
@@ -153,6 +160,7 @@ impl State {
             take_over: false,
             by_operator: false,
             udp: self.udp,
+            no_migrate: self.no_migrate,
         };
         Ok(promote::run_kept(&self.state_dir, &request, &mut self.open)?)
     }
@@ -244,7 +252,7 @@ fn reattach(state_dir: &std::path::Path, pid: u32, ports: &[u16]) -> Result<Vec<
     let mut done = BTreeSet::new();
     for c in &candidates {
         if instance.config(&c.key).is_some() && done.insert(c.key) {
-            instance.attach(c.dup.as_fd())?;
+            instance.attach(&c.key, c.dup.as_fd())?;
         }
     }
     Ok(done.iter().map(sockets::key_label).collect())

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use aya::EbpfLoader;
 
-use crate::{paths, preflight, program, state};
+use crate::{
+    paths, preflight, program,
+    state::{self, Mode, Wanted},
+};
 
 /// One line of the report.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -23,13 +26,13 @@ pub fn run(state_dir: &Path, event_source: impl FnOnce() -> String) -> Vec<Item>
     let mut items = Vec::new();
     let kernel = preflight::kernel();
     items.push(match &kernel {
-        Ok(release) => Item {
-            name: "kernel",
-            ok: true,
-            detail: format!("{release} (>= 5.14: ctx->sk and listener migration)"),
-        },
+        Ok(release) => Item { name: "kernel", ok: true, detail: release.clone() },
         Err(e) => Item { name: "kernel", ok: false, detail: e.to_string() },
     });
+    let wanted = Wanted::new(false);
+    if kernel.is_ok() {
+        items.push(mode_item(&wanted));
+    }
     let privileges = preflight::privileges();
     items.push(match &privileges {
         Ok(()) => Item {
@@ -42,11 +45,15 @@ pub fn run(state_dir: &Path, event_source: impl FnOnce() -> String) -> Vec<Item>
     let bpffs = bpffs_item(state_dir);
     items.push(bpffs);
     if kernel.is_ok() && privileges.is_ok() {
-        items.push(match load_program() {
+        items.push(match load_program(wanted.mode) {
             Ok(()) => Item {
                 name: "program",
                 ok: true,
-                detail: "the verifier accepts the sk_reuseport/migrate program".to_owned(),
+                detail: match wanted.mode {
+                    Mode::SelectOrMigrate => "the verifier accepts the sk_reuseport/migrate program",
+                    Mode::SelectOnly => "the verifier accepts the sk_reuseport (select-only) program",
+                }
+                .to_owned(),
             },
             Err(e) => {
                 Item { name: "program", ok: false, detail: format!("the kernel refuses the program: {e:#}") }
@@ -58,11 +65,13 @@ pub fn run(state_dir: &Path, event_source: impl FnOnce() -> String) -> Vec<Item>
         items.push(Item { name: "event source", ok: true, detail: event_source() });
     }
     let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
-    items.push(Item {
-        name: "tcp_migrate_req",
-        ok: true,
-        detail: format!("{} (steer migrates queued connections with or without it)", migrate.trim()),
-    });
+    let effect = match wanted.mode {
+        Mode::SelectOrMigrate => "steer migrates queued connections with or without it",
+        Mode::SelectOnly => {
+            "in select-only mode, 1 lets the kernel move a closing listener's queue to a random member, 0 resets it"
+        }
+    };
+    items.push(Item { name: "tcp_migrate_req", ok: true, detail: format!("{} ({effect})", migrate.trim()) });
     items
 }
 
@@ -89,7 +98,26 @@ fn bpffs_item(state_dir: &Path) -> Item {
     }
 }
 
-fn load_program() -> anyhow::Result<()> {
+/// Which mode the kernel allows: select+migrate on 5.14+, select-only before
+/// (and with `--no-migrate` anywhere).
+fn mode_item(wanted: &Wanted) -> Item {
+    let detail = match wanted.mode {
+        Mode::SelectOrMigrate => {
+            "select+migrate: new connections, and a closing listener's queue moves to the promoted socket (--no-migrate for select-only)".to_owned()
+        }
+        Mode::SelectOnly => format!(
+            "select-only: {}; new connections are steered, but a listener that closes with connections queued resets them (hand over with `steer reload`, which drains first)",
+            wanted.reason
+        ),
+    };
+    Item { name: "mode", ok: true, detail }
+}
+
+fn load_program(mode: Mode) -> anyhow::Result<()> {
+    if mode == Mode::SelectOnly {
+        state::select::check_load()?;
+        return Ok(());
+    }
     let mut ebpf = EbpfLoader::new().load(program::OBJECT)?;
     state::load_program(&mut ebpf)?;
     Ok(())

@@ -33,6 +33,9 @@ pub struct Request {
     /// For UDP groups: the flow table's settings (`--udp-flows`,
     /// `--udp-flow-timeout`); `None`s keep the group's.
     pub udp: policy::UdpSettings,
+    /// Steer in select-only mode (`--no-migrate`) when this makes the
+    /// instance; an instance that holds groups keeps the mode it has.
+    pub no_migrate: bool,
 }
 
 /// What happened to one group.
@@ -142,7 +145,9 @@ fn promote_in(
     open: &mut OpenInstances,
 ) -> Result<Vec<Change>, Failed> {
     let early = |error: OpError| Failed { error, refused_before_any_write: true };
-    let mut instance = state.instance_or_create_kept(process.netns, open).map_err(|e| early(e.into()))?;
+    let wanted = crate::state::Wanted::new(req.no_migrate);
+    let mut instance =
+        state.instance_or_create_kept(process.netns, open, &wanted).map_err(|e| early(e.into()))?;
     if req.take_over {
         // A socket can sit in one sockarray only. One left in another state's
         // map (a directory removed without `steer detach`) leaves it only when
@@ -150,7 +155,7 @@ fn promote_in(
         // more. So attach this program to every group first, then fill.
         for sockets in by_group.values() {
             if let Some(first) = sockets.first() {
-                instance.attach(first.dup.as_fd()).map_err(|e| early(e.into()))?;
+                instance.attach(&first.key, first.dup.as_fd()).map_err(|e| early(e.into()))?;
             }
         }
     }
@@ -371,7 +376,7 @@ fn apply(instance: &mut Instance, process: &Process, plan: Plan, take_over: bool
     // already finds it. Attaching again is harmless and re-arms a group that
     // emptied and formed again.
     if let Some(first) = sockets.first() {
-        instance.attach(first.dup.as_fd())?;
+        instance.attach(&key, first.dup.as_fd())?;
         failpoint::hit(failpoint::PROMOTE_ATTACHED);
     }
     tracing::info!(pid = process.pid, group = %sockets::key_label(&key), first_slot = range.first, generation = config.generation, %outcome, "promote");

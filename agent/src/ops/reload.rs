@@ -331,6 +331,8 @@ fn promote_new(
         take_over: false,
         by_operator: true,
         udp: crate::policy::UdpSettings::default(),
+        // The instance holds the old generation's groups: it keeps its mode.
+        no_migrate: false,
     };
     let changes = match promote::run(state_dir, &request) {
         Err(

@@ -28,7 +28,11 @@ pub struct Status {
 pub struct Namespace {
     pub netns: u64,
     pub max_slots: u32,
-    /// The namespace's program, as the kernel reports it; `None` when it cannot say.
+    /// `select+migrate`, or `select-only` (no queue migration on close).
+    #[serde(default)]
+    pub mode: String,
+    /// The namespace's program, as the kernel reports it (in select-only mode,
+    /// summed over the groups' programs); `None` when it cannot say.
     #[serde(default)]
     pub program: Option<Program>,
     /// Counters over every group of the namespace, configured or not.
@@ -252,6 +256,7 @@ pub fn read(state_dir: &Path) -> Result<Status, StateError> {
             Err(e) => status.namespaces.push(Namespace {
                 netns,
                 max_slots: 0,
+                mode: String::new(),
                 program: None,
                 counters: Counters::default(),
                 groups: Vec::new(),
@@ -307,10 +312,11 @@ fn namespace(state: &StateDir, netns: u64) -> Result<Option<Namespace>, StateErr
         Ok(Some(Namespace {
             netns,
             max_slots: instance.info.max_slots,
-            program: instance.program_info().map(|info| Program {
-                id: info.id(),
-                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-                run_count: info.run_count(),
+            mode: instance.mode.to_string(),
+            program: instance.program_figures().map(|info| Program {
+                id: info.id,
+                run_time_ns: u64::try_from(info.run_time.as_nanos()).unwrap_or(u64::MAX),
+                run_count: info.run_count,
             }),
             counters: instance.global_counters().into(),
             groups,
@@ -340,7 +346,12 @@ pub fn render(status: &Status) -> String {
         for g in &ns.groups {
             let canary =
                 if g.canary_weight > 0 { format!(", canary {}%", g.canary_weight) } else { String::new() };
-            let _ = writeln!(out, "{} (netns {}, generation {}{canary})", g.address, ns.netns, g.generation);
+            let mode = if ns.mode == "select-only" { ", select-only" } else { "" };
+            let _ = writeln!(
+                out,
+                "{} (netns {}, generation {}{canary}{mode})",
+                g.address, ns.netns, g.generation
+            );
             let _ = writeln!(
                 out,
                 "  {:<6} {:<21} {:>8} {:<16} {:>5} {:>20} {:>7} {:>10}",

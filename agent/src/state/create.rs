@@ -11,7 +11,10 @@ use aya::{
 };
 use steer_abi::{Info, MAX_GROUPS, MAX_SLOTS, PROGRAM_NAME, map_names};
 
-use super::StateError;
+use super::{
+    StateError,
+    select::{self, Mode},
+};
 use crate::{paths, paths::pins, program};
 
 /// Map name in the object → pin name in the instance directory.
@@ -26,15 +29,16 @@ pub const MAP_PINS: [(&str, &str); 8] = [
     (map_names::FLOWS, pins::FLOWS),
 ];
 
-/// Creates the instance of `netns` under `state_dir`. The caller holds the lock.
-pub fn create_instance(state_dir: &Path, netns: u64) -> Result<(), StateError> {
+/// Creates the instance of `netns` under `state_dir`, steering in `mode`. The
+/// caller holds the lock.
+pub fn create_instance(state_dir: &Path, netns: u64, mode: Mode) -> Result<(), StateError> {
     // bpffs refuses names with a dot (kernel/bpf/inode.c, `bpf_lookup`).
     let tmp = state_dir.join(format!("tmp-{}-{netns}", std::process::id()));
     let _ = remove_pins(&tmp);
     std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
         .create(&tmp)
         .map_err(StateError::io("create", &tmp))?;
-    let result = fill(&tmp).and_then(|()| {
+    let result = fill(&tmp, mode).and_then(|()| {
         crate::failpoint::hit(crate::failpoint::CREATE_PINNED);
         let dest = paths::instance_dir(state_dir, netns);
         fs::rename(&tmp, &dest).map_err(StateError::io("rename into place", &dest))
@@ -45,7 +49,7 @@ pub fn create_instance(state_dir: &Path, netns: u64) -> Result<(), StateError> {
     result
 }
 
-fn fill(dir: &Path) -> Result<(), StateError> {
+fn fill(dir: &Path, mode: Mode) -> Result<(), StateError> {
     let slots = max_slots();
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(map_names::SOCKETS, slots)
@@ -70,6 +74,10 @@ fn fill(dir: &Path) -> Result<(), StateError> {
         0,
     )
     .map_err(StateError::map("info"))?;
+    if mode == Mode::SelectOnly {
+        // Before 5.14 the verifier would refuse `steer` (it reads `ctx->sk`).
+        return select::load_template(&mut ebpf, &dir.join(pins::SELECT_PROGRAM));
+    }
     let prog = load_program(&mut ebpf)?;
     let prog_pin = dir.join(pins::PROGRAM);
     prog.pin(&prog_pin).map_err(|e| StateError::pin("program", prog_pin, e))?;

@@ -14,6 +14,7 @@ use steer_abi::{Counters, GroupConfig, GroupKey, Info, SlotMeta, counter};
 
 use super::{
     StateError,
+    select::{self, Mode},
     sockarray::{self, SockArray},
 };
 use crate::paths::pins;
@@ -29,7 +30,21 @@ pub struct Instance {
     group_stats: PerCpuArray<MapData, Counters>,
     slot_stats: PerCpuArray<MapData, u64>,
     global_stats: PerCpuArray<MapData, Counters>,
-    program: SkReuseport,
+    /// With listener migration: the one program every group runs. In
+    /// select-only mode each group has its own (`select::group_program`).
+    program: Option<SkReuseport>,
+    pub mode: Mode,
+}
+
+/// The kernel's figures for the programs of an instance (summed over the
+/// groups' programs in select-only mode), counted only while
+/// `kernel.bpf_stats_enabled` is 1.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProgramFigures {
+    /// The program's id; in select-only mode the first group's.
+    pub id: u32,
+    pub run_time: std::time::Duration,
+    pub run_count: u64,
 }
 
 /// A group's configuration and counters, as read.
@@ -78,8 +93,20 @@ impl Instance {
             });
         }
         let prog_path = dir.join(pins::PROGRAM);
-        let program = SkReuseport::from_pin(&prog_path, SkReuseportAttachType::SelectOrMigrate)
-            .map_err(|e| StateError::pin("program", prog_path, e))?;
+        let Some(mode) = select::mode_of(dir) else {
+            return Err(StateError::Pin {
+                what: "program",
+                path: prog_path,
+                source: "neither the migrating program nor the select-only marker is pinned".into(),
+            });
+        };
+        let program = match mode {
+            Mode::SelectOrMigrate => Some(
+                SkReuseport::from_pin(&prog_path, SkReuseportAttachType::SelectOrMigrate)
+                    .map_err(|e| StateError::pin("program", prog_path, e))?,
+            ),
+            Mode::SelectOnly => None,
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             netns,
@@ -91,6 +118,7 @@ impl Instance {
             slot_stats: typed(dir, pins::SLOT_STATS)?,
             global_stats: typed(dir, pins::GLOBAL_STATS)?,
             program,
+            mode,
         })
     }
 
@@ -98,10 +126,16 @@ impl Instance {
         SockArray::new(self.sockets.fd().as_fd())
     }
 
-    /// Attaches the program to the reuseport group of `socket` (replacing any
-    /// program attached before; attaching ours again is harmless).
-    pub fn attach(&self, socket: BorrowedFd<'_>) -> Result<(), StateError> {
-        self.program.attach(socket).map_err(StateError::map("attach (SO_ATTACH_REUSEPORT_EBPF)"))
+    /// Attaches the program to the reuseport group `key` of `socket` (replacing
+    /// any program attached before; attaching ours again is harmless). In
+    /// select-only mode that is the group's own program, loaded on first use:
+    /// only with the state's lock held.
+    pub fn attach(&self, key: &GroupKey, socket: BorrowedFd<'_>) -> Result<(), StateError> {
+        let attach = StateError::map("attach (SO_ATTACH_REUSEPORT_EBPF)");
+        match &self.program {
+            Some(program) => program.attach(socket).map_err(attach),
+            None => select::group_program(&self.dir, key)?.attach(socket).map_err(attach),
+        }
     }
 
     /// Removes whatever program the group of `socket` has.
@@ -109,10 +143,25 @@ impl Instance {
         SkReuseport::detach(socket).map_err(StateError::map("detach (SO_DETACH_REUSEPORT_BPF)"))
     }
 
-    /// The kernel's information on the pinned program (id, run time and count), or
-    /// `None` when the kernel refuses it.
-    pub fn program_info(&self) -> Option<ProgramInfo> {
-        self.program.info().ok()
+    /// The kernel's figures for the pinned program(s), or `None` when the
+    /// kernel refuses them (or no group has a program yet, in select-only mode).
+    pub fn program_figures(&self) -> Option<ProgramFigures> {
+        let figures = |info: ProgramInfo| ProgramFigures {
+            id: info.id(),
+            run_time: info.run_time(),
+            run_count: info.run_count(),
+        };
+        if let Some(program) = &self.program {
+            return program.info().ok().map(figures);
+        }
+        let each = select::group_programs(&self.dir).into_iter().filter_map(|path| {
+            SkReuseport::from_pin(&path, SkReuseportAttachType::Select).ok()?.info().ok().map(figures)
+        });
+        each.reduce(|sum, f| ProgramFigures {
+            id: sum.id,
+            run_time: sum.run_time + f.run_time,
+            run_count: sum.run_count + f.run_count,
+        })
     }
 
     pub fn config(&self, key: &GroupKey) -> Option<GroupConfig> {
@@ -150,7 +199,10 @@ impl Instance {
     /// kernel). Its counters' index is free for the next new group, which
     /// zeroes it.
     pub fn remove_group(&mut self, key: &GroupKey) -> Result<(), StateError> {
-        self.groups.remove(key).map_err(StateError::map("groups"))
+        self.groups.remove(key).map_err(StateError::map("groups"))?;
+        // Select-only mode: the group's program goes once no group runs it.
+        let _ = std::fs::remove_file(self.dir.join(select::pin_name(key)));
+        Ok(())
     }
 
     /// Every configured group with its summed counters, ordered by key.
@@ -215,7 +267,7 @@ impl Instance {
             // removed without `steer detach`, whose program is still attached and
             // holds its map. Attaching ours releases that program and its map; the
             // kernel frees the map after an RCU grace period, so retry briefly.
-            self.attach(socket.as_fd())?;
+            self.attach(&meta.group, socket.as_fd())?;
             for _ in 0..50 {
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 result = self.sockarray().insert(slot, socket.as_fd(), sockarray::BPF_NOEXIST);

@@ -5,6 +5,7 @@ mod bpffs;
 mod create;
 mod instance;
 mod lockwait;
+pub mod select;
 pub mod sockarray;
 
 use std::{
@@ -16,8 +17,9 @@ use std::{
 
 pub use bpffs::{BPF_FS_MAGIC, ensure_bpffs, is_bpffs};
 pub use create::load_program;
-pub use instance::{GroupView, Instance, SlotView, pids_of};
+pub use instance::{GroupView, Instance, ProgramFigures, SlotView, pids_of};
 pub use lockwait::{LockWaits, lock_waits};
+pub use select::{Mode, Wanted};
 
 use crate::paths;
 
@@ -74,6 +76,10 @@ pub enum StateError {
     Locked { path: PathBuf, holder: String, waited_ms: u64 },
     #[error("cannot read the pinned state at {path}: permission denied; run steer as root or with CAP_BPF")]
     Permission { path: PathBuf },
+    #[error(
+        "the state in {path} steers in {have} mode and holds groups, but {reason} calls for select-only mode; detach them first (`steer detach`) to change the mode"
+    )]
+    ModeConflict { path: PathBuf, have: Mode, reason: String },
     #[error("cannot load the steering program into the kernel")]
     Load(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the BPF map {what} rejected an update")]
@@ -211,24 +217,44 @@ impl StateDir {
         &self,
         netns: u64,
         open: &mut OpenInstances,
+        wanted: &Wanted,
     ) -> Result<Instance, StateError> {
         let dir = paths::instance_dir(&self.path, netns);
         if let Some((ino, instance)) = open.kept.remove(&netns)
             && instance.dir == dir
             && dir_inode(&dir) == Some(ino)
+            && wanted.accepts(instance.mode)
         {
             return Ok(instance);
         }
-        self.instance_or_create(netns)
+        self.instance_or_create(netns, wanted)
     }
 
     /// Opens the instance of `netns`, creating it (atomically) when absent.
-    /// Only valid on a directory opened for write.
-    pub fn instance_or_create(&self, netns: u64) -> Result<Instance, StateError> {
+    /// An instance keeps its mode while it holds groups, so later commands
+    /// steer as the first did (a request for select-only mode meeting one
+    /// that migrates is refused); an empty one in another mode than `wanted`
+    /// is made afresh. Only valid on a directory opened for write.
+    pub fn instance_or_create(&self, netns: u64, wanted: &Wanted) -> Result<Instance, StateError> {
         if let Some(instance) = self.instance(netns)? {
-            return Ok(instance);
+            if instance.mode == wanted.mode {
+                return Ok(instance);
+            }
+            if !instance.groups().is_empty() || !instance.slot_metas()?.is_empty() {
+                if wanted.accepts(instance.mode) {
+                    return Ok(instance);
+                }
+                return Err(StateError::ModeConflict {
+                    path: instance.dir,
+                    have: instance.mode,
+                    reason: wanted.reason.clone(),
+                });
+            }
+            drop(instance);
+            self.remove_instance(netns)?;
+            tracing::info!(netns, mode = %wanted.mode, "replaced an empty instance to change its mode");
         }
-        create::create_instance(&self.path, netns)?;
+        create::create_instance(&self.path, netns, wanted.mode)?;
         Instance::open(&paths::instance_dir(&self.path, netns), netns)
     }
 }

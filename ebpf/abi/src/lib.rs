@@ -139,6 +139,11 @@ pub mod map_names {
 
 /// Name of the program inside the eBPF object.
 pub const PROGRAM_NAME: &str = "steer";
+/// Name of the select-only entry point (`BPF_SK_REUSEPORT_SELECT`): one
+/// instance per group, which it takes from [`SELECT_GROUP_GLOBAL`].
+pub const SELECT_PROGRAM_NAME: &str = "steer_select";
+/// Global ([`GroupKey`]) the agent sets before loading [`SELECT_PROGRAM_NAME`].
+pub const SELECT_GROUP_GLOBAL: &str = "STEER_SELECT_GROUP";
 
 /// The listener watcher (a second object, `steer-watch`, loaded by the daemon).
 pub mod watch {

@@ -94,6 +94,7 @@ fn no_socket_stays_open_in_steer_and_no_client_hangs() {
         take_over: false,
         by_operator: true,
         udp: steer::policy::UdpSettings::default(),
+        no_migrate: false,
     };
     steer::ops::promote::run(&w.state_dir, &req).expect("promote a");
     let req = steer::ops::promote::Request {
@@ -103,6 +104,7 @@ fn no_socket_stays_open_in_steer_and_no_client_hangs() {
         take_over: false,
         by_operator: true,
         udp: steer::policy::UdpSettings::default(),
+        no_migrate: false,
     };
     steer::ops::promote::run(&w.state_dir, &req).expect("promote b");
     let _ = steer::ops::status::read(&w.state_dir).expect("status");

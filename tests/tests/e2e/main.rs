@@ -12,6 +12,7 @@ mod faults;
 mod handover;
 mod metrics;
 mod reload;
+mod select;
 mod servers;
 mod steering;
 mod udp;

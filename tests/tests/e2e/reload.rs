@@ -141,10 +141,16 @@ fn listener_pid(w: &World, port: u16, except: &[u32]) -> Option<u32> {
 
 #[test]
 fn thirty_handovers_under_load_lose_nothing_and_migrate_nothing() {
-    const HANDOVERS: usize = 30;
     let Some(w) = World::new("reload") else { return };
     let first = w.server("g0", &[TARGET]);
     w.promote(&first);
+    let _ = thirty_handovers(&w, &first);
+}
+
+/// 30 `steer reload`s under 16 clients from `first` (promoted), each asserted
+/// to lose nothing, drain before the signal and leave nothing to migrate.
+pub(crate) fn thirty_handovers(w: &World, first: &server::TestServer) -> load::LoadReport {
+    const HANDOVERS: usize = 30;
     let mut cfg = w.load_config(TARGET);
     cfg.concurrency = 16;
     cfg.max_duration = Duration::from_secs(120);
@@ -156,8 +162,7 @@ fn thirty_handovers_under_load_lose_nothing_and_migrate_nothing() {
     let (mut drained, mut took) = (0, Vec::new());
     for i in 1..=HANDOVERS {
         let started = Instant::now();
-        let done =
-            run(&w, &reload_args(&w, old, &["--drain-timeout", "5"], &gen_args(&format!("g{i}"))), true);
+        let done = run(w, &reload_args(w, old, &["--drain-timeout", "5"], &gen_args(&format!("g{i}"))), true);
         took.push(started.elapsed());
         done.assert_ok();
         if i == 1 {
@@ -195,6 +200,7 @@ fn thirty_handovers_under_load_lose_nothing_and_migrate_nothing() {
     let listening: Vec<u32> =
         w.ns.pids().unwrap().into_iter().filter(|p| !listening_inodes(*p, PORT).is_empty()).collect();
     assert_eq!(listening, vec![old]);
+    report
 }
 
 #[test]

@@ -72,10 +72,10 @@ type Cell = fn(&Column) -> String;
 
 /// The capabilities, what is expected of each, and how a column's results show it.
 const ROWS: [(&str, &str, Cell); 6] = [
-    ("`steer check`", "✓", check),
+    ("`steer check`, and the mode it names", "✓", check),
     (
         "promote + steering (100 connections after each promote, by the generation that answered)",
-        "✓ on 5.14+",
+        "✓",
         steering,
     ),
     (
@@ -83,7 +83,11 @@ const ROWS: [(&str, &str, Cell); 6] = [
         "5.14+",
         migration,
     ),
-    ("`steer reload` in select-only mode", "future", reload_select_only),
+    (
+        "`steer reload` in select-only mode (`--no-migrate`), 5 reloads under load (4 clients)",
+        "✓ 0 failed, 0 migrated",
+        reload_select_only,
+    ),
     ("the daemon's event source", "✓", event_source),
     ("10 handovers under load (4 clients), failed", "0", handovers),
 ];
@@ -127,8 +131,15 @@ fn check(c: &Column) -> String {
         return "✗ no report".to_owned();
     };
     let failed: Vec<&Value> = items.iter().filter(|i| i["ok"] != Value::Bool(true)).collect();
+    let mode = items
+        .iter()
+        .find(|i| i["name"] == "mode")
+        .and_then(|i| i["detail"].as_str())
+        .and_then(|d| d.split(':').next())
+        .map(|m| format!("; mode {m}"))
+        .unwrap_or_default();
     match failed.as_slice() {
-        [] => format!("✓ {} of {} ok", items.len(), items.len()),
+        [] => format!("✓ {} of {} ok{mode}", items.len(), items.len()),
         [only]
             if only["name"] == "kernel" && only["detail"].as_str().is_some_and(|d| d.contains(TOO_OLD)) =>
         {
@@ -149,7 +160,7 @@ fn steering(c: &Column) -> String {
     let ((a, na), (b, nb)) = (answered("steer_a", "a"), answered("steer_b", "b"));
     if c.get("promote_a_rc") == Some("0") && c.get("promote_b_rc") == Some("0") {
         let mark = if a == na && b == nb && na > 0 { "✓" } else { "✗" };
-        return format!("{mark} {a}/{na} to a, then {b}/{nb} to b");
+        return format!("{mark} {a}/{na} to a, then {b}/{nb} to b{}", select_only(&c.json("status_queued")));
     }
     format!("✗ {}; the kernel's spread: {a}/{na} to a, {b}/{nb} to b", refusal(c, "promote_a"))
 }
@@ -163,15 +174,56 @@ fn migration(c: &Column) -> String {
         return format!("✗ {ok}/{requests} answered, {lost} reset (no steering: promote refused)");
     }
     let mark = if ok == requests && requests > 0 && migrated > 0 { "✓" } else { "✗" };
-    format!("{mark} {ok}/{requests} answered, {migrated} migrated")
+    let mode = select_only(&c.json("status_migrated"));
+    if mode.is_empty() {
+        format!("{mark} {ok}/{requests} answered, {migrated} migrated")
+    } else {
+        format!("{mark} {ok}/{requests} answered, {lost} reset, {migrated} migrated{mode}: no migration")
+    }
 }
 
+/// `steer reload` in select-only mode: how many reloads succeeded, what the load
+/// lost, and the program's counters (steered, migrated) with the mode.
 fn reload_select_only(c: &Column) -> String {
-    match c.get("reload_select_only") {
-        Some("not-built") => "not built".to_owned(),
-        Some(other) => other.to_owned(),
-        None => "–".to_owned(),
-    }
+    let Some(done) = c.get("reloads_ok") else {
+        return match c.get("select_promote_rc") {
+            Some(rc) if rc != "0" => format!(
+                "✗ promote --no-migrate failed: {}",
+                c.get("select_promote_stderr").unwrap_or_default().chars().take(160).collect::<String>()
+            ),
+            _ => "–".to_owned(),
+        };
+    };
+    let report = c.json("reloads");
+    let (requests, lost) = (report["requests"].as_u64().unwrap_or(0), failed(&report));
+    let status = c.json("status_reloads");
+    let counter = |name: &str| -> u64 {
+        let namespaces = status["namespaces"].as_array().map(Vec::as_slice).unwrap_or_default();
+        namespaces
+            .iter()
+            .flat_map(|ns| ns["groups"].as_array().map(Vec::as_slice).unwrap_or_default())
+            .map(|g| g["counters"][name].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let (steered, migrated) =
+        (counter("steered_active"), counter("migrated") + counter("migrated_by_kernel"));
+    let mode = select_only(&status);
+    let total = c.get("reloads_total").unwrap_or("?");
+    let all = done == total && c.get("reloads_drained") == Some(total);
+    let mark =
+        if all && lost == 0 && migrated == 0 && steered > 0 && !mode.is_empty() { "✓" } else { "✗" };
+    format!(
+        "{mark} {done}/{total} reloads ({} drained), {lost} of {} failed, {migrated} migrated, {} steered{mode}",
+        c.get("reloads_drained").unwrap_or("?"),
+        thousands(requests),
+        thousands(steered)
+    )
+}
+
+/// " (select-only)" when the first instance of a `steer status --json` document steers in
+/// that mode, else "".
+fn select_only(status: &Value) -> &'static str {
+    if status["namespaces"][0]["mode"] == "select-only" { " (select-only)" } else { "" }
 }
 
 fn event_source(c: &Column) -> String {
@@ -214,7 +266,8 @@ fn handovers(c: &Column) -> String {
     }
     let moved = migrated(&c.json("status_end")).saturating_sub(migrated(&c.json("status_migrated")));
     let mark = if lost == 0 && requests > 0 { "✓" } else { "✗" };
-    format!("{mark} {lost} of {}, {moved} migrated{late}", thousands(requests))
+    let mode = select_only(&c.json("status_end"));
+    format!("{mark} {lost} of {}, {moved} migrated{mode}{late}", thousands(requests))
 }
 
 /// Why promote failed, and whether it said so in the one sentence expected.

@@ -1,5 +1,5 @@
-//! Unit tests of the table: result lines of a kernel before 5.14, of a supported one, and of
-//! a run that did not complete.
+//! Unit tests of the table: result lines of a kernel that refused, of one before 5.14 in
+//! select-only mode, of a supported one, and of a run that did not complete.
 use std::time::Duration;
 
 use super::{Column, parse, render, thousands};
@@ -43,7 +43,8 @@ fn a_kernel_before_5_14_shows_the_refusal_and_the_real_figures() {
          STEER-RESULT migrate={{\"requests\": 16, \"ok\": 7, \"resets\": 9}}\n\
          STEER-RESULT handover_promotes_failed=10\nSTEER-RESULT handovers_done_ms=17000\n\
          STEER-RESULT handovers={}\n\
-         STEER-RESULT daemon_first_line={REFUSED}\nSTEER-RESULT reload_select_only=not-built\nSTEER-RESULT done=1\n",
+         STEER-RESULT daemon_first_line={REFUSED}\nSTEER-RESULT select_promote_rc=1\n\
+         STEER-RESULT select_promote_stderr={REFUSED}\nSTEER-RESULT done=1\n",
         load("\"a\": 47, \"b\": 53", 0),
         load("\"a\": 54, \"b\": 46", 0),
         load("\"a\": 99", 1),
@@ -57,10 +58,48 @@ fn a_kernel_before_5_14_shows_the_refusal_and_the_real_figures() {
         "{table}"
     );
     assert!(table.contains("✗ 7/16 answered, 9 reset (no steering: promote refused)"), "{table}");
-    assert!(table.contains("| not built |"), "{table}");
+    assert!(table.contains("| ✗ promote --no-migrate failed: steer: kernel 5.10"), "{table}");
     assert!(table.contains("✗ daemon refused (older than 5.14); `check` says raw_tracepoint"), "{table}");
     assert!(table.contains("✗ 1 of 100 failed, without steering (promote refused)"), "{table}");
     assert!(table.contains("- 5.10: `5.10.0-32-cloud-amd64`, linux-image-5.10.0-32-cloud-amd64 5.10.223-1 (bullseye); 44 s under TCG"), "{table}");
+}
+
+#[test]
+fn a_kernel_before_5_14_steers_in_select_only_mode_and_reloads() {
+    let status = |active: u64, migrated: u64| {
+        format!(
+            r#"{{"namespaces": [{{"mode": "select-only", "groups": [{{"port": 8080, "counters": {{"steered_active": {active}, "migrated": {migrated}}}}}]}}]}}"#
+        )
+    };
+    let text = format!(
+        "STEER-RESULT check=[{{\"name\": \"kernel\", \"ok\": true}}, \
+           {{\"name\": \"mode\", \"ok\": true, \"detail\": \"select-only: kernel 5.10 is older than 5.14\"}}]\n\
+         STEER-RESULT promote_a_rc=0\nSTEER-RESULT promote_b_rc=0\nSTEER-RESULT promote_back_rc=0\n\
+         STEER-RESULT steer_a={}\nSTEER-RESULT steer_b={}\n\
+         STEER-RESULT status_queued={}\nSTEER-RESULT status_migrated={}\n\
+         STEER-RESULT migrate={{\"requests\": 16, \"ok\": 0, \"resets\": 16}}\n\
+         STEER-RESULT select_promote_rc=0\nSTEER-RESULT reloads_total=5\nSTEER-RESULT reloads_ok=5\n\
+         STEER-RESULT reloads_drained=5\nSTEER-RESULT status_reloads={}\n\
+         STEER-RESULT reloads={{\"requests\": 4321, \"ok\": 4321, \"elapsed_secs\": 15.0}}\n",
+        load("\"a\": 100", 0),
+        load("\"b\": 100", 0),
+        status(200, 0),
+        status(216, 0),
+        status(4321, 0),
+    );
+    let table = render(&[column(&text)]);
+    assert!(table.contains("| ✓ 2 of 2 ok; mode select-only |"), "{table}");
+    assert!(table.contains("| ✓ 100/100 to a, then 100/100 to b (select-only) |"), "{table}");
+    assert!(
+        table.contains("| ✗ 0/16 answered, 16 reset, 0 migrated (select-only): no migration |"),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            "| ✓ 5/5 reloads (5 drained), 0 of 4,321 failed, 0 migrated, 4,321 steered (select-only) |"
+        ),
+        "{table}"
+    );
 }
 
 #[test]
@@ -105,7 +144,7 @@ fn a_supported_kernel_shows_steering_migration_and_handovers() {
 fn a_column_without_results_shows_dashes_and_why() {
     let c = Column::failed("6.12", "timed out after 240s".to_owned(), Duration::from_secs(240));
     let table = render(&[c]);
-    assert!(table.contains("| `steer check` | ✓ | – |"), "{table}");
+    assert!(table.contains("| `steer check`, and the mode it names | ✓ | – |"), "{table}");
     assert!(table.contains("**incomplete: timed out after 240s**"), "{table}");
 }
 

@@ -219,6 +219,8 @@ pub fn host(dir: &Path, bins: &[PathBuf], smoke: &str, timeout: Duration) -> Res
     }
     let _ = echo.join();
     let _ = std::fs::remove_dir_all(HOST_STATE_DIR);
+    // The suite's select-only reloads use a state directory of their own beside it.
+    let _ = std::fs::remove_dir_all(format!("{HOST_STATE_DIR}-select"));
     let results = std::fs::read_to_string(&results).unwrap_or_default();
     let failure = match status {
         None => Some(format!("timed out after {timeout:?}")),

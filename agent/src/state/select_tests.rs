@@ -1,0 +1,48 @@
+//! Unit tests of `select.rs`: pin names and which mode a request accepts.
+use steer_abi::GroupKey;
+
+use super::*;
+
+#[test]
+fn each_group_gets_its_own_pin_name_without_dots() {
+    let a =
+        GroupKey { family: 2, protocol: 6, port: 8080, addr: [0x0100_007f, 0, 0, 0], ..GroupKey::default() };
+    let b = GroupKey { port: 8081, ..a };
+    let c = GroupKey { ifindex: 3, ..a };
+    let v6 = GroupKey { family: 10, addr: [0, 0, 0, 0x0100_0000], ..a };
+    let names: Vec<String> = [a, b, c, v6].iter().map(pin_name).collect();
+    assert_eq!(names[0], "prog-select-2-6-1f90-0-0100007f000000000000000000000000");
+    for (i, n) in names.iter().enumerate() {
+        assert!(!n.contains('.') && n.len() < 255, "{n}");
+        assert!(n.starts_with(pins::SELECT_PROGRAM_PREFIX));
+        assert!(names.iter().skip(i + 1).all(|m| m != n), "{names:?}");
+    }
+}
+
+#[test]
+fn only_an_insistent_request_meets_a_migrating_instance() {
+    let select = Wanted { mode: Mode::SelectOnly, reason: "--no-migrate".to_owned() };
+    let any = Wanted { mode: Mode::SelectOrMigrate, reason: String::new() };
+    assert!(select.accepts(Mode::SelectOnly));
+    assert!(!select.accepts(Mode::SelectOrMigrate));
+    // A later command without --no-migrate keeps the stored mode.
+    assert!(any.accepts(Mode::SelectOnly));
+    assert!(any.accepts(Mode::SelectOrMigrate));
+    assert!(Wanted::new(true).mode == Mode::SelectOnly);
+    assert_eq!(Mode::SelectOnly.to_string(), "select-only");
+    assert_eq!(Mode::SelectOrMigrate.to_string(), "select+migrate");
+}
+
+#[test]
+fn the_mode_is_read_from_the_program_pins() {
+    let dir = std::env::temp_dir().join(format!("steer-mode-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_eq!(mode_of(&dir), None);
+    std::fs::write(dir.join(pins::SELECT_PROGRAM), b"").unwrap();
+    std::fs::write(dir.join(pin_name(&GroupKey::default())), b"").unwrap();
+    assert_eq!(mode_of(&dir), Some(Mode::SelectOnly));
+    assert_eq!(group_programs(&dir).len(), 1, "the marker is no group's program");
+    std::fs::write(dir.join(pins::PROGRAM), b"").unwrap();
+    assert_eq!(mode_of(&dir), Some(Mode::SelectOrMigrate));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
