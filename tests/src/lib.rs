@@ -14,6 +14,8 @@
 //!   their configs, reload them, and find which process holds the listeners.
 //! - [`docker`], [`image`]: the Docker CLI for the container tests, and building the
 //!   `steer` and HAProxy images they run (`cargo xtask image` builds them the same way).
+//! - [`sysimage`]: the Debian root filesystem with systemd as init, in containerd, that the
+//!   shipped systemd unit runs in.
 //! - [`procfs`]: the `/proc` reading, signalling and bounded polling those drivers share.
 //! - [`require_privileges`]: decide whether a privileged test runs, skips, or fails.
 
@@ -25,6 +27,7 @@ pub mod netns;
 pub mod nginx;
 pub mod procfs;
 pub mod server;
+pub mod sysimage;
 
 use std::path::Path;
 
@@ -75,7 +78,8 @@ fn is_bpffs_mounted(mounts: &str, dir: &str) -> bool {
 }
 
 /// The first executable file called `program` in a `PATH` directory.
-fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
+#[must_use]
+pub fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
 }
