@@ -90,11 +90,13 @@ pub fn ensure(ctr: &Ctr, work: &Path) -> anyhow::Result<()> {
         .status()
         .context("running debootstrap (apt-get install debootstrap)")?;
     ensure!(status.success(), "debootstrap {suite} failed ({status})");
-    // tar | docker import | docker save | ctr images import, with the label.
+    // tar | docker import | docker save | ctr images import, with the label; containerd's
+    // copy is the cache, so Docker's is removed.
     let script = format!(
         "set -e -o pipefail; tar -C {root} -c . | docker import -c 'LABEL {LABEL}={PACKAGES}' -c 'CMD [\"/sbin/init\"]' - {SYSTEMD_IMAGE} >/dev/null; \
          docker save {SYSTEMD_IMAGE} | timeout 300 ctr --address {socket} --namespace {CTR_NAMESPACE} images import --snapshotter native - >/dev/null; \
-         ctr --address {socket} --namespace {CTR_NAMESPACE} images label {SYSTEMD_IMAGE_REF} {LABEL}={PACKAGES} >/dev/null",
+         ctr --address {socket} --namespace {CTR_NAMESPACE} images label {SYSTEMD_IMAGE_REF} {LABEL}={PACKAGES} >/dev/null; \
+         docker rmi {SYSTEMD_IMAGE} >/dev/null",
         root = rootfs.display(),
         socket = ctr.socket,
     );
