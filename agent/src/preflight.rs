@@ -23,7 +23,7 @@ pub enum PreflightError {
     #[error("kernel {release} is older than {}.{}: steer takes the server's sockets with pidfd_getfd (Linux 5.6+); upgrade the kernel", MIN_KERNEL.0, MIN_KERNEL.1)]
     OldKernel { release: String },
     #[error(
-        "steer lacks {missing}; run it as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_SYS_PTRACE (see deploy/ for a unit that does)"
+        "steer lacks {missing}; run it as root, or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_PTRACE (docs/security.md says why each)"
     )]
     Privileges { missing: String },
 }

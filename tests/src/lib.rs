@@ -19,6 +19,8 @@
 //!   and handovers of unbound under dnsperf with or without steer (the UDP proof).
 //! - [`udp`], [`udp_server`]: bound UDP sockets of a process, one-source-port flows, and
 //!   the `steer-udpserver` binary whose answers name their generation.
+//! - [`sysimage`]: the Debian root filesystem with systemd as init, in containerd, that the
+//!   shipped systemd unit runs in.
 //! - [`procfs`]: the `/proc` reading, signalling and bounded polling those drivers share.
 //! - [`require_privileges`]: decide whether a privileged test runs, skips, or fails.
 
@@ -33,6 +35,7 @@ pub mod netns;
 pub mod nginx;
 pub mod procfs;
 pub mod server;
+pub mod sysimage;
 pub mod udp;
 pub mod udp_server;
 pub mod unbound;
@@ -86,7 +89,8 @@ fn is_bpffs_mounted(mounts: &str, dir: &str) -> bool {
 }
 
 /// The first executable file called `program` in a `PATH` directory.
-fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
+#[must_use]
+pub fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
 }

@@ -5,7 +5,7 @@
 //! and tests in CI's order, `demo.rs` shows steer at work, `bench.rs` measures it,
 //! `release.rs` holds what demo and bench share (preflight, release build, the `steer`
 //! binary), `image.rs` builds the container images, `kernels.rs` runs steer on other kernels in
-//! QEMU, `fuzz.rs` runs the fuzz targets of `fuzz/`,
+//! QEMU, `fuzz.rs` runs the fuzz targets of `fuzz/`, `unit.rs` verifies the systemd unit,
 //! and `util.rs` runs commands.
 
 mod bench;
@@ -16,6 +16,7 @@ mod kernels;
 mod release;
 mod setup;
 mod test;
+mod unit;
 mod util;
 
 use std::process::ExitCode;

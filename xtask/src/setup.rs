@@ -10,8 +10,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{self, cmd};
 
 /// Debian packages: LLVM 22 for bpf-linker, the servers and load generators the
-/// end-to-end tests drive, the `ip`/`ps` tools they use, and the font the bench's charts
-/// are drawn with. bpf-linker links `libLLVM.so` dynamically, which needs nothing beyond
+/// end-to-end tests drive, the `ip`/`ps` tools they use, `systemd-analyze` (the unit's
+/// verify step) and `debootstrap` (the systemd container's root filesystem), and the font
+/// the bench's charts are drawn with. bpf-linker links `libLLVM.so` dynamically, which needs nothing beyond
 /// llvm-22-dev (the static link would also need libzstd-dev, zlib1g-dev and libpolly-22-dev).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -21,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "iproute2",
     "procps",
+    "systemd",
+    "debootstrap",
     "fonts-dejavu-core",
     "unbound",
     "dnsperf",

@@ -58,6 +58,8 @@ pub fn run(options: &Options) -> Result<()> {
     if !passed_env.is_empty() {
         println!("environment for the tests: {}", passed_env.join(" "));
     }
+    // The shipped systemd unit (deploy/systemd/steer.service), offline.
+    step("systemd unit (systemd-analyze verify)", crate::unit::verify)?;
     // hadolint, and the images the container tests run (they build them too, if missing).
     step("images", crate::image::run_if_docker)?;
     for (name, command) in &mut steps {
@@ -88,7 +90,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     println!(
         "xtask test: all {} steps passed in {}",
-        steps.len() + 2 + usize::from(!options.no_setup) + usize::from(ran_bench) + usize::from(ran_kernels),
+        steps.len() + 3 + usize::from(!options.no_setup) + usize::from(ran_bench) + usize::from(ran_kernels),
         minutes(start.elapsed())
     );
     Ok(())

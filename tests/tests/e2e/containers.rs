@@ -10,6 +10,7 @@
 //! engine the tests skip, even in CI; with one (its socket exists) and `CI=true` they
 //! must run.
 mod caps;
+mod systemd;
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};

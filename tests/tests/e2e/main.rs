@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod handover;
 mod metrics;
+mod privileges;
 mod reload;
 mod select;
 mod servers;
