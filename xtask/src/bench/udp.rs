@@ -34,10 +34,12 @@ const PORT: u16 = 5353;
 /// Pause after each handover: full, quick.
 const GAP: (Duration, Duration) = (Duration::from_millis(300), Duration::from_millis(100));
 /// Maximum-rate rounds, each one phase attached and one without: full, quick.
-const ROUNDS: (usize, usize) = (3, 1);
+const ROUNDS: (usize, usize) = (6, 2);
 /// Length of one maximum-rate phase: full, quick.
 const PHASE: (Duration, Duration) = (Duration::from_secs(4), Duration::from_millis(1500));
 const TARGET_RATIO: f64 = 0.97;
+/// dnsperf before the first round, not counted (caches, CPU frequency).
+const WARM_UP: Duration = Duration::from_secs(1);
 
 fn run(ctx: &Ctx) -> Result<Findings> {
     let dir = ctx.out_dir.join("udp");
@@ -150,21 +152,30 @@ fn max_rate(ctx: &Ctx, dir: &Path, steered: bool) -> Result<Rate> {
     write_query_file(&queries)?;
     let target = SocketAddr::from(([127, 0, 0, 1], PORT));
     let config = DnsperfConfig::new(target, None, phase, &queries);
+    dnsperf::run(&ns, &DnsperfConfig::new(target, None, WARM_UP, &queries)).context("warming up")?;
     let measure = || dnsperf::run(&ns, &config).map(|r| r.queries_per_second);
     let steer = if steered { Some(ctx.steer()?) } else { None };
-    let (mut detached, mut attached, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut detached, mut attached_qps, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut attached = false;
     for round in 0..rounds {
         let Some(steer) = &steer else {
             detached.push(measure()?);
             continue;
         };
-        let attach = |on: bool| -> Result<()> {
+        // Promote attaches the program, detach removes it; each only when it changes
+        // something (detach refuses when nothing is steered).
+        let mut attach = |on: bool| -> Result<()> {
+            if on == attached {
+                return Ok(());
+            }
             let args = if on {
                 vec!["promote".to_owned(), unbound.pid().to_string()]
             } else {
                 vec!["detach".to_owned()]
             };
-            steer_ok(steer_cmd(&steer.bin, &steer.state_dir).args(&args)).map(drop)
+            steer_ok(steer_cmd(&steer.bin, &steer.state_dir).args(&args))?;
+            attached = on;
+            Ok(())
         };
         let (mut with, mut without) = (0.0, 0.0);
         for on in if round % 2 == 0 { [true, false] } else { [false, true] } {
@@ -173,7 +184,7 @@ fn max_rate(ctx: &Ctx, dir: &Path, steered: bool) -> Result<Rate> {
             if on { with = qps } else { without = qps }
         }
         println!("   round {round}: {with:.0} q/s attached, {without:.0} q/s not");
-        attached.push(with);
+        attached_qps.push(with);
         detached.push(without);
         ratios.push(with / without);
     }
@@ -182,7 +193,7 @@ fn max_rate(ctx: &Ctx, dir: &Path, steered: bool) -> Result<Rate> {
         rounds,
         phase,
         detached: median(&detached).unwrap_or(0.0),
-        attached: median(&attached),
+        attached: median(&attached_qps),
         ratios,
     })
 }
