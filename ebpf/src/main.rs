@@ -90,7 +90,8 @@ static STEER_FLOWS: Array<u64> = Array::with_max_entries(flows::ENTRIES, 0);
 #[map(name = "STEER_SSTATS")]
 static STEER_SSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
-/// Per-CPU counters over every group, including groups without configuration.
+/// Per-CPU counters of the runs for groups without configuration; the agent
+/// adds the configured groups' counters to make the instance's totals.
 #[map(name = "STEER_GLOBAL")]
 static STEER_GLOBAL: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
@@ -363,7 +364,9 @@ fn group_key(ctx: &SkReuseportContext) -> GroupKey {
     }
 }
 
-/// Counts a run on `index` for the group and for the whole instance.
+/// Counts a run on `index` for the group. The instance's totals are the sum of
+/// its groups' plus [`count_global`]'s runs for groups without configuration
+/// (the agent adds them up): one counter to touch per run, not two.
 #[inline(always)]
 fn count(config: &GroupConfig, index: usize) {
     if index >= counter::COUNT {
@@ -373,10 +376,10 @@ fn count(config: &GroupConfig, index: usize) {
         // SAFETY: per-CPU value, only this CPU writes it; index is bounded above.
         unsafe { (*c).values[index] += 1 };
     }
-    count_global(index);
 }
 
-/// Counts a run on `index` for the whole instance only.
+/// Counts a run on `index` for the whole instance only (a group without
+/// configuration has no counters of its own).
 #[inline(always)]
 fn count_global(index: usize) {
     if index >= counter::COUNT {

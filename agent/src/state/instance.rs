@@ -222,10 +222,19 @@ impl Instance {
         self.group_stats.get(&config.stats, 0).map(|v| sum(&v)).unwrap_or_default()
     }
 
-    /// Counters over every group of this instance, including unconfigured ones.
+    /// Counters over every group of this instance, including unconfigured ones:
+    /// the program counts a configured group's runs in the group's counters
+    /// only, and the others' in the global map (so a group's runs leave the
+    /// totals when the group is removed).
     #[must_use]
     pub fn global_counters(&self) -> [u64; counter::COUNT] {
-        self.global_stats.get(&0, 0).map(|v| sum(&v)).unwrap_or_default()
+        let mut total = self.global_stats.get(&0, 0).map(|v| sum(&v)).unwrap_or_default();
+        for (_, config) in self.groups.iter().flatten() {
+            for (t, v) in total.iter_mut().zip(self.group_counters(&config)) {
+                *t += v;
+            }
+        }
+        total
     }
 
     /// The records of the used slots, by slot.

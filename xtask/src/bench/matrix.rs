@@ -64,9 +64,10 @@ pub enum Reloader {
     /// the new process, promotes it once it listens, waits until the old one's queues are
     /// empty, then tells it to finish. No kernel migration is involved.
     SteerReload,
-    // The select-only row (issue 13) goes here once the kernel mode `--no-migrate` exists:
-    // `steer reload` with the program loaded as BPF_SK_REUSEPORT_SELECT, as on kernels
-    // before 5.14.
+    /// The same in select-only mode (`steer promote --no-migrate` first): the program is
+    /// loaded as `BPF_SK_REUSEPORT_SELECT`, as on kernels before 5.14, and nothing can
+    /// migrate, so the drain before the signal is all that keeps queues from resets.
+    SteerReloadSelectOnly,
 }
 
 /// Every mode, in the order they run.
@@ -132,6 +133,15 @@ const MODES: &[Mode] = &[
         migrate_req: false,
         steer: false,
         reloader: Reloader::SteerReload,
+        lossless: true,
+    },
+    Mode {
+        key: "steer_reload_select_only",
+        what: "`steer reload` as above in select-only mode (`--no-migrate`, as before Linux 5.14): no queue migration, the drain alone",
+        reload: Some(HaproxyMode::Daemon),
+        migrate_req: false,
+        steer: false,
+        reloader: Reloader::SteerReloadSelectOnly,
         lossless: true,
     },
     Mode {

@@ -94,12 +94,16 @@ pub fn run(ctx: &Ctx, mode: &'static Mode, scheduled: u32) -> Result<Outcome> {
     let dir = ctx.haproxy_dir(&format!("matrix-{}", mode.key))?;
     let haproxy_mode = mode.reload.unwrap_or(HaproxyMode::Daemon);
     let mut hap = Haproxy::start_with(&ns, &dir, haproxy_mode, PORT, GLOBAL).context("starting HAProxy")?;
-    let reloading_steer = mode.reloader == Reloader::SteerReload;
+    let reloading_steer = matches!(mode.reloader, Reloader::SteerReload | Reloader::SteerReloadSelectOnly);
     let steer = if mode.steer || reloading_steer { Some(ctx.steer()?) } else { None };
     if let (Some(steer), true) = (&steer, reloading_steer) {
         // `steer reload` hands over from the active generation: make the first one so.
         let pid = hap.pid().to_string();
-        run_steer(steer, &["promote", &pid], &ctx.out_dir.join("steer-reload.out"))?;
+        let mut args = vec!["promote", pid.as_str()];
+        if mode.reloader == Reloader::SteerReloadSelectOnly {
+            args.push("--no-migrate");
+        }
+        run_steer(steer, &args, &ctx.out_dir.join("steer-reload.out"))?;
     }
     let log_path = ctx.out_dir.join(format!("daemon-matrix-{}.log", mode.key));
     let mut daemon = match &steer {
@@ -140,7 +144,9 @@ pub fn run(ctx: &Ctx, mode: &'static Mode, scheduled: u32) -> Result<Outcome> {
         reloads.max_late = reloads.max_late.max(late);
         reloads.attempted += 1;
         let done = match (&steer, mode.reloader) {
-            (Some(steer), Reloader::SteerReload) => steer_reload(steer, &mut hap, &ctx.out_dir),
+            (Some(steer), Reloader::SteerReload | Reloader::SteerReloadSelectOnly) => {
+                steer_reload(steer, &mut hap, &ctx.out_dir)
+            }
             _ => hap.reload().map(drop),
         };
         match done {
