@@ -22,7 +22,8 @@
 //!   without a whole request head ([`slots`]). So clients that connect and send
 //!   nothing, or send slowly, cannot lock out a scraper, whose head comes at
 //!   once. When none is stalled (all are being answered, or have not yet had a
-//!   turn to read), the new connection is closed at once.
+//!   turn to read), the new connection waits up to 50 ms for one to stall or
+//!   end, and is closed if none does.
 //! - On shutdown the listener closes, connections that have not sent a request
 //!   close, and those answering one get [`SHUTDOWN_GRACE`] to finish.
 use std::{

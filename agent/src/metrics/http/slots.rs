@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -19,6 +19,10 @@ use tokio::{
 };
 use tracing::debug;
 
+/// How long a new connection at the cap waits for an older one to show itself
+/// stalled (or to end) before it is refused.
+const ROOM_WAIT: Duration = Duration::from_millis(60);
+
 /// Accepted, not yet found waiting for more of its head.
 const NEW: u8 = 0;
 /// It read all its client sent, and its request head is not complete.
@@ -26,9 +30,20 @@ const STALLED: u8 = 1;
 /// Its request head arrived; it is being answered.
 const REQUESTED: u8 = 2;
 
-/// How far a connection has got, shared by its socket, its service and [`Slots`].
+/// How far a connection has got, shared by its socket, its service and [`Slots`],
+/// and since when it has been stalled (milliseconds since [`epoch`]).
 #[derive(Clone, Default)]
-pub(super) struct Phase(Arc<AtomicU8>);
+pub(super) struct Phase(Arc<AtomicU8>, Arc<AtomicU64>);
+
+/// A connection counts as stalled once it has waited this long for more of its
+/// head: a scraper's first read may come a moment before its request does.
+const STALLED_FOR: Duration = Duration::from_millis(10);
+
+/// Milliseconds since the first call (a monotonic clock for [`Phase`]).
+fn epoch_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 impl Phase {
     /// The request head arrived.
@@ -42,6 +57,8 @@ impl Phase {
 
     fn is_stalled(&self) -> bool {
         self.0.load(Ordering::Relaxed) == STALLED
+            && epoch_ms().saturating_sub(self.1.load(Ordering::Relaxed))
+                >= u64::try_from(STALLED_FOR.as_millis()).unwrap_or(0)
     }
 }
 
@@ -73,13 +90,23 @@ impl Slots {
             return true;
         }
         let stalled = |slots: &VecDeque<Slot>| slots.iter().position(|s| s.phase.is_stalled());
-        let oldest = match stalled(&self.slots) {
-            Some(i) => Some(i),
-            None => {
-                tokio::task::yield_now().await;
-                stalled(&self.slots)
+        // Connections just accepted become stalled on their first read; on a busy
+        // runtime that read may wait for a few turns. Give them up to
+        // ROOM_WAIT before the new connection is refused, so that a burst of
+        // silent connections cannot crowd out a scraper that comes right after.
+        let mut oldest = stalled(&self.slots);
+        let waited = std::time::Instant::now();
+        while oldest.is_none() && waited.elapsed() < ROOM_WAIT {
+            tokio::task::yield_now().await;
+            if stalled(&self.slots).is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-        };
+            self.slots.retain(|s| !s.handle.is_finished());
+            if self.slots.len() < self.cap {
+                return true;
+            }
+            oldest = stalled(&self.slots);
+        }
         let Some(slot) = oldest.and_then(|i| self.slots.remove(i)) else { return false };
         debug!("closing the oldest stalled metrics connection to make room");
         slot.handle.abort();
@@ -135,8 +162,11 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if poll.is_pending() {
-            let _ = self.phase.0.compare_exchange(NEW, STALLED, Ordering::Relaxed, Ordering::Relaxed);
+        // The first time only: a client that trickles its head stays stalled
+        // from its first wait, so it cannot keep itself young.
+        if poll.is_pending() && self.phase.0.load(Ordering::Relaxed) == NEW {
+            self.phase.1.store(epoch_ms(), Ordering::Relaxed);
+            self.phase.0.store(STALLED, Ordering::Relaxed);
         }
         poll
     }
