@@ -279,31 +279,24 @@ fn parse_msg(b: &[u8]) -> Result<Option<Listener>, DiagError> {
 pub fn listeners_from_proc(pid: u32) -> Result<Vec<Listener>, DiagError> {
     let mut out = Vec::new();
     for file in ["udp", "udp6"] {
-        let path = format!("/proc/{pid}/net/{file}");
-        let file = std::fs::File::open(&path).map_err(|source| DiagError::Proc { path, source })?;
         // Not ordered by state: every line is read (a host has few UDP sockets).
-        out.extend(
-            std::io::BufRead::lines(std::io::BufReader::new(file))
-                .skip(1)
-                .map_while(Result::ok)
-                .filter_map(|l| parse_proc_udp_line(&l)),
-        );
+        out.extend(proc_lines(pid, file)?.filter_map(|l| parse_proc_udp_line(&l)));
     }
     for file in ["tcp", "tcp6"] {
-        let path = format!("/proc/{pid}/net/{file}");
-        let file = std::fs::File::open(&path).map_err(|source| DiagError::Proc { path, source })?;
         // The kernel lists listening sockets first (net/ipv4/tcp_ipv4.c,
         // `tcp_seq_start`: the listening hash, then the established one), so
         // reading stops at the first other socket and a busy server's
         // connections are neither generated nor parsed.
-        out.extend(
-            std::io::BufRead::lines(std::io::BufReader::new(file))
-                .skip(1)
-                .map_while(Result::ok)
-                .map_while(|l| parse_proc_line(&l)),
-        );
+        out.extend(proc_lines(pid, file)?.map_while(|l| parse_proc_line(&l)));
     }
     Ok(out)
+}
+
+/// The lines of `/proc/PID/net/FILE` after its header, read as they are used.
+fn proc_lines(pid: u32, file: &str) -> Result<impl Iterator<Item = String>, DiagError> {
+    let path = format!("/proc/{pid}/net/{file}");
+    let file = std::fs::File::open(&path).map_err(|source| DiagError::Proc { path, source })?;
+    Ok(std::io::BufRead::lines(std::io::BufReader::new(file)).skip(1).map_while(Result::ok))
 }
 
 /// One line of `/proc/net/tcp{,6}` → listener (None unless state is LISTEN).

@@ -29,23 +29,17 @@ impl Poller {
     /// A poller that has recorded what listens now (adoption handles that).
     #[must_use]
     pub fn new(filter: Filter, interval: Duration) -> Self {
-        let mut poller = Self {
-            filter,
-            interval,
-            next: Instant::now() + interval,
-            known: HashMap::new(),
-            pending: HashMap::new(),
-            primed: false,
-            protocol: None,
-        };
-        poller.poll();
-        poller
+        Self::of(filter, interval, None)
     }
 
     /// A poller of UDP sockets only, for beside a tracepoint watcher: the
     /// kernel has no tracepoint where a UDP socket binds (see docs/udp.md).
     #[must_use]
     pub fn udp(filter: Filter, interval: Duration) -> Self {
+        Self::of(filter, interval, Some(steer_abi::IPPROTO_UDP))
+    }
+
+    fn of(filter: Filter, interval: Duration, protocol: Option<u16>) -> Self {
         let mut poller = Self {
             filter,
             interval,
@@ -53,7 +47,7 @@ impl Poller {
             known: HashMap::new(),
             pending: HashMap::new(),
             primed: false,
-            protocol: Some(steer_abi::IPPROTO_UDP),
+            protocol,
         };
         poller.poll();
         poller
