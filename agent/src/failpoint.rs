@@ -30,6 +30,12 @@ pub const PROMOTE_CONFIGURED: &str = "promote-configured";
 /// Attached, the slots no configuration names not yet released.
 pub const PROMOTE_ATTACHED: &str = "promote-attached";
 
+/// An upgrade of an older instance (`state::upgrade`): one group moved to
+/// its new program, the others and the commit not yet. Not in [`ALL`]: no
+/// promote of an instance this steer wrote reaches it. `NAME:fail` makes the
+/// upgrade fail there, as an error would ([`fails`]).
+pub const UPGRADE_ATTACHED: &str = "upgrade-attached";
+
 /// Every failpoint, in the order a promote may reach them.
 pub const ALL: [&str; 10] = [
     PROMOTE_DISCOVERED,
@@ -50,7 +56,7 @@ pub fn hit(name: &str) {
     use rustix::process::{Signal, getpid, kill_process};
     let Ok(armed) = std::env::var(ENV) else { return };
     let (point, action) = armed.split_once(':').unwrap_or((armed.as_str(), "kill"));
-    if point != name {
+    if point != name || action == "fail" {
         return;
     }
     eprintln!("steer: failpoint {name}: {action}");
@@ -62,3 +68,19 @@ pub fn hit(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline]
 pub fn hit(_name: &str) {}
+
+/// Whether `STEER_FAILPOINT` is `name:fail`: the caller then fails there as
+/// if an error had happened.
+#[cfg(feature = "failpoints")]
+#[must_use]
+pub fn fails(name: &str) -> bool {
+    std::env::var(ENV).is_ok_and(|armed| armed.strip_suffix(":fail") == Some(name))
+}
+
+/// Failpoints are compiled into test builds only.
+#[cfg(not(feature = "failpoints"))]
+#[inline]
+#[must_use]
+pub fn fails(_name: &str) -> bool {
+    false
+}

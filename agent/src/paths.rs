@@ -31,8 +31,11 @@ pub mod pins {
     pub const PROGRAM: &str = "prog";
     /// Select-only mode's marker: `steer_select` loaded for no group, never attached.
     pub const SELECT_PROGRAM: &str = "prog-select";
-    /// Select-only mode: `prog-select-<group>`, one `steer_select` per group.
-    pub const SELECT_PROGRAM_PREFIX: &str = "prog-select-";
+    /// `prog-group-<index>-<group>`: each group's own program instance.
+    pub const GROUP_PROGRAM_PREFIX: &str = "prog-group-";
+    /// ABI 2's select-only group programs (`prog-select-<group>`), which an
+    /// upgrade replaces.
+    pub const ABI2_SELECT_PROGRAM_PREFIX: &str = "prog-select-";
     pub const SOCKETS: &str = "sockets";
     pub const GROUPS: &str = "groups";
     pub const SLOTS: &str = "slots";
@@ -41,6 +44,8 @@ pub mod pins {
     pub const GLOBAL_STATS: &str = "global_stats";
     pub const INFO: &str = "info";
     pub const FLOWS: &str = "flows";
+    pub const CONFIGS: &str = "configs";
+    pub const CURRENT: &str = "current";
 }
 
 /// The state directory chosen by the flag, the environment, or the default.

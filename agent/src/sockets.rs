@@ -311,6 +311,16 @@ fn getfd(pidfd: &OwnedFd, pid: u32, fd: u32) -> Result<Result<OwnedFd, rustix::i
     }
 }
 
+/// A duplicate of the socket a slot record names, if that process still holds
+/// it under that descriptor (checked by cookie). Needs CAP_SYS_PTRACE.
+#[must_use]
+pub fn reopen(meta: &steer_abi::SlotMeta) -> Option<OwnedFd> {
+    let pidfd = open_pidfd(meta.pid).ok()?;
+    let fd = i32::try_from(meta.fd).ok()?;
+    let dup = pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).ok()?;
+    (rustix::net::sockopt::socket_cookie(&dup).ok()? == meta.cookie).then_some(dup)
+}
+
 /// A pidfd for `pid`, with the errors a user can act on.
 pub fn open_pidfd(pid: u32) -> Result<OwnedFd, SocketError> {
     let raw = i32::try_from(pid).ok().and_then(Pid::from_raw);

@@ -1,16 +1,19 @@
-//! The steer reuseport program: one `sk_reuseport/migrate` program serves every
-//! reuseport group it is attached to. It reads the group from `ctx->sk`, looks up
-//! that group's configuration, and selects the active (or canary) generation's
-//! socket from the REUSEPORT_SOCKARRAY; a canary whose socket is gone yields its
-//! share to the active generation. A UDP group's datagrams of a flow stay with
-//! the socket that flow was first sent to while that socket lives (the flow
-//! table, `steer_abi::flows`). Anything else unexpected fails open: it returns
-//! `SK_PASS` without a selection and the kernel's own hash pick applies
+//! The steer reuseport program. Every reuseport group gets its own instance of
+//! it, with the group and the group's index set before load (globals in
+//! `.rodata`, so the verifier sees them as constants): the instance reads its
+//! configuration from an array at that index, with no hash lookup per packet
+//! (`steer_abi::published`), and selects the active (or canary) generation's
+//! socket from the REUSEPORT_SOCKARRAY; a canary whose socket is gone yields
+//! its share to the active generation. A UDP group's datagrams of a flow stay
+//! with the socket that flow was first sent to while that socket lives (the
+//! flow table, `steer_abi::flows`). Anything else unexpected fails open: it
+//! returns `SK_PASS` without a selection and the kernel's own hash pick applies
 //! (net/core/sock_reuseport.c: `reuseport_select_sock` falls back to
 //! `reuseport_select_sock_by_hash` when the program selected nothing). It never
-//! returns `SK_DROP`, which would reset a new connection. In select-only mode
-//! the agent loads `steer_select` instead, once per group, with the group set
-//! before load: the same logic, without `ctx->sk` and without migration.
+//! returns `SK_DROP`, which would reset a new connection. `steer` is loaded as
+//! `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE` (Linux 5.14+) and also places a closing
+//! listener's queue; `steer_select`, for select-only mode, is the same logic
+//! without migration.
 #![no_std]
 #![no_main]
 
@@ -26,7 +29,7 @@ use aya_ebpf::{
 };
 use steer_abi::{
     Counters, FLAG_FLOWS_OFF, FLAG_RELEASE, GroupConfig, GroupKey, IPPROTO_UDP, Info, MAX_GROUPS, MAX_SLOTS,
-    SlotMeta, SlotRange, counter, flows, pick,
+    SlotMeta, SlotRange, counter, flows, pick, published,
 };
 
 /// The sockets, one per slot; the agent inserts them, the kernel clears a slot
@@ -64,7 +67,9 @@ impl SockArrayDef {
     }
 }
 
-/// Configuration per group, replaced whole by the agent.
+/// The agent's record of each group's configuration, by group. Not read here
+/// (a hash lookup per packet costs about 100 ns): the program reads the copy
+/// the agent publishes in [`STEER_CONFIGS`].
 #[map(name = "STEER_GROUPS")]
 static STEER_GROUPS: HashMap<GroupKey, GroupConfig> =
     HashMap::with_max_entries(MAX_GROUPS, BPF_F_NO_PREALLOC);
@@ -74,6 +79,16 @@ static STEER_GROUPS: HashMap<GroupKey, GroupConfig> =
 /// groups and slots in use, not the maps' capacities. An update still swaps the
 /// element whole (kernel/bpf/hashtab.c, `htab_map_update_elem`).
 const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The configurations the program reads, two entries per group index, the one
+/// in use named by [`STEER_CURRENT`] (`steer_abi::published`).
+#[map(name = "STEER_CONFIGS")]
+static STEER_CONFIGS: Array<GroupConfig> = Array::with_max_entries(published::CONFIGS, 0);
+
+/// Per group index: which of its two [`STEER_CONFIGS`] entries is in use (1 or
+/// 2), or 0 for none.
+#[map(name = "STEER_CURRENT")]
+static STEER_CURRENT: Array<u32> = Array::with_max_entries(MAX_GROUPS, 0);
 
 /// Per-CPU counters per group, at the index the group's configuration names
 /// (`GroupConfig::stats`): an array lookup, which the verifier inlines, where a
@@ -133,37 +148,53 @@ impl Clock {
 
 #[sk_reuseport(migrate)]
 pub fn steer(ctx: SkReuseportContext) -> u32 {
-    match try_steer(&ctx, group_key(&ctx), ctx.migrating_sk().is_some(), Clock::Coarse) {
+    match try_steer(&ctx, ctx.migrating_sk().is_some(), Clock::Coarse) {
         Ok(v) | Err(v) => v,
     }
 }
 
-/// The group a `steer_select` instance serves, set by the agent before load
-/// (`EbpfLoader::override_global`): one instance per group, attached to that
-/// group only. Read with `read_volatile` so the placeholder is not folded in.
-#[unsafe(no_mangle)]
-static STEER_SELECT_GROUP: GroupKey =
-    GroupKey { family: 0, protocol: 0, port: 0, pad: 0, ifindex: 0, addr: [0; 4] };
-
-/// Select-only mode (`BPF_SK_REUSEPORT_SELECT`, and kernels before 5.14, which
-/// have no `ctx->sk`): the group comes from [`STEER_SELECT_GROUP`], and the
-/// kernel never asks where a closing listener's queue goes.
+/// Select-only mode (`BPF_SK_REUSEPORT_SELECT`, and kernels before 5.14): the
+/// kernel never asks where a closing listener's queue goes, and kernels
+/// before 5.11 have no coarse clock.
 #[sk_reuseport]
 pub fn steer_select(ctx: SkReuseportContext) -> u32 {
-    // SAFETY: a read of a static; the loader rewrote its value in .rodata.
-    let key = unsafe { core::ptr::read_volatile(&raw const STEER_SELECT_GROUP) };
-    match try_steer(&ctx, key, false, Clock::Precise) {
+    match try_steer(&ctx, false, Clock::Precise) {
         Ok(v) | Err(v) => v,
     }
+}
+
+/// The group this instance serves, set by the agent before load
+/// (`EbpfLoader::override_global`). Read with `read_volatile` so the
+/// placeholder is not folded in at build time.
+#[unsafe(no_mangle)]
+static STEER_GROUP: GroupKey = GroupKey { family: 0, protocol: 0, port: 0, pad: 0, ifindex: 0, addr: [0; 4] };
+
+/// The group's index into [`STEER_CURRENT`], [`STEER_CONFIGS`] and
+/// [`STEER_GSTATS`], set by the agent before load.
+#[unsafe(no_mangle)]
+static STEER_GROUP_INDEX: u32 = 0;
+
+/// The group's configuration as the agent last published it (its `stats` is
+/// the group's index).
+#[inline(always)]
+fn config() -> Option<&'static GroupConfig> {
+    // SAFETY: a read of a static; the loader rewrote its value in .rodata.
+    let index = unsafe { core::ptr::read_volatile(&raw const STEER_GROUP_INDEX) };
+    let current = *STEER_CURRENT.get(index)?;
+    // The entry in use is never written: the agent writes the other one and
+    // then switches `current` (`steer_abi::published`).
+    let config = STEER_CONFIGS.get(published::entry(index, current)?)?;
+    Some(config)
 }
 
 #[inline(always)]
-fn try_steer(ctx: &SkReuseportContext, key: GroupKey, migrating: bool, clock: Clock) -> Result<u32, u32> {
-    // SAFETY: the value is only read, and the agent replaces it whole.
-    let Some(config) = (unsafe { STEER_GROUPS.get(key) }) else {
+fn try_steer(ctx: &SkReuseportContext, migrating: bool, clock: Clock) -> Result<u32, u32> {
+    let Some(config) = config() else {
         count_global(counter::NO_CONFIG);
         return Err(SK_PASS);
     };
+    // SAFETY: as for `STEER_GROUP_INDEX`.
+    let key = unsafe { core::ptr::read_volatile(&raw const STEER_GROUP) };
 
     let hash = ctx.hash();
     if key.protocol == IPPROTO_UDP && config.flags & FLAG_FLOWS_OFF == 0 {
@@ -332,36 +363,6 @@ fn choose(config: &GroupConfig, migrating: bool, hash: u32) -> (SlotRange, usize
         return (config.canary, counter::CANARY);
     }
     (config.active, counter::ACTIVE)
-}
-
-/// The group being served, read from a member socket (`ctx->sk`, Linux 5.14+,
-/// net/core/filter.c `sk_reuseport_is_valid_access`: PTR_TO_SOCKET, never NULL).
-#[inline(always)]
-fn group_key(ctx: &SkReuseportContext) -> GroupKey {
-    let sk = ctx.sk().sock;
-    // SAFETY: the verifier guarantees `sk` points at a valid `bpf_sock`; each
-    // field is read with its own 4-byte load, as bpf_sock_is_valid_access wants.
-    unsafe {
-        let family = core::ptr::read_volatile(&raw const (*sk).family);
-        let addr = if family == u32::from(steer_abi::AF_INET6) {
-            [
-                core::ptr::read_volatile(&raw const (*sk).src_ip6[0]),
-                core::ptr::read_volatile(&raw const (*sk).src_ip6[1]),
-                core::ptr::read_volatile(&raw const (*sk).src_ip6[2]),
-                core::ptr::read_volatile(&raw const (*sk).src_ip6[3]),
-            ]
-        } else {
-            [core::ptr::read_volatile(&raw const (*sk).src_ip4), 0, 0, 0]
-        };
-        GroupKey {
-            family: family as u16,
-            protocol: core::ptr::read_volatile(&raw const (*sk).protocol) as u16,
-            port: core::ptr::read_volatile(&raw const (*sk).src_port) as u16,
-            pad: 0,
-            ifindex: core::ptr::read_volatile(&raw const (*sk).bound_dev_if),
-            addr,
-        }
-    }
 }
 
 /// Counts a run on `index` for the group. The instance's totals are the sum of

@@ -21,6 +21,8 @@
 //!   the `steer-udpserver` binary whose answers name their generation.
 //! - [`sysimage`]: the Debian root filesystem with systemd as init, in containerd, that the
 //!   shipped systemd unit runs in.
+//! - [`previous`]: the previous release's `steer` (ABI 2), built from this repository's
+//!   history, for the in-place upgrade tests.
 //! - [`procfs`]: the `/proc` reading, signalling and bounded polling those drivers share.
 //! - [`require_privileges`]: decide whether a privileged test runs, skips, or fails.
 
@@ -33,6 +35,7 @@ pub mod image;
 pub mod load;
 pub mod netns;
 pub mod nginx;
+pub mod previous;
 pub mod procfs;
 pub mod server;
 pub mod sysimage;

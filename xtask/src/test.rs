@@ -62,6 +62,9 @@ pub fn run(options: &Options) -> Result<()> {
     step("systemd unit (systemd-analyze verify)", crate::unit::verify)?;
     // hadolint, and the images the container tests run (they build them too, if missing).
     step("images", crate::image::run_if_docker)?;
+    // The last ABI-2 steer, from this repository's history, for the in-place upgrade
+    // tests (they build it too, if missing; here no test pays for it under load).
+    step("previous release's steer (ABI 2)", || steer_harness::previous::abi2_steer().map(|_| ()))?;
     for (name, command) in &mut steps {
         step(name, || util::run(command))?;
     }
@@ -90,7 +93,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     println!(
         "xtask test: all {} steps passed in {}",
-        steps.len() + 3 + usize::from(!options.no_setup) + usize::from(ran_bench) + usize::from(ran_kernels),
+        steps.len() + 4 + usize::from(!options.no_setup) + usize::from(ran_bench) + usize::from(ran_kernels),
         minutes(start.elapsed())
     );
     Ok(())

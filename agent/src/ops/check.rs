@@ -3,10 +3,8 @@
 //! (each loaded, then dropped: nothing is pinned, and nothing stays attached).
 use std::path::Path;
 
-use aya::EbpfLoader;
-
 use crate::{
-    paths, preflight, program,
+    paths, preflight,
     state::{self, Mode, Wanted},
 };
 
@@ -114,11 +112,6 @@ fn mode_item(wanted: &Wanted) -> Item {
 }
 
 fn load_program(mode: Mode) -> anyhow::Result<()> {
-    if mode == Mode::SelectOnly {
-        state::select::check_load()?;
-        return Ok(());
-    }
-    let mut ebpf = EbpfLoader::new().load(program::OBJECT)?;
-    state::load_program(&mut ebpf)?;
+    state::select::check_load(mode)?;
     Ok(())
 }

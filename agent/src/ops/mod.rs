@@ -9,9 +9,7 @@ pub mod reload;
 pub mod rollback;
 pub mod status;
 
-use std::os::fd::OwnedFd;
-
-use steer_abi::{GroupKey, SlotMeta};
+use steer_abi::GroupKey;
 
 use crate::{
     policy::PolicyError,
@@ -58,15 +56,8 @@ pub fn port_selected(key: &GroupKey, ports: &[u16]) -> bool {
     ports.is_empty() || ports.contains(&key.port)
 }
 
-/// A duplicate of the socket a slot record names, if that process still holds
-/// it under that descriptor (checked by cookie). Needs CAP_SYS_PTRACE.
-#[must_use]
-pub fn reopen(meta: &SlotMeta) -> Option<OwnedFd> {
-    let pidfd = sockets::open_pidfd(meta.pid).ok()?;
-    let fd = i32::try_from(meta.fd).ok()?;
-    let dup = rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty()).ok()?;
-    (rustix::net::sockopt::socket_cookie(&dup).ok()? == meta.cookie).then_some(dup)
-}
+/// A duplicate of the socket a slot record names (it lives with the sockets).
+pub use crate::sockets::reopen;
 
 /// The error and its sources as one sentence, like anyhow's `{:#}`.
 #[must_use]

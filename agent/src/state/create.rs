@@ -5,11 +5,10 @@
 use std::{fs, path::Path};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    EbpfLoader,
     maps::{Array, MapData},
-    programs::SkReuseport,
 };
-use steer_abi::{Info, MAX_GROUPS, MAX_SLOTS, PROGRAM_NAME, map_names};
+use steer_abi::{Info, MAX_GROUPS, MAX_SLOTS, map_names};
 
 use super::{
     StateError,
@@ -18,7 +17,7 @@ use super::{
 use crate::{paths, paths::pins, program};
 
 /// Map name in the object → pin name in the instance directory.
-pub const MAP_PINS: [(&str, &str); 8] = [
+pub const MAP_PINS: [(&str, &str); 10] = [
     (map_names::SOCKETS, pins::SOCKETS),
     (map_names::GROUPS, pins::GROUPS),
     (map_names::SLOTS, pins::SLOTS),
@@ -27,6 +26,8 @@ pub const MAP_PINS: [(&str, &str); 8] = [
     (map_names::GLOBAL_STATS, pins::GLOBAL_STATS),
     (map_names::INFO, pins::INFO),
     (map_names::FLOWS, pins::FLOWS),
+    (map_names::CONFIGS, pins::CONFIGS),
+    (map_names::CURRENT, pins::CURRENT),
 ];
 
 /// Creates the instance of `netns` under `state_dir`, steering in `mode`. The
@@ -74,26 +75,9 @@ fn fill(dir: &Path, mode: Mode) -> Result<(), StateError> {
         0,
     )
     .map_err(StateError::map("info"))?;
-    if mode == Mode::SelectOnly {
-        // Before 5.14 the verifier would refuse `steer` (it reads `ctx->sk`).
-        return select::load_template(&mut ebpf, &dir.join(pins::SELECT_PROGRAM));
-    }
-    let prog = load_program(&mut ebpf)?;
-    let prog_pin = dir.join(pins::PROGRAM);
-    prog.pin(&prog_pin).map_err(|e| StateError::pin("program", prog_pin, e))?;
-    Ok(())
-}
-
-/// Loads the steering program of an object through the verifier (nothing is
-/// pinned or attached): instance creation and `steer check` both use it.
-pub fn load_program(ebpf: &mut Ebpf) -> Result<&mut SkReuseport, StateError> {
-    let prog: &mut SkReuseport = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or_else(|| StateError::Load("program missing from the object".into()))?
-        .try_into()
-        .map_err(|e| StateError::Load(Box::new(e)))?;
-    prog.load().map_err(|e| StateError::Load(Box::new(e)))?;
-    Ok(prog)
+    // The entry point loaded for no group: the mode's marker. Before 5.14 the
+    // verifier would refuse `steer` (it is a migrating program).
+    select::load_pinned(&mut ebpf, mode, &dir.join(mode.marker()))
 }
 
 /// Sockarray size for a new instance: `STEER_MAX_SLOTS` or the default.

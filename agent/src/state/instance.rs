@@ -8,9 +8,9 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
-    programs::{ProgramInfo, SkReuseport, sk_reuseport::SkReuseportAttachType},
+    programs::{ProgramInfo, SkReuseport},
 };
-use steer_abi::{Counters, GroupConfig, GroupKey, Info, SlotMeta, counter};
+use steer_abi::{Counters, GroupConfig, GroupKey, Info, SlotMeta, counter, published};
 
 use super::{
     StateError,
@@ -30,18 +30,17 @@ pub struct Instance {
     group_stats: PerCpuArray<MapData, Counters>,
     slot_stats: PerCpuArray<MapData, u64>,
     global_stats: PerCpuArray<MapData, Counters>,
-    /// With listener migration: the one program every group runs. In
-    /// select-only mode each group has its own (`select::group_program`).
-    program: Option<SkReuseport>,
+    /// What the programs read (`steer_abi::published`).
+    configs: Array<MapData, GroupConfig>,
+    current: Array<MapData, u32>,
     pub mode: Mode,
 }
 
 /// The kernel's figures for the programs of an instance (summed over the
-/// groups' programs in select-only mode), counted only while
-/// `kernel.bpf_stats_enabled` is 1.
+/// groups' programs), counted only while `kernel.bpf_stats_enabled` is 1.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProgramFigures {
-    /// The program's id; in select-only mode the first group's.
+    /// The first group's program id.
     pub id: u32,
     pub run_time: std::time::Duration,
     pub run_count: u64,
@@ -71,7 +70,7 @@ fn pinned(dir: &Path, pin: &'static str) -> Result<MapData, StateError> {
     MapData::from_pin(&path).map_err(|e| StateError::pin("map", path, e))
 }
 
-fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+pub(super) fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
     dir: &Path,
     pin: &'static str,
 ) -> Result<T, StateError> {
@@ -83,29 +82,29 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 impl Instance {
     /// Opens the pins in `dir` and checks the ABI version.
     pub fn open(dir: &Path, netns: u64) -> Result<Self, StateError> {
-        let info_map: Array<MapData, Info> = typed(dir, pins::INFO)?;
-        let info = info_map.get(&0, 0).map_err(|e| StateError::pin("info", dir.join(pins::INFO), e))?;
-        if info.abi_version != steer_abi::ABI_VERSION {
-            return Err(StateError::AbiMismatch {
-                path: dir.to_path_buf(),
-                found: info.abi_version,
-                expected: steer_abi::ABI_VERSION,
+        let found = abi_of(dir)?;
+        if found != steer_abi::ABI_VERSION {
+            let path = dir.to_path_buf();
+            return Err(if found == super::upgrade::FROM {
+                StateError::AbiOlder { path, found }
+            } else {
+                StateError::AbiMismatch { path, found, expected: steer_abi::ABI_VERSION }
             });
         }
-        let prog_path = dir.join(pins::PROGRAM);
+        Self::open_any_abi(dir, netns)
+    }
+
+    /// Opens the pins in `dir` whatever ABI wrote them (an upgrade, which
+    /// has pinned this ABI's maps beside the older ones).
+    pub(super) fn open_any_abi(dir: &Path, netns: u64) -> Result<Self, StateError> {
+        let info_map: Array<MapData, Info> = typed(dir, pins::INFO)?;
+        let info = info_map.get(&0, 0).map_err(|e| StateError::pin("info", dir.join(pins::INFO), e))?;
         let Some(mode) = select::mode_of(dir) else {
             return Err(StateError::Pin {
                 what: "program",
-                path: prog_path,
+                path: dir.join(pins::PROGRAM),
                 source: "neither the migrating program nor the select-only marker is pinned".into(),
             });
-        };
-        let program = match mode {
-            Mode::SelectOrMigrate => Some(
-                SkReuseport::from_pin(&prog_path, SkReuseportAttachType::SelectOrMigrate)
-                    .map_err(|e| StateError::pin("program", prog_path, e))?,
-            ),
-            Mode::SelectOnly => None,
         };
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -117,7 +116,8 @@ impl Instance {
             group_stats: typed(dir, pins::GROUP_STATS)?,
             slot_stats: typed(dir, pins::SLOT_STATS)?,
             global_stats: typed(dir, pins::GLOBAL_STATS)?,
-            program,
+            configs: typed(dir, pins::CONFIGS)?,
+            current: typed(dir, pins::CURRENT)?,
             mode,
         })
     }
@@ -126,16 +126,35 @@ impl Instance {
         SockArray::new(self.sockets.fd().as_fd())
     }
 
-    /// Attaches the program to the reuseport group `key` of `socket` (replacing
-    /// any program attached before; attaching ours again is harmless). In
-    /// select-only mode that is the group's own program, loaded on first use:
-    /// only with the state's lock held.
+    /// Attaches the group's own program to the reuseport group `key` of
+    /// `socket` (replacing any program attached before; attaching ours again
+    /// is harmless), loading it on first use. Only with the state's lock held.
     pub fn attach(&self, key: &GroupKey, socket: BorrowedFd<'_>) -> Result<(), StateError> {
-        let attach = StateError::map("attach (SO_ATTACH_REUSEPORT_EBPF)");
-        match &self.program {
-            Some(program) => program.attach(socket).map_err(attach),
-            None => select::group_program(&self.dir, key)?.attach(socket).map_err(attach),
+        let index = self.group_index(key)?;
+        select::group_program(&self.dir, &self.dir, self.mode, key, index)?
+            .attach(socket)
+            .map_err(StateError::map("attach (SO_ATTACH_REUSEPORT_EBPF)"))
+    }
+
+    /// The index of group `key` (its configuration's, or its program's when
+    /// it has a program but no configuration yet), or the lowest index
+    /// neither a configuration nor a program uses.
+    fn group_index(&self, key: &GroupKey) -> Result<u32, StateError> {
+        if let Some(config) = self.config(key) {
+            return Ok(config.stats);
         }
+        if let Some(index) = select::pinned_index(&self.dir, key) {
+            return Ok(index);
+        }
+        let mut used: std::collections::BTreeSet<u32> =
+            self.groups.iter().flatten().map(|(_, c)| c.stats).collect();
+        used.extend(select::pinned_indexes(&self.dir));
+        (0..self.group_stats.len()).find(|i| !used.contains(i)).ok_or_else(|| {
+            StateError::map("group_stats")(aya::maps::MapError::OutOfBounds {
+                index: self.group_stats.len(),
+                max_entries: self.group_stats.len(),
+            })
+        })
     }
 
     /// Removes whatever program the group of `socket` has.
@@ -143,19 +162,16 @@ impl Instance {
         SkReuseport::detach(socket).map_err(StateError::map("detach (SO_DETACH_REUSEPORT_BPF)"))
     }
 
-    /// The kernel's figures for the pinned program(s), or `None` when the
-    /// kernel refuses them (or no group has a program yet, in select-only mode).
+    /// The kernel's figures for the groups' programs, summed, or `None` when
+    /// the kernel refuses them or no group has a program yet.
     pub fn program_figures(&self) -> Option<ProgramFigures> {
         let figures = |info: ProgramInfo| ProgramFigures {
             id: info.id(),
             run_time: info.run_time(),
             run_count: info.run_count(),
         };
-        if let Some(program) = &self.program {
-            return program.info().ok().map(figures);
-        }
         let each = select::group_programs(&self.dir).into_iter().filter_map(|path| {
-            SkReuseport::from_pin(&path, SkReuseportAttachType::Select).ok()?.info().ok().map(figures)
+            SkReuseport::from_pin(&path, self.mode.attach_type()).ok()?.info().ok().map(figures)
         });
         each.reduce(|sum, f| ProgramFigures {
             id: sum.id,
@@ -168,40 +184,54 @@ impl Instance {
         self.groups.get(key, 0).ok()
     }
 
-    /// Replaces a group's configuration in one map update. A group keeps its
-    /// counters' index (`stats`, whatever `config` says); a group configured
-    /// for the first time gets the lowest index no other group uses, zeroed
-    /// first, so the program never counts into another group's entry.
+    /// Replaces a group's configuration. A group keeps its index (`stats`,
+    /// whatever `config` says); a group configured for the first time gets
+    /// its program's index, or the lowest one free, with its counters zeroed
+    /// first, so the program never counts into another group's entry. The
+    /// program's copy is published first and the agent's record second, so a
+    /// command killed between the two leaves a record the next command finds
+    /// different from what it wants, and writes again.
     pub fn set_config(&mut self, key: &GroupKey, config: &GroupConfig) -> Result<(), StateError> {
-        let stats = match self.config(key) {
-            Some(existing) => existing.stats,
-            None => {
-                let used: std::collections::BTreeSet<u32> =
-                    self.groups.iter().flatten().map(|(_, c)| c.stats).collect();
-                let free = (0..self.group_stats.len()).find(|i| !used.contains(i)).ok_or_else(|| {
-                    StateError::map("group_stats")(aya::maps::MapError::OutOfBounds {
-                        index: self.group_stats.len(),
-                        max_entries: self.group_stats.len(),
-                    })
-                })?;
-                let cpus = aya::util::nr_cpus().map_err(|(_, e)| StateError::map("group_stats")(e))?;
-                let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
-                    .map_err(StateError::map("group_stats"))?;
-                self.group_stats.set(free, zero, 0).map_err(StateError::map("group_stats"))?;
-                free
-            }
-        };
+        let existing = self.config(key);
+        let stats = self.group_index(key)?;
+        if existing.is_none() {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| StateError::map("group_stats")(e))?;
+            let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
+                .map_err(StateError::map("group_stats"))?;
+            self.group_stats.set(stats, zero, 0).map_err(StateError::map("group_stats"))?;
+        }
         let config = GroupConfig { stats, pad: 0, ..*config };
+        self.publish(stats, Some(&config))?;
         self.groups.insert(key, config, 0).map_err(StateError::map("groups"))
     }
 
-    /// Forgets a group: its configuration (the program then leaves it to the
-    /// kernel). Its counters' index is free for the next new group, which
-    /// zeroes it.
+    /// Makes `config` (or none) what the program of group `index` reads: the
+    /// entry not in use is written, then `CURRENT[index]` switches to it. The
+    /// switch is one map update of a value whose only changing byte is the
+    /// lowest (0, 1 or 2), so a reader sees the old value or the new one.
+    /// The entry in use is never written.
+    fn publish(&mut self, index: u32, config: Option<&GroupConfig>) -> Result<(), StateError> {
+        let Some(config) = config else {
+            return self.current.set(index, 0, 0).map_err(StateError::map("current"));
+        };
+        let next = published::next(self.current.get(&index, 0).unwrap_or(0));
+        let entry = published::entry(index, next).unwrap_or_default();
+        self.configs.set(entry, config, 0).map_err(StateError::map("configs"))?;
+        self.current.set(index, next, 0).map_err(StateError::map("current"))
+    }
+
+    /// Forgets a group: the program's copy of its configuration (the program
+    /// then leaves it to the kernel), the agent's record, and the group's
+    /// program pin. Its index is free for the next new group, which zeroes
+    /// its counters.
     pub fn remove_group(&mut self, key: &GroupKey) -> Result<(), StateError> {
+        if let Some(index) = self.config(key).map(|c| c.stats) {
+            self.publish(index, None)?;
+        }
         self.groups.remove(key).map_err(StateError::map("groups"))?;
-        // Select-only mode: the group's program goes once no group runs it.
-        let _ = std::fs::remove_file(self.dir.join(select::pin_name(key)));
+        if let Some(index) = select::pinned_index(&self.dir, key) {
+            let _ = std::fs::remove_file(self.dir.join(select::pin_name(index, key)));
+        }
         Ok(())
     }
 
@@ -356,6 +386,13 @@ impl Instance {
         }
         Ok(())
     }
+}
+
+/// The ABI version that wrote the instance in `dir`.
+pub fn abi_of(dir: &Path) -> Result<u32, StateError> {
+    let info_map: Array<MapData, Info> = typed(dir, pins::INFO)?;
+    let info = info_map.get(&0, 0).map_err(|e| StateError::pin("info", dir.join(pins::INFO), e))?;
+    Ok(info.abi_version)
 }
 
 /// Distinct pids recorded for the slots of `range`.

@@ -7,6 +7,7 @@ mod instance;
 mod lockwait;
 pub mod select;
 pub mod sockarray;
+pub mod upgrade;
 
 use std::{
     fs::{self, File},
@@ -16,7 +17,6 @@ use std::{
 };
 
 pub use bpffs::{BPF_FS_MAGIC, ensure_bpffs, is_bpffs};
-pub use create::load_program;
 pub use instance::{GroupView, Instance, ProgramFigures, SlotView, pids_of};
 pub use lockwait::{LockWaits, lock_waits};
 pub use select::{Mode, Wanted};
@@ -46,6 +46,10 @@ pub enum StateError {
         "the state in {path} was written by ABI version {found}, this steer speaks {expected}; detach with the steer that wrote it (`steer detach`), remove {path}, then promote again with this steer"
     )]
     AbiMismatch { path: PathBuf, found: u32, expected: u32 },
+    #[error(
+        "the state in {path} was written by an older steer (ABI version {found}); the next write command of this steer (`promote`, `rollback`, `reload`, `detach`, or the daemon) upgrades it in place without interrupting traffic"
+    )]
+    AbiOlder { path: PathBuf, found: u32 },
     #[error("cannot {what} {path}")]
     Io {
         what: &'static str,
@@ -123,7 +127,8 @@ impl StateError {
 /// The state directory, locked for writing while this value lives.
 pub struct StateDir {
     path: PathBuf,
-    _lock: Option<File>,
+    /// The writer lock, held while this value lives; `None` for a reader.
+    lock: Option<File>,
 }
 
 impl StateDir {
@@ -142,7 +147,7 @@ impl StateDir {
         }
         let lock = File::open(path).map_err(StateError::io("open", path))?;
         take_lock(&lock, path)?;
-        let dir = Self { path: path.to_path_buf(), _lock: Some(lock) };
+        let dir = Self { path: path.to_path_buf(), lock: Some(lock) };
         dir.sweep_temporary();
         Ok(dir)
     }
@@ -157,7 +162,7 @@ impl StateDir {
     /// creating or mounting anything. `None` when there is no state at all.
     #[must_use]
     pub fn open_for_read(path: &Path) -> Option<Self> {
-        is_bpffs(path).then(|| Self { path: path.to_path_buf(), _lock: None })
+        is_bpffs(path).then(|| Self { path: path.to_path_buf(), lock: None })
     }
 
     #[must_use]
@@ -201,11 +206,23 @@ impl StateDir {
         out
     }
 
-    /// Opens the instance of `netns`, if there is one.
+    /// Opens the instance of `netns`, if there is one. With the lock held,
+    /// an instance an older steer wrote is upgraded in place first
+    /// ([`upgrade`]).
     pub fn instance(&self, netns: u64) -> Result<Option<Instance>, StateError> {
         let dir = paths::instance_dir(&self.path, netns);
         if !dir.exists() {
             return Ok(None);
+        }
+        if self.lock.is_some() && instance::abi_of(&dir)? == upgrade::FROM {
+            let groups = upgrade::run(&dir, netns)?;
+            tracing::info!(
+                netns,
+                from = upgrade::FROM,
+                to = steer_abi::ABI_VERSION,
+                groups,
+                "upgraded the instance in place: every group with a live socket runs this steer's program"
+            );
         }
         Instance::open(&dir, netns).map(Some)
     }

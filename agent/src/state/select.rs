@@ -1,21 +1,20 @@
-//! The two ways an instance steers, and select-only mode's program instances.
+//! The two ways an instance steers, and the programs of its groups.
 //!
-//! With listener migration (Linux 5.14+) one `steer` program, loaded as
-//! `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`, serves every group: it reads the group
-//! from `ctx->sk`. Select-only mode (`--no-migrate`, or a kernel before 5.14,
-//! which has no `ctx->sk`) loads `steer_select` as `BPF_SK_REUSEPORT_SELECT`,
-//! once per group, with the group set before load; each instance shares the
-//! pinned maps and is pinned beside them as `prog-select-<group>`. The
-//! instance directory says which mode it is in: `prog` (the migrating
-//! program) or `prog-select` (a `steer_select` loaded for no group, never
-//! attached), so every later command keeps the mode.
+//! Every group has its own instance of the program, loaded against the pinned
+//! maps with the group and the group's index set before load, and pinned
+//! beside them as `prog-group-<index>-<group>`. With listener migration
+//! (Linux 5.14+) that is `steer`, loaded as `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`;
+//! select-only mode (`--no-migrate`, or a kernel before 5.14) loads
+//! `steer_select` as `BPF_SK_REUSEPORT_SELECT`. The instance directory says
+//! which mode it is in: `prog` or `prog-select`, the entry point loaded for no
+//! group and never attached, so every later command keeps the mode.
 use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{SkReuseport, sk_reuseport::SkReuseportAttachType},
 };
-use steer_abi::{GroupKey, SELECT_GROUP_GLOBAL, SELECT_PROGRAM_NAME};
+use steer_abi::{GROUP_GLOBAL, GROUP_INDEX_GLOBAL, GroupKey, PROGRAM_NAME, SELECT_PROGRAM_NAME};
 
 use super::{StateError, create::MAP_PINS};
 use crate::{paths::pins, preflight, program};
@@ -93,80 +92,136 @@ pub fn mode_of(dir: &Path) -> Option<Mode> {
     }
 }
 
-/// Pin name of the `steer_select` instance of `key`: every field in hex (no
-/// dots, which bpffs refuses), so that two groups never share one.
-#[must_use]
-pub fn pin_name(key: &GroupKey) -> String {
+impl Mode {
+    /// The program's entry point in the object.
+    #[must_use]
+    pub const fn entry_point(self) -> &'static str {
+        match self {
+            Self::SelectOrMigrate => PROGRAM_NAME,
+            Self::SelectOnly => SELECT_PROGRAM_NAME,
+        }
+    }
+
+    /// How the entry point is loaded and attached.
+    #[must_use]
+    pub const fn attach_type(self) -> SkReuseportAttachType {
+        match self {
+            Self::SelectOrMigrate => SkReuseportAttachType::SelectOrMigrate,
+            Self::SelectOnly => SkReuseportAttachType::Select,
+        }
+    }
+
+    /// The pin that marks an instance in this mode.
+    #[must_use]
+    pub const fn marker(self) -> &'static str {
+        match self {
+            Self::SelectOrMigrate => pins::PROGRAM,
+            Self::SelectOnly => pins::SELECT_PROGRAM,
+        }
+    }
+}
+
+/// The part of a group program's pin name after its index: every field of
+/// `key` in hex (no dots, which bpffs refuses), so that two groups never
+/// share one.
+pub(super) fn key_suffix(key: &GroupKey) -> String {
     let [a, b, c, d] = key.addr;
     format!(
-        "{}{:x}-{:x}-{:x}-{:x}-{a:08x}{b:08x}{c:08x}{d:08x}",
-        pins::SELECT_PROGRAM_PREFIX,
-        key.family,
-        key.protocol,
-        key.port,
-        key.ifindex
+        "-{:x}-{:x}-{:x}-{:x}-{a:08x}{b:08x}{c:08x}{d:08x}",
+        key.family, key.protocol, key.port, key.ifindex
     )
 }
 
-/// Loads `steer_select` from an already loaded object (instance creation:
-/// its maps are the ones being pinned) and pins it at `path`.
-pub fn load_template(ebpf: &mut Ebpf, path: &Path) -> Result<(), StateError> {
-    let prog = select_program(ebpf)?;
+/// Pin name of the program of the group `key` at `index`.
+#[must_use]
+pub fn pin_name(index: u32, key: &GroupKey) -> String {
+    format!("{}{index}{}", pins::GROUP_PROGRAM_PREFIX, key_suffix(key))
+}
+
+/// The index of the group program pinned in `dir` for `key`, if any.
+#[must_use]
+pub fn pinned_index(dir: &Path, key: &GroupKey) -> Option<u32> {
+    let suffix = key_suffix(key);
+    group_programs(dir).iter().find_map(|path| {
+        let name = path.file_name()?.to_str()?;
+        name.strip_suffix(&suffix)?.strip_prefix(pins::GROUP_PROGRAM_PREFIX)?.parse().ok()
+    })
+}
+
+/// The indexes of every group program pinned in `dir`.
+#[must_use]
+pub fn pinned_indexes(dir: &Path) -> Vec<u32> {
+    group_programs(dir)
+        .iter()
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            name.strip_prefix(pins::GROUP_PROGRAM_PREFIX)?.split('-').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Loads the entry point of `mode` from an already loaded object (instance
+/// creation: its maps are the ones being pinned) and pins it at `path`.
+pub fn load_pinned(ebpf: &mut Ebpf, mode: Mode, path: &Path) -> Result<(), StateError> {
+    let prog = entry_point(ebpf, mode)?;
     prog.load().map_err(|e| StateError::Load(Box::new(e)))?;
     prog.pin(path).map_err(|e| StateError::pin("program", path.to_path_buf(), e))
 }
 
-/// The `steer_select` instance of `key` in the instance directory `dir`:
-/// opened from its pin, or loaded against the pinned maps and pinned first.
-/// Only with the state's lock held.
-pub fn group_program(dir: &Path, key: &GroupKey) -> Result<SkReuseport, StateError> {
-    let path = dir.join(pin_name(key));
+/// The program of the group `key` at `index` in the instance directory `dir`:
+/// opened from its pin, or loaded against the maps pinned in `maps` and pinned
+/// in `dir` first. Only with the state's lock held.
+pub fn group_program(
+    dir: &Path,
+    maps: &Path,
+    mode: Mode,
+    key: &GroupKey,
+    index: u32,
+) -> Result<SkReuseport, StateError> {
+    let path = dir.join(pin_name(index, key));
     if !path.exists() {
         let pinned: Vec<(&str, PathBuf)> =
-            MAP_PINS.iter().map(|(name, pin)| (*name, dir.join(pin))).collect();
+            MAP_PINS.iter().map(|(name, pin)| (*name, maps.join(pin))).collect();
         let mut loader = EbpfLoader::new();
         for (name, pin) in &pinned {
             loader.map_pin_path(name, pin.as_path());
         }
         let mut ebpf = loader
-            .override_global(SELECT_GROUP_GLOBAL, key, true)
+            .override_global(GROUP_GLOBAL, key, true)
+            .override_global(GROUP_INDEX_GLOBAL, &index, true)
             .load(program::OBJECT)
             .map_err(|e| StateError::Load(Box::new(e)))?;
-        load_template(&mut ebpf, &path)?;
+        load_pinned(&mut ebpf, mode, &path)?;
     }
-    SkReuseport::from_pin(&path, SkReuseportAttachType::Select)
-        .map_err(|e| StateError::pin("program", path.clone(), e))
+    SkReuseport::from_pin(&path, mode.attach_type()).map_err(|e| StateError::pin("program", path.clone(), e))
 }
 
-/// Every `steer_select` instance pinned in `dir` (not the template).
+/// Every group program pinned in `dir` (not the marker).
 #[must_use]
 pub fn group_programs(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(pins::SELECT_PROGRAM_PREFIX)))
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(pins::GROUP_PROGRAM_PREFIX)))
         .map(|e| e.path())
         .collect();
     out.sort();
     out
 }
 
-fn select_program(ebpf: &mut Ebpf) -> Result<&mut SkReuseport, StateError> {
-    ebpf.program_mut(SELECT_PROGRAM_NAME)
-        .ok_or_else(|| StateError::Load("select program missing from the object".into()))?
+fn entry_point(ebpf: &mut Ebpf, mode: Mode) -> Result<&mut SkReuseport, StateError> {
+    ebpf.program_mut(mode.entry_point())
+        .ok_or_else(|| StateError::Load(format!("{} missing from the object", mode.entry_point()).into()))?
         .try_into()
         .map_err(|e| StateError::Load(Box::new(e)))
 }
 
-/// Loads `steer_select` of a fresh object through the verifier (nothing is
-/// pinned or attached): `steer check` in select-only mode.
-pub fn check_load() -> Result<(), StateError> {
-    let mut ebpf = EbpfLoader::new()
-        .override_global(SELECT_GROUP_GLOBAL, &GroupKey::default(), true)
-        .load(program::OBJECT)
-        .map_err(|e| StateError::Load(Box::new(e)))?;
-    select_program(&mut ebpf)?.load().map_err(|e| StateError::Load(Box::new(e)))
+/// Loads the entry point of `mode` of a fresh object through the verifier
+/// (nothing is pinned or attached): `steer check`.
+pub fn check_load(mode: Mode) -> Result<(), StateError> {
+    let mut ebpf = EbpfLoader::new().load(program::OBJECT).map_err(|e| StateError::Load(Box::new(e)))?;
+    entry_point(&mut ebpf, mode)?.load().map_err(|e| StateError::Load(Box::new(e)))
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@ fn each_group_gets_its_own_pin_name_without_dots() {
     let b = GroupKey { port: 8081, ..a };
     let c = GroupKey { ifindex: 3, ..a };
     let v6 = GroupKey { family: 10, addr: [0, 0, 0, 0x0100_0000], ..a };
-    let names: Vec<String> = [a, b, c, v6].iter().map(pin_name).collect();
-    assert_eq!(names[0], "prog-select-2-6-1f90-0-0100007f000000000000000000000000");
+    let names: Vec<String> = [a, b, c, v6].iter().map(|k| pin_name(1023, k)).collect();
+    assert_eq!(names[0], "prog-group-1023-2-6-1f90-0-0100007f000000000000000000000000");
     for (i, n) in names.iter().enumerate() {
         assert!(!n.contains('.') && n.len() < 255, "{n}");
-        assert!(n.starts_with(pins::SELECT_PROGRAM_PREFIX));
+        assert!(n.starts_with(pins::GROUP_PROGRAM_PREFIX));
         assert!(names.iter().skip(i + 1).all(|m| m != n), "{names:?}");
     }
 }
@@ -39,9 +39,13 @@ fn the_mode_is_read_from_the_program_pins() {
     std::fs::create_dir_all(&dir).unwrap();
     assert_eq!(mode_of(&dir), None);
     std::fs::write(dir.join(pins::SELECT_PROGRAM), b"").unwrap();
-    std::fs::write(dir.join(pin_name(&GroupKey::default())), b"").unwrap();
+    let key = GroupKey { port: 80, ..GroupKey::default() };
+    std::fs::write(dir.join(pin_name(7, &key)), b"").unwrap();
     assert_eq!(mode_of(&dir), Some(Mode::SelectOnly));
     assert_eq!(group_programs(&dir).len(), 1, "the marker is no group's program");
+    assert_eq!(pinned_index(&dir, &key), Some(7));
+    assert_eq!(pinned_index(&dir, &GroupKey { port: 81, ..key }), None);
+    assert_eq!(pinned_indexes(&dir), vec![7]);
     std::fs::write(dir.join(pins::PROGRAM), b"").unwrap();
     assert_eq!(mode_of(&dir), Some(Mode::SelectOrMigrate));
     std::fs::remove_dir_all(&dir).unwrap();

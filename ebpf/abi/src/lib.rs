@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map layout or the program's meaning changes. A pinned state
 /// directory written by another ABI version is refused by the agent.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Number of slots in the REUSEPORT_SOCKARRAY (one slot per steered socket).
 pub const MAX_SLOTS: u32 = 8192;
@@ -135,15 +135,54 @@ pub mod map_names {
     pub const GLOBAL_STATS: &str = "STEER_GLOBAL";
     pub const INFO: &str = "STEER_INFO";
     pub const FLOWS: &str = "STEER_FLOWS";
+    /// The configurations the program reads: two entries per group index,
+    /// the one in use named by [`CURRENT`] (`steer_abi::published`).
+    pub const CONFIGS: &str = "STEER_CONFIGS";
+    /// Per group index: 0 (no configuration), 1 or 2 (which of the group's
+    /// two [`CONFIGS`] entries is in use).
+    pub const CURRENT: &str = "STEER_CURRENT";
 }
 
-/// Name of the program inside the eBPF object.
+/// Name of the program inside the eBPF object (`BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`).
 pub const PROGRAM_NAME: &str = "steer";
-/// Name of the select-only entry point (`BPF_SK_REUSEPORT_SELECT`): one
-/// instance per group, which it takes from [`SELECT_GROUP_GLOBAL`].
+/// Name of the select-only entry point (`BPF_SK_REUSEPORT_SELECT`).
 pub const SELECT_PROGRAM_NAME: &str = "steer_select";
-/// Global ([`GroupKey`]) the agent sets before loading [`SELECT_PROGRAM_NAME`].
-pub const SELECT_GROUP_GLOBAL: &str = "STEER_SELECT_GROUP";
+/// Global ([`GroupKey`]) the agent sets before loading either entry point:
+/// every group has its own program instance, which serves that group only.
+pub const GROUP_GLOBAL: &str = "STEER_GROUP";
+/// Global (`u32`, below [`MAX_GROUPS`]) the agent sets before load: the
+/// group's index into the configurations ([`published`]) and its counters.
+pub const GROUP_INDEX_GLOBAL: &str = "STEER_GROUP_INDEX";
+
+/// How the agent publishes a group's configuration to the program without a
+/// torn read and without a hash lookup per packet. The program instance of
+/// group index `i` reads `CURRENT[i]`: 0 means no configuration; 1 or 2 names
+/// the entry `CONFIGS[2 * i + CURRENT[i] - 1]`. The agent writes the entry not
+/// in use, then switches `CURRENT[i]` with a single 4-byte store. Both are
+/// array lookups, which the verifier inlines.
+pub mod published {
+    /// Entries of `STEER_CONFIGS`: two per group index.
+    pub const CONFIGS: u32 = super::MAX_GROUPS * 2;
+
+    /// The `STEER_CONFIGS` entry `current` names for group index `index`, or
+    /// `None` when `current` is 0 (no configuration).
+    #[inline(always)]
+    #[must_use]
+    pub const fn entry(index: u32, current: u32) -> Option<u32> {
+        match current {
+            1 | 2 => Some(index * 2 + current - 1),
+            _ => None,
+        }
+    }
+
+    /// The `CURRENT` value that names the entry not in use: where the next
+    /// configuration goes.
+    #[inline(always)]
+    #[must_use]
+    pub const fn next(current: u32) -> u32 {
+        if current == 1 { 2 } else { 1 }
+    }
+}
 
 /// The listener watcher (a second object, `steer-watch`, loaded by the daemon).
 pub mod watch {
@@ -263,8 +302,8 @@ pub mod counter {
     ];
 }
 
-/// Identifies a reuseport group inside one network namespace: what the program
-/// reads from `ctx->sk`.
+/// Identifies a reuseport group inside one network namespace: its member
+/// sockets' family, protocol, local address, port and bound device.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey {

@@ -86,3 +86,17 @@ fn the_flow_timeout_lives_in_the_high_bits_of_the_flags() {
     assert_eq!(c.flow_timeout(), 5);
     assert_eq!(c.flags & FLAG_OPERATOR, FLAG_OPERATOR);
 }
+
+/// Each group index owns two entries, the switch alternates between them, and
+/// 0 (or anything else) names none.
+#[test]
+fn published_entries_alternate_within_the_group() {
+    assert_eq!(published::entry(0, 0), None);
+    assert_eq!(published::entry(5, 1), Some(10));
+    assert_eq!(published::entry(5, 2), Some(11));
+    assert_eq!(published::entry(5, 3), None);
+    assert_eq!(published::entry(MAX_GROUPS - 1, 2), Some(published::CONFIGS - 1));
+    assert_eq!(published::next(0), 1);
+    assert_eq!(published::next(1), 2);
+    assert_eq!(published::next(2), 1);
+}

@@ -89,6 +89,22 @@ impl World {
         self.group(port).counters
     }
 
+    /// The groups' own programs pinned in the state directory
+    /// (`prog-group-<index>-<group>`), in either mode.
+    pub fn group_programs(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for ns in std::fs::read_dir(&self.state_dir).expect("state dir").flatten() {
+            for pin in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let name = pin.file_name().to_string_lossy().into_owned();
+                if name.starts_with("prog-group-") {
+                    out.push(name);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Exactly `n` requests (one connection each) against `target`.
     pub fn requests(&self, target: &str, n: u64) -> LoadReport {
         let mut cfg = self.load_config(target);

@@ -5,6 +5,7 @@ mod flood;
 mod lock;
 mod promote;
 mod restart;
+mod upgrade;
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! Select-only mode (`--no-migrate`, and kernels before 5.14): one
-//! `steer_select` program per group, loaded as `BPF_SK_REUSEPORT_SELECT`. It
+//! Select-only mode (`--no-migrate`, and kernels before 5.14): each group's
+//! own `steer_select` program, loaded as `BPF_SK_REUSEPORT_SELECT`. It
 //! steers new connections (the counters and the generation that answered
 //! prove the program ran), never migrates, keeps its mode across commands,
 //! and `steer reload` hands over without loss.
@@ -13,20 +13,6 @@ fn mode(w: &World) -> String {
     w.status().namespaces.first().map(|n| n.mode.clone()).unwrap_or_default()
 }
 
-/// The per-group programs pinned in the state directory.
-fn group_programs(w: &World) -> Vec<String> {
-    let mut out = Vec::new();
-    for ns in std::fs::read_dir(&w.state_dir).expect("state dir").flatten() {
-        for pin in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-            let name = pin.file_name().to_string_lossy().into_owned();
-            if name.starts_with("prog-select-") {
-                out.push(name);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn no_migrate_steers_with_one_program_per_group_and_keeps_its_mode() {
     let Some(w) = World::new("selmode") else { return };
@@ -36,7 +22,7 @@ fn no_migrate_steers_with_one_program_per_group_and_keeps_its_mode() {
     let out = w.steer_ok(&["promote", &a.pid().to_string(), "--no-migrate"]);
     assert!(out.contains("promoted pid"), "{out}");
     assert_eq!(mode(&w), "select-only");
-    assert_eq!(group_programs(&w).len(), 2, "one program per group: {:?}", group_programs(&w));
+    assert_eq!(w.group_programs().len(), 2, "one program per group: {:?}", w.group_programs());
     let r = w.requests(TARGET, N);
     assert_no_failures(&r, "after promote a");
     assert_eq!(answered_by(&r, "a"), N, "{:?}", r.by_generation);
@@ -57,9 +43,9 @@ fn no_migrate_steers_with_one_program_per_group_and_keeps_its_mode() {
 
     // The group's program goes with the group.
     w.steer_ok(&["detach", "--port", "8081"]);
-    assert_eq!(group_programs(&w).len(), 1, "{:?}", group_programs(&w));
+    assert_eq!(w.group_programs().len(), 1, "{:?}", w.group_programs());
     w.steer_ok(&["detach"]);
-    assert!(group_programs(&w).is_empty());
+    assert!(w.group_programs().is_empty());
     // With no group left, a promote chooses the mode afresh.
     w.promote(&a);
     assert_eq!(mode(&w), "select+migrate");
@@ -133,7 +119,7 @@ fn the_daemon_promotes_in_select_only_mode() {
     assert_no_failures(&r, "after the daemon promoted b");
     assert_eq!(answered_by(&r, "b"), N, "{:?}", r.by_generation);
     assert_eq!(w.counters(8080).steered_active, N);
-    assert_eq!(group_programs(&w).len(), 1, "{:?}", group_programs(&w));
+    assert_eq!(w.group_programs().len(), 1, "{:?}", w.group_programs());
     assert!(d.stop().success());
     drop(a);
 }

@@ -152,11 +152,14 @@ fn port_selects_only_its_own_group() {
     let on_8081 = w.requests("127.0.0.1:8081", N);
     assert_eq!(answered_by(&on_8080, "b"), N, "8080 stays on b");
     assert_eq!(answered_by(&on_8081, "a"), N, "8081 now on a");
+    let programs = w.group_programs();
+    assert_eq!(programs.len(), 2, "each group runs its own program: {programs:?}");
 
     w.steer_ok(&["detach", "--port", "8081"]);
     let groups: Vec<u16> =
         w.status().namespaces.iter().flat_map(|n| n.groups.iter().map(|g| g.port)).collect();
     assert_eq!(groups, vec![8080], "detach --port 8081 left 8080 alone");
+    assert_eq!(w.group_programs().len(), 1, "the detached group's program went with it");
 }
 
 #[test]
