@@ -17,11 +17,12 @@
 //! - [`unbound`], [`dnsperf`], [`dns`], [`dns_handover`]: unbound generations with a
 //!   local zone, dnsperf at a fixed rate, a TXT query naming the answering generation,
 //!   and handovers of unbound under dnsperf with or without steer (the UDP proof).
-//! - [`udp`], [`udp_server`]: bound UDP sockets of a process, one-source-port flows, and
-//!   the `steer-udpserver` binary whose answers name their generation.
+//! - [`udp`], [`udp_server`]: one-source-port flows, and the `steer-udpserver` binary
+//!   whose answers name their generation.
 //! - [`sysimage`]: the Debian root filesystem with systemd as init, in containerd, that the
 //!   shipped systemd unit runs in.
-//! - [`procfs`]: the `/proc` reading, signalling and bounded polling those drivers share.
+//! - [`procfs`]: the `/proc` reading (which TCP listeners or bound UDP sockets a process
+//!   holds, among others), signalling and bounded polling those drivers share.
 //! - [`require_privileges`]: decide whether a privileged test runs, skips, or fails.
 
 pub mod dns;
