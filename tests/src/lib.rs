@@ -8,6 +8,8 @@
 //! - [`server`]: the `steer-testserver` binary's logic (reuseport listeners whose reply
 //!   names their generation, controlled over stdin) and [`server::TestServer`], the
 //!   driver tests use to spawn and steer it.
+//! - [`piped`]: what [`server::TestServer`] and [`udp_server::UdpServer`] share: the
+//!   server run in a namespace, its `ready` line, and commands over stdin/stdout.
 //! - [`load`]: the closed-loop load generator behind `steer-load`, with failure classes
 //!   and a latency histogram.
 //! - [`haproxy`], [`nginx`]: drivers that run the real servers in a namespace, write
@@ -34,6 +36,7 @@ pub mod image;
 pub mod load;
 pub mod netns;
 pub mod nginx;
+pub mod piped;
 pub mod procfs;
 pub mod server;
 pub mod sysimage;

@@ -58,7 +58,7 @@ fn without_steer_a_new_generation_takes_over_flows_the_old_one_was_serving() {
 #[test]
 fn with_steer_a_long_lived_exchange_stays_with_the_generation_that_started_it() {
     let Some(w) = with_steer("hudpaff") else { return };
-    let g1 = server(&w, "g1");
+    let mut g1 = server(&w, "g1");
     w.steer_ok(&["promote", &g1.pid().to_string()]);
     assert_eq!(udp_group(&w, PORT)[names::PROTOCOL], names::UDP);
     let exchange = Flow::open(&w.ns, target()).expect("open the exchange").exchange(EVERY);
