@@ -4,7 +4,7 @@
 //! its exit statistics, and after each handover a TXT query is answered by the new one.
 use steer_harness::dns_handover::{self, HandoverRun, Mode};
 
-use super::{counter, names, udp_group, with_steer};
+use super::{counter, names, udp_group};
 use crate::common::{Scratch, World, steer_bin};
 
 const PORT: u16 = 5353;
@@ -31,7 +31,7 @@ fn twenty_unbound_handovers_under_dnsperf_without_steer_baseline() {
 
 #[test]
 fn twenty_unbound_handovers_under_dnsperf_with_steer_reload_lose_nothing() {
-    let Some(w) = with_steer("hudpdns1") else { return };
+    let Some(w) = World::new("hudpdns1") else { return };
     let scratch = Scratch::new(&w);
     let run = HandoverRun::new(PORT, scratch.path());
     let mode = Mode::Steered { steer: steer_bin(), state_dir: w.state_dir.clone() };
