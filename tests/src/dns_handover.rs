@@ -19,19 +19,6 @@ use crate::netns::NetNs;
 use crate::procfs::{self, wait_for};
 use crate::unbound::{GEN_NAME, Unbound, UnboundConfig};
 
-/// Whether steer steers UDP groups yet. The "with steer" UDP tests and bench figures
-/// run only once this is true (the tests also when `STEER_E2E_UDP=1`): flip it when
-/// `steer promote`, `reload`, `detach` and `status` handle UDP groups.
-pub const STEERING_LANDED: bool = true;
-/// Set to `1`, runs the "with steer" UDP tests and bench figures before [`STEERING_LANDED`].
-pub const FORCE_ENV: &str = "STEER_E2E_UDP";
-
-/// [`STEERING_LANDED`], or forced with [`FORCE_ENV`]`=1`.
-#[must_use]
-pub fn steering_enabled() -> bool {
-    STEERING_LANDED || std::env::var(FORCE_ENV).is_ok_and(|v| v == "1")
-}
-
 /// How a handover is done.
 #[derive(Debug, Clone)]
 pub enum Mode {

@@ -8,6 +8,8 @@
 //! - [`server`]: the `steer-testserver` binary's logic (reuseport listeners whose reply
 //!   names their generation, controlled over stdin) and [`server::TestServer`], the
 //!   driver tests use to spawn and steer it.
+//! - [`piped`]: what [`server::TestServer`] and [`udp_server::UdpServer`] share: the
+//!   server run in a namespace, its `ready` line, and commands over stdin/stdout.
 //! - [`load`]: the closed-loop load generator behind `steer-load`, with failure classes
 //!   and a latency histogram.
 //! - [`haproxy`], [`nginx`]: drivers that run the real servers in a namespace, write
@@ -17,13 +19,14 @@
 //! - [`unbound`], [`dnsperf`], [`dns`], [`dns_handover`]: unbound generations with a
 //!   local zone, dnsperf at a fixed rate, a TXT query naming the answering generation,
 //!   and handovers of unbound under dnsperf with or without steer (the UDP proof).
-//! - [`udp`], [`udp_server`]: bound UDP sockets of a process, one-source-port flows, and
-//!   the `steer-udpserver` binary whose answers name their generation.
+//! - [`udp`], [`udp_server`]: one-source-port flows, and the `steer-udpserver` binary
+//!   whose answers name their generation.
 //! - [`sysimage`]: the Debian root filesystem with systemd as init, in containerd, that the
 //!   shipped systemd unit runs in.
 //! - [`previous`]: the previous release's `steer` (ABI 2), built from this repository's
 //!   history, for the in-place upgrade tests.
-//! - [`procfs`]: the `/proc` reading, signalling and bounded polling those drivers share.
+//! - [`procfs`]: the `/proc` reading (which TCP listeners or bound UDP sockets a process
+//!   holds, among others), signalling and bounded polling those drivers share.
 //! - [`require_privileges`]: decide whether a privileged test runs, skips, or fails.
 
 pub mod dns;
@@ -35,6 +38,7 @@ pub mod image;
 pub mod load;
 pub mod netns;
 pub mod nginx;
+pub mod piped;
 pub mod previous;
 pub mod procfs;
 pub mod server;

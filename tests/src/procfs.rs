@@ -1,6 +1,6 @@
-//! `/proc` helpers the server drivers share: process status and children, the listening
-//! sockets a process holds, kernel TCP counters, signals, running a daemonizing command,
-//! probing a port, and bounded polling.
+//! `/proc` helpers the server drivers share: process status and children, the sockets
+//! on a port a process holds (TCP listening, UDP bound), kernel TCP counters, signals,
+//! running a daemonizing command, probing a port, and bounded polling.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -97,15 +97,38 @@ pub fn children(ppid: u32, comm: &str) -> anyhow::Result<Vec<(u32, u64)>> {
     Ok(found)
 }
 
-/// Inodes of the TCP sockets listening on `port`, from the lines of
-/// `/proc/net/tcp{,6}` (header first). The kernel lists every listener before any
-/// other socket, so this stops at the first line that is not a listener: a server
-/// under load has tens of thousands of `TIME_WAIT` lines after them, slow to read.
-pub fn parse_listeners<S: AsRef<str>>(lines: impl IntoIterator<Item = S>, port: u16) -> Vec<u64> {
+/// Which sockets of a process [`held_sockets`] looks for: the `/proc/PID/net` files of
+/// one protocol, and the state a socket must be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sockets {
+    /// The files to read, IPv4 then IPv6 (`tcp`, `tcp6`).
+    pub files: [&'static str; 2],
+    /// The wanted state (`st`, in hex), `None` for any. Reading stops at the first line
+    /// in another state, so `Some` only for one the kernel lists before all others.
+    pub state: Option<&'static str>,
+}
+
+/// TCP listeners (`0A`, `TCP_LISTEN`). `/proc/net/tcp` lists the listening hash before
+/// the established one (`tcp_get_idx`, net/ipv4/tcp_ipv4.c), so reading stops at the
+/// first other socket: a server under load has tens of thousands of `TIME_WAIT` lines
+/// after them, slow to read.
+pub const TCP_LISTENING: Sockets = Sockets { files: ["tcp", "tcp6"], state: Some("0A") };
+/// UDP sockets bound to the port, connected or not (`07` and `01` lines are mixed).
+pub const UDP_BOUND: Sockets = Sockets { files: ["udp", "udp6"], state: None };
+
+/// Inodes of the sockets on local `port` in `wanted`'s state, from the lines of one of
+/// its files (header first).
+pub fn parse_sockets<S: AsRef<str>>(
+    lines: impl IntoIterator<Item = S>,
+    port: u16,
+    wanted: Sockets,
+) -> Vec<u64> {
     let mut found = Vec::new();
     for line in lines.into_iter().skip(1) {
         let fields: Vec<&str> = line.as_ref().split_whitespace().collect();
-        if fields.get(3) != Some(&"0A") {
+        if let Some(state) = wanted.state
+            && fields.get(3) != Some(&state)
+        {
             break;
         }
         let local_port = fields.get(1).and_then(|a| a.rsplit_once(':'));
@@ -119,18 +142,18 @@ pub fn parse_listeners<S: AsRef<str>>(lines: impl IntoIterator<Item = S>, port: 
     found
 }
 
-/// Inodes of the sockets listening on `port` (in `pid`'s network namespace) that
-/// `pid` holds a descriptor of; empty when `pid` is gone.
+/// Inodes of the `wanted` sockets on `port` (in `pid`'s network namespace) that `pid`
+/// holds a descriptor of; empty when `pid` is gone.
 #[must_use]
-pub fn listening_inodes(pid: u32, port: u16) -> BTreeSet<u64> {
-    let mut listening = BTreeSet::new();
-    for file in ["tcp", "tcp6"] {
+pub fn held_sockets(pid: u32, port: u16, wanted: Sockets) -> BTreeSet<u64> {
+    let mut on_port = BTreeSet::new();
+    for file in wanted.files {
         if let Ok(f) = File::open(format!("/proc/{pid}/net/{file}")) {
-            listening.extend(parse_listeners(BufReader::new(f).lines().map_while(Result::ok), port));
+            on_port.extend(parse_sockets(BufReader::new(f).lines().map_while(Result::ok), port, wanted));
         }
     }
-    if listening.is_empty() {
-        return listening;
+    if on_port.is_empty() {
+        return on_port;
     }
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return BTreeSet::new() };
     fds.flatten()
@@ -139,8 +162,14 @@ pub fn listening_inodes(pid: u32, port: u16) -> BTreeSet<u64> {
             let target = target.to_string_lossy().into_owned();
             target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
         })
-        .filter(|inode| listening.contains(inode))
+        .filter(|inode| on_port.contains(inode))
         .collect()
+}
+
+/// Inodes of the TCP sockets listening on `port` that `pid` holds ([`TCP_LISTENING`]).
+#[must_use]
+pub fn listening_inodes(pid: u32, port: u16) -> BTreeSet<u64> {
+    held_sockets(pid, port, TCP_LISTENING)
 }
 
 /// A `TcpExt` counter (such as `TCPMigrateReqSuccess`) from `/proc/net/netstat` text:

@@ -1,5 +1,5 @@
 //! Unit tests of `procfs.rs`.
-use super::{parse_listeners, parse_stat, parse_tcp_ext};
+use super::{TCP_LISTENING, UDP_BOUND, parse_sockets, parse_stat, parse_tcp_ext};
 
 #[test]
 fn stat_parses_comm_with_spaces_and_parentheses() {
@@ -28,10 +28,23 @@ fn listeners_are_found_by_port_and_state() {
    1: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1638841 1 0 100 0 0 10 0
    2: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 1638842 1 0 100 0 0 10 0
 ";
-    assert_eq!(parse_listeners(text.lines(), 8080), vec![1_638_840]);
-    assert_eq!(parse_listeners(text.lines(), 8081), vec![1_638_841]);
-    assert!(parse_listeners(text.lines(), 80).is_empty());
+    assert_eq!(parse_sockets(text.lines(), 8080, TCP_LISTENING), vec![1_638_840]);
+    assert_eq!(parse_sockets(text.lines(), 8081, TCP_LISTENING), vec![1_638_841]);
+    assert!(parse_sockets(text.lines(), 80, TCP_LISTENING).is_empty());
     // Reading stops at the first socket that is not listening.
     let late = format!("{text}   3: 0100007F:1F92 00000000:0000 0A 0 0 0 0 0 1638843\n");
-    assert!(parse_listeners(late.lines(), 8082).is_empty());
+    assert!(parse_sockets(late.lines(), 8082, TCP_LISTENING).is_empty());
+}
+
+#[test]
+fn udp_sockets_are_found_by_local_port_in_any_state() {
+    let lines = [
+        "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops",
+        "  120: 0100007F:14E9 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0",
+        "  121: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 77 2 0000000000000000 0",
+        "  122: 0100007F:14E9 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4243 2 0000000000000000 0",
+    ];
+    assert_eq!(parse_sockets(lines, 5353, UDP_BOUND), vec![4242, 4243]);
+    assert_eq!(parse_sockets(lines, 53, UDP_BOUND), vec![77]);
+    assert!(parse_sockets(lines, 80, UDP_BOUND).is_empty());
 }

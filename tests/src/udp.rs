@@ -1,10 +1,7 @@
-//! UDP for the tests: which bound UDP sockets a process holds (`/proc/PID/net/udp`),
-//! and [`Flow`], a client holding one exchange of datagrams from ONE source port, each
-//! answered by a [`crate::udp_server`] generation that names itself.
+//! UDP for the tests: [`Flow`], a client holding one exchange of datagrams from ONE
+//! source port, each answered by a [`crate::udp_server`] generation that names itself.
+//! (The bound UDP sockets a process holds: [`crate::procfs::held_sockets`].)
 
-use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,47 +14,6 @@ use crate::netns::NetNs;
 
 /// How long [`Flow::ask`] waits for an answer before it counts the datagram as lost.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Inodes of the UDP sockets bound to local `port`, from the lines of
-/// `/proc/net/udp{,6}` (header first).
-pub fn parse_bound<S: AsRef<str>>(lines: impl IntoIterator<Item = S>, port: u16) -> Vec<u64> {
-    let mut found = Vec::new();
-    for line in lines.into_iter().skip(1) {
-        let fields: Vec<&str> = line.as_ref().split_whitespace().collect();
-        let local_port = fields.get(1).and_then(|a| a.rsplit_once(':'));
-        let inode = fields.get(9).and_then(|i| i.parse().ok());
-        if let (Some((_, p)), Some(inode)) = (local_port, inode)
-            && u16::from_str_radix(p, 16) == Ok(port)
-        {
-            found.push(inode);
-        }
-    }
-    found
-}
-
-/// Inodes of the UDP sockets bound to `port` (in `pid`'s network namespace) that `pid`
-/// holds a descriptor of; empty when `pid` is gone.
-#[must_use]
-pub fn bound_inodes(pid: u32, port: u16) -> BTreeSet<u64> {
-    let mut bound = BTreeSet::new();
-    for file in ["udp", "udp6"] {
-        if let Ok(f) = File::open(format!("/proc/{pid}/net/{file}")) {
-            bound.extend(parse_bound(BufReader::new(f).lines().map_while(Result::ok), port));
-        }
-    }
-    if bound.is_empty() {
-        return bound;
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return BTreeSet::new() };
-    fds.flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .filter(|inode| bound.contains(inode))
-        .collect()
-}
 
 /// The generation in an answer `gen=<NAME> pid=<PID> <SEQ>` to datagram `seq`; `None`
 /// for an answer to another datagram or a malformed one.

@@ -7,24 +7,20 @@
 //! queued, as a process that exits does; the process stays up), `exit`. EOF on stdin
 //! exits too, and so does SIGTERM (the kernel's default action).
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, Write as _};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, ChildStdin, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail, ensure};
+use anyhow::{Context as _, ensure};
 use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
 
 use crate::netns::NetNs;
-use crate::server::bin_path;
+use crate::piped::Piped;
 
 /// How long each socket's thread blocks in `recv` before it looks at the close flag.
 const POLL: Duration = Duration::from_millis(10);
-/// How long the driver waits for the `ready` line and each command's answer.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Command line of `steer-udpserver`; also what [`UdpServer::spawn`] passes to it.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Parser)]
@@ -138,10 +134,7 @@ fn say(line: &str) -> anyhow::Result<()> {
 /// A running `steer-udpserver`, killed and reaped on drop.
 #[derive(Debug)]
 pub struct UdpServer {
-    child: Child,
-    pid: u32,
-    stdin: Mutex<ChildStdin>,
-    lines: Mutex<Receiver<String>>,
+    piped: Piped,
 }
 
 impl UdpServer {
@@ -151,40 +144,14 @@ impl UdpServer {
     ///
     /// When the binary is missing, fails to start, or is not ready in time.
     pub fn spawn(ns: &NetNs, args: &UdpServerArgs) -> anyhow::Result<UdpServer> {
-        let bin = bin_path("steer-udpserver")?;
-        let mut child = ns
-            .command(&bin)
-            .args(args.to_args())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {} in netns {}", bin.display(), ns.name()))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the UDP server's stdin/stdout were not piped");
-        };
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let pid = child.id();
-        let server = UdpServer { child, pid, stdin: Mutex::new(stdin), lines: Mutex::new(lines) };
-        server
-            .wait_line(|l| l.starts_with("ready "))
-            .with_context(|| format!("waiting for UDP server gen={} to be ready", args.generation))?;
-        Ok(server)
+        let what = format!("UDP server gen={}", args.generation);
+        Ok(UdpServer { piped: Piped::spawn(ns, "steer-udpserver", &args.to_args(), what)? })
     }
 
-    /// The server's pid (`ip netns exec` execs, so it is the child's).
+    /// The server's pid (as it reported it; `ip netns exec` execs, so it is the child's).
     #[must_use]
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.piped.pid()
     }
 
     /// Closes every socket (what is queued is dropped); the process stays up.
@@ -192,31 +159,8 @@ impl UdpServer {
     /// # Errors
     ///
     /// When the server does not confirm within 10 s.
-    pub fn close(&self) -> anyhow::Result<()> {
-        let mut stdin = self.stdin.lock().map_err(|_| anyhow!("stdin lock poisoned"))?;
-        writeln!(stdin, "close").and_then(|()| stdin.flush()).context("sending close")?;
-        drop(stdin);
-        self.wait_line(|l| l == "ok close").map(drop)
-    }
-
-    fn wait_line(&self, wanted: impl Fn(&str) -> bool) -> anyhow::Result<String> {
-        let lines = self.lines.lock().map_err(|_| anyhow!("lines lock poisoned"))?;
-        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if wanted(&line) => return Ok(line),
-                Ok(_) => {}
-                Err(e) => bail!("UDP server pid {}: no answer within {REPLY_TIMEOUT:?} ({e})", self.pid),
-            }
-        }
-    }
-}
-
-impl Drop for UdpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn close(&mut self) -> anyhow::Result<()> {
+        self.piped.command("close")
     }
 }
 

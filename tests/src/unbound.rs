@@ -15,8 +15,7 @@ use anyhow::{Context as _, bail};
 use rustix::process::Signal;
 
 use crate::netns::NetNs;
-use crate::procfs::{self, wait_for};
-use crate::udp::bound_inodes;
+use crate::procfs::{self, UDP_BOUND, held_sockets, wait_for};
 
 /// The zone every generation serves, statically: nothing is ever forwarded or recursed.
 pub const ZONE: &str = "steer.test.";
@@ -187,7 +186,7 @@ impl Unbound {
             if !procfs::is_running(pid, "unbound") && self.exited() {
                 bail!("unbound exited; log: {}", procfs::tail(&self.config.log_path(), 10));
             }
-            Ok((bound_inodes(pid, port).len() >= want).then_some(()))
+            Ok((held_sockets(pid, port, UDP_BOUND).len() >= want).then_some(()))
         })
     }
 

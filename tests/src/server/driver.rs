@@ -1,19 +1,14 @@
 //! [`TestServer`]: runs `steer-testserver` inside a network namespace and drives it over
-//! stdin/stdout with bounded waits; [`bin_path`] finds the harness's built binaries.
+//! stdin/stdout ([`Piped`]); [`bin_path`] finds the harness's built binaries.
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 
 use super::ServerArgs;
 use crate::netns::NetNs;
+use crate::piped::Piped;
 
-/// How long to wait for the `ready` line and for each command's answer.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Overrides where [`bin_path`] looks (a directory holding the binaries).
 pub const BIN_DIR_ENV: &str = "STEER_TEST_BIN_DIR";
 
@@ -45,12 +40,8 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
 /// A running `steer-testserver`, killed and reaped on drop.
 #[derive(Debug)]
 pub struct TestServer {
-    child: Child,
-    pid: u32,
+    piped: Piped,
     generation: String,
-    stdin: ChildStdin,
-    /// Lines the server printed on stdout, read by a background thread.
-    lines: Receiver<String>,
 }
 
 impl TestServer {
@@ -60,43 +51,15 @@ impl TestServer {
     ///
     /// When the binary is missing, fails to start, or is not ready in time.
     pub fn spawn(ns: &NetNs, args: &ServerArgs) -> anyhow::Result<TestServer> {
-        let bin = bin_path("steer-testserver")?;
-        let mut child = ns
-            .command(&bin)
-            .args(args.to_args())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {} in netns {}", bin.display(), ns.name()))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the test server's stdin/stdout were not piped");
-        };
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        // From here on, drop kills the child whatever goes wrong.
-        let mut server =
-            TestServer { pid: child.id(), child, generation: args.generation.clone(), stdin, lines };
-        let ready = server
-            .wait_line(|line| line.starts_with("ready "))
-            .with_context(|| format!("waiting for test server gen={} to be ready", args.generation))?;
-        server.pid = parse_ready(&ready)?;
-        Ok(server)
+        let what = format!("test server gen={}", args.generation);
+        let piped = Piped::spawn(ns, "steer-testserver", &args.to_args(), what)?;
+        Ok(TestServer { piped, generation: args.generation.clone() })
     }
 
     /// The server's pid (as it reported it; `ip netns exec` execs, so it is the child's).
     #[must_use]
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.piped.pid()
     }
 
     /// The generation name the server puts in its replies.
@@ -111,7 +74,7 @@ impl TestServer {
     ///
     /// When the server does not confirm within 10 s.
     pub fn pause(&mut self) -> anyhow::Result<()> {
-        self.command("pause")
+        self.piped.command("pause")
     }
 
     /// Accepts again after [`TestServer::pause`].
@@ -120,7 +83,7 @@ impl TestServer {
     ///
     /// When the server does not confirm within 10 s, or its listeners are closed.
     pub fn resume(&mut self) -> anyhow::Result<()> {
-        self.command("resume")
+        self.piped.command("resume")
     }
 
     /// Closes every listening socket without accepting what is queued; returns once all
@@ -130,7 +93,7 @@ impl TestServer {
     ///
     /// When the server does not confirm within 10 s.
     pub fn close_listeners(&mut self) -> anyhow::Result<()> {
-        self.command("close")
+        self.piped.command("close")
     }
 
     /// The connections the server has accepted so far, on every listener.
@@ -139,10 +102,7 @@ impl TestServer {
     ///
     /// When the server does not answer within 10 s.
     pub fn accepted(&mut self) -> anyhow::Result<u64> {
-        writeln!(self.stdin, "accepted")
-            .and_then(|()| self.stdin.flush())
-            .with_context(|| format!("asking test server pid {} what it accepted", self.pid))?;
-        let line = self.wait_line(|line| line.starts_with("accepted "))?;
+        let line = self.piped.ask("accepted", |line| line.starts_with("accepted "))?;
         line.trim_start_matches("accepted ").parse().with_context(|| format!("malformed answer {line:?}"))
     }
 
@@ -152,67 +112,7 @@ impl TestServer {
     ///
     /// When the server does not confirm, or does not exit within 10 s.
     pub fn exit(&mut self) -> anyhow::Result<()> {
-        self.command("exit")?;
-        let deadline = Instant::now() + REPLY_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.child.try_wait().context("reaping the test server")?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        bail!("test server pid {} did not exit within {REPLY_TIMEOUT:?}", self.pid)
-    }
-
-    /// Sends `cmd` and waits for `ok cmd` (or fails on `err cmd: ...`).
-    fn command(&mut self, cmd: &str) -> anyhow::Result<()> {
-        writeln!(self.stdin, "{cmd}")
-            .and_then(|()| self.stdin.flush())
-            .with_context(|| format!("sending {cmd:?} to test server pid {}", self.pid))?;
-        let ok = format!("ok {cmd}");
-        let err = format!("err {cmd}");
-        let line = self
-            .wait_line(|line| line == ok || line.starts_with(&err))
-            .with_context(|| format!("waiting for test server pid {} to {cmd}", self.pid))?;
-        if line != ok {
-            bail!("test server pid {} refused {cmd:?}: {line}", self.pid);
-        }
-        Ok(())
-    }
-
-    /// The next stdout line matching `wanted`, skipping others, within [`REPLY_TIMEOUT`].
-    fn wait_line(&mut self, wanted: impl Fn(&str) -> bool) -> anyhow::Result<String> {
-        let deadline = Instant::now() + REPLY_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if wanted(&line) => return Ok(line),
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => bail!("no answer within {REPLY_TIMEOUT:?}"),
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().context("reaping the test server")?;
-                    bail!("the test server closed its stdout ({status})");
-                }
-            }
-        }
+        self.piped.command("exit")?;
+        self.piped.wait_exit()
     }
 }
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        // Either may fail because the child already exited and was reaped: that is fine.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The pid in `ready pid=<PID> gen=<NAME>`.
-fn parse_ready(line: &str) -> anyhow::Result<u32> {
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix("pid="))
-        .and_then(|pid| pid.parse().ok())
-        .ok_or_else(|| anyhow!("malformed ready line {line:?}"))
-}
-
-#[cfg(test)]
-#[path = "driver_tests.rs"]
-mod tests;

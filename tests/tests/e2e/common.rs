@@ -128,6 +128,29 @@ impl Drop for World {
     }
 }
 
+/// A scratch directory of the world's (`/tmp/<namespace>`) for a server's configs,
+/// pidfile and logs, emptied when made and removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(w: &World) -> Scratch {
+        let dir = PathBuf::from(format!("/tmp/{}", w.ns.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn addr(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
 }

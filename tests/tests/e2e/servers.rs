@@ -4,7 +4,6 @@
 //! worker count (sockets closed and opened). With steer, not one request fails; for
 //! HAProxy in daemon mode that takes its `grace` setting too (see
 //! `haproxy_daemon_reloads_without_grace_move_the_closing_queue`).
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use steer::ops::status::Counters;
@@ -13,7 +12,7 @@ use steer_harness::load::{self, LoadHandle, LoadReport, Protocol};
 use steer_harness::nginx::Nginx;
 use steer_harness::procfs::{listening_inodes, tcp_ext};
 
-use crate::common::{Daemon, World, answered_by, assert_no_failures, free_port, metric, scrape};
+use crate::common::{Daemon, Scratch, World, answered_by, assert_no_failures, free_port, metric, scrape};
 
 const PORT: u16 = 8080;
 const TARGET: &str = "127.0.0.1:8080";
@@ -35,28 +34,6 @@ const MASTER_WORKER_RELOADS: u32 = 5;
 const CONCURRENCY: usize = 20;
 /// Upper bound on any load run; each test stops its load well before.
 const MAX_LOAD: Duration = Duration::from_secs(300);
-
-/// A scratch directory for a server's config, pidfile and logs, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(w: &World) -> Scratch {
-        let dir = PathBuf::from(format!("/tmp/{}", w.ns.name()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// HTTP load on [`TARGET`] from inside the world's namespace, until stopped.
 fn http_load(w: &World) -> LoadHandle {

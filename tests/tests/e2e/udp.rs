@@ -2,13 +2,7 @@
 //! under load, run one at a time with the other real-server tests), and flows of the
 //! UDP test server across a handover (`udp::flows::`): flow affinity, stateless mode,
 //! and the counters that prove the program ran.
-//!
-//! The tests marked "with steer" need steer's UDP steering; they skip with a reason
-//! until `steer_harness::dns_handover::STEERING_LANDED` is true (or `STEER_E2E_UDP=1`
-//! is set, to try them sooner); `cargo xtask bench` reads the same flag.
-//! The baselines (no steer) run everywhere privileged tests run.
 use serde_json::Value;
-use steer_harness::dns_handover::{FORCE_ENV, steering_enabled};
 
 use crate::common::World;
 
@@ -25,18 +19,6 @@ mod names {
     pub const FLOW_TO_ACTIVE: &str = "flow_to_active";
     /// `steer promote PID --udp-flows off`: stateless, every datagram to the active one.
     pub const FLOWS_OFF: [&str; 2] = ["--udp-flows", "off"];
-}
-
-/// Whether a "with steer" test runs: UDP steering has landed (or is forced), and the
-/// test is privileged. Prints why not.
-fn with_steer(test: &str) -> Option<World> {
-    if !steering_enabled() {
-        eprintln!(
-            "skipping {test}: UDP steering has not landed (dns_handover::STEERING_LANDED; {FORCE_ENV}=1 forces)"
-        );
-        return None;
-    }
-    World::new(test)
 }
 
 /// The groups on `port` (of any protocol) in `steer status --json`.

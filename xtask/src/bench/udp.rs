@@ -10,16 +10,14 @@
 //!   alternating rounds, the order swapped every round; the figure is the median of the
 //!   per-round ratios, attached over detached (target >= 0.97).
 //!
-//! The steered figures need steer's UDP steering: until
-//! `steer_harness::dns_handover::STEERING_LANDED` (or `STEER_E2E_UDP=1`), the section
-//! reports them as not run and measures the rest. Hard check: with steer, no query lost.
+//! Hard check: with steer, no query lost.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use steer_harness::{
-    dns_handover::{self, HandoverReport, HandoverRun, Mode, steer_cmd, steer_ok, steering_enabled},
+    dns_handover::{self, HandoverReport, HandoverRun, Mode, steer_cmd, steer_ok},
     dnsperf::{self, DnsperfConfig, write_query_file},
     netns::NetNs,
     unbound::{Unbound, UnboundConfig},
@@ -45,7 +43,6 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     let dir = ctx.out_dir.join("udp");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
-    let steered = steering_enabled();
     let gap = if ctx.quick { GAP.1 } else { GAP.0 };
     let handovers = |mode: &Mode, tag: &str| -> Result<(HandoverRun, HandoverReport)> {
         let ns = NetNs::new(tag)?;
@@ -57,14 +54,12 @@ fn run(ctx: &Ctx) -> Result<Findings> {
         Ok((run, report))
     };
     let (run, base) = handovers(&Mode::Unsteered, "udpbase").context("handovers without steer")?;
-    let with = if steered {
+    let with = {
         let steer = ctx.steer()?;
         let mode = Mode::Steered { steer: steer.bin.clone(), state_dir: steer.state_dir.clone() };
-        Some(handovers(&mode, "udpsteer").context("handovers with steer reload")?.1)
-    } else {
-        None
+        handovers(&mode, "udpsteer").context("handovers with steer reload")?.1
     };
-    let rate = max_rate(ctx, &dir.join("rate"), steered).context("dnsperf's maximum rate")?;
+    let rate = max_rate(ctx, &dir.join("rate")).context("dnsperf's maximum rate")?;
 
     let mut findings = Findings {
         setup: format!(
@@ -83,23 +78,18 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     findings
         .rows
         .push(Row::new(format!("{} handovers: queries lost without steer", run.handovers), lost(&base)));
-    findings.rows.push(match &with {
-        Some(r) => Row::new(format!("{} handovers: queries lost with steer reload", run.handovers), lost(r))
-            .target("0", Some(r.dnsperf.lost == 0)),
-        None => Row::new("handovers with steer reload", "not run: UDP steering has not landed"),
-    });
+    findings.rows.push(
+        Row::new(format!("{} handovers: queries lost with steer reload", run.handovers), lost(&with))
+            .target("0", Some(with.dnsperf.lost == 0)),
+    );
     findings.rows.push(Row::new("dnsperf maximum rate, no program (q/s)", format!("{:.0}", rate.detached)));
-    findings.rows.push(match rate.median_ratio() {
-        Some(ratio) => {
-            Row::new("dnsperf maximum rate, program attached / not (median ratio)", format!("{ratio:.3}"))
-                .target(format!(">= {TARGET_RATIO}"), Some(ratio >= TARGET_RATIO))
-        }
-        None => Row::new("dnsperf maximum rate with the program", "not run: UDP steering has not landed"),
-    });
-    if let Some(r) = &with
-        && r.dnsperf.lost > 0
-    {
-        findings.failures.push(format!("steer reload lost {} UDP queries", r.dnsperf.lost));
+    let ratio = rate.median_ratio();
+    findings.rows.push(
+        Row::new("dnsperf maximum rate, program attached / not (median ratio)", format!("{ratio:.3}"))
+            .target(format!(">= {TARGET_RATIO}"), Some(ratio >= TARGET_RATIO)),
+    );
+    if with.dnsperf.lost > 0 {
+        findings.failures.push(format!("steer reload lost {} UDP queries", with.dnsperf.lost));
     }
     let figures = |r: &HandoverReport| {
         json!({
@@ -111,7 +101,7 @@ fn run(ctx: &Ctx) -> Result<Findings> {
     findings.data.insert("handovers".to_owned(), json!(run.handovers));
     findings.data.insert("rate_qps".to_owned(), json!(run.rate));
     findings.data.insert("unsteered".to_owned(), figures(&base));
-    findings.data.insert("steered".to_owned(), with.as_ref().map_or(json!(null), figures));
+    findings.data.insert("steered".to_owned(), figures(&with));
     findings.data.insert(
         "max_rate".to_owned(),
         json!({ "detached_qps": rate.detached, "attached_qps": rate.attached, "ratios": rate.ratios }),
@@ -125,15 +115,15 @@ struct Rate {
     phase: Duration,
     /// Median over the phases without the program.
     detached: f64,
-    /// Median over the attached phases (`None`: not run).
-    attached: Option<f64>,
+    /// Median over the attached phases.
+    attached: f64,
     /// Per round, attached over detached.
     ratios: Vec<f64>,
 }
 
 impl Rate {
-    fn median_ratio(&self) -> Option<f64> {
-        median(&self.ratios)
+    fn median_ratio(&self) -> f64 {
+        median(&self.ratios).unwrap_or(0.0)
     }
 }
 
@@ -143,7 +133,7 @@ fn median(values: &[f64]) -> Option<f64> {
     sorted.get(sorted.len() / 2).copied()
 }
 
-fn max_rate(ctx: &Ctx, dir: &Path, steered: bool) -> Result<Rate> {
+fn max_rate(ctx: &Ctx, dir: &Path) -> Result<Rate> {
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     let (rounds, phase) = if ctx.quick { (ROUNDS.1, PHASE.1) } else { (ROUNDS.0, PHASE.0) };
     let ns = NetNs::new("udprate")?;
@@ -154,14 +144,10 @@ fn max_rate(ctx: &Ctx, dir: &Path, steered: bool) -> Result<Rate> {
     let config = DnsperfConfig::new(target, None, phase, &queries);
     dnsperf::run(&ns, &DnsperfConfig::new(target, None, WARM_UP, &queries)).context("warming up")?;
     let measure = || dnsperf::run(&ns, &config).map(|r| r.queries_per_second);
-    let steer = if steered { Some(ctx.steer()?) } else { None };
+    let steer = ctx.steer()?;
     let (mut detached, mut attached_qps, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut attached = false;
     for round in 0..rounds {
-        let Some(steer) = &steer else {
-            detached.push(measure()?);
-            continue;
-        };
         // Promote attaches the program, detach removes it; each only when it changes
         // something (detach refuses when nothing is steered).
         let mut attach = |on: bool| -> Result<()> {
@@ -193,7 +179,7 @@ fn max_rate(ctx: &Ctx, dir: &Path, steered: bool) -> Result<Rate> {
         rounds,
         phase,
         detached: median(&detached).unwrap_or(0.0),
-        attached: median(&attached_qps),
+        attached: median(&attached_qps).unwrap_or(0.0),
         ratios,
     })
 }

@@ -46,16 +46,27 @@ fn waiting(d: &Daemon, s: &TestServer) {
     d.wait_for(&["waiting for readiness", &format!("\"pid\":{}", s.pid())], "a wait for readiness");
 }
 
-#[test]
-fn a_generation_gets_no_connection_before_it_is_ready_even_across_a_daemon_restart() {
-    let Some(w) = World::new("hreadyok") else { return };
-    let m = Markers::new("ok");
+/// `steer daemon --port 8080` gated by `m`, with a `--ready-timeout` of 60 s.
+fn gated(w: &World, m: &Markers) -> Daemon {
     let cmd = m.cmd();
-    let args = ["--port", "8080", "--ready-cmd", &cmd, "--ready-timeout", "60s"];
+    Daemon::spawn(w, &["--port", "8080", "--ready-cmd", &cmd, "--ready-timeout", "60s"])
+}
+
+/// A world whose generation `a`, made ready, a [`gated`] daemon has promoted; `None`
+/// when privileged tests cannot run here.
+fn a_promoted(test: &str, markers: &str) -> Option<(World, Markers, TestServer, Daemon)> {
+    let w = World::new(test)?;
+    let m = Markers::new(markers);
     let a = w.server("a", &[TARGET]);
     m.ready(&a);
-    let d = Daemon::spawn(&w, &args);
+    let d = gated(&w, &m);
     d.promoted(&a);
+    Some((w, m, a, d))
+}
+
+#[test]
+fn a_generation_gets_no_connection_before_it_is_ready_even_across_a_daemon_restart() {
+    let Some((w, m, _a, d)) = a_promoted("hreadyok", "ok") else { return };
     let mut b = w.server("b", &[TARGET]);
     waiting(&d, &b);
     let r = w.requests(TARGET, 1000);
@@ -64,7 +75,7 @@ fn a_generation_gets_no_connection_before_it_is_ready_even_across_a_daemon_resta
 
     // Restarted while b waits: the new daemon waits for b too.
     assert!(d.stop().success());
-    let d = Daemon::spawn(&w, &args);
+    let d = gated(&w, &m);
     waiting(&d, &b);
     let r = w.requests(TARGET, 500);
     assert_eq!(answered_by(&r, "a"), 500, "a serves while b is not ready, after the restart");
@@ -85,7 +96,7 @@ fn a_generation_gets_no_connection_before_it_is_ready_even_across_a_daemon_resta
     // Restarted once b is active: it is adopted as it is, with no check (its marker is gone).
     assert!(d.stop().success());
     std::fs::remove_file(m.0.join(format!("ready-{}", b.pid()))).expect("remove b's marker");
-    let d = Daemon::spawn(&w, &args);
+    let d = gated(&w, &m);
     d.wait_for(&["already active", &format!("\"pid\":{}", b.pid())], "b adopted as it is");
     assert!(!d.log().contains("waiting for readiness"), "{}", d.log());
 }
@@ -138,14 +149,7 @@ fn a_generation_never_ready_is_not_promoted_and_the_old_one_serves_on_under_load
 
 #[test]
 fn an_operators_rollback_while_a_generation_waits_wins_also_across_a_restart() {
-    let Some(w) = World::new("hreadyop") else { return };
-    let m = Markers::new("op");
-    let cmd = m.cmd();
-    let args = ["--port", "8080", "--ready-cmd", &cmd, "--ready-timeout", "60s"];
-    let a = w.server("a", &[TARGET]);
-    m.ready(&a);
-    let d = Daemon::spawn(&w, &args);
-    d.promoted(&a);
+    let Some((w, m, _a, d)) = a_promoted("hreadyop", "op") else { return };
     let b = w.server("b", &[TARGET]);
     m.ready(&b);
     d.promoted(&b);
@@ -166,7 +170,7 @@ fn an_operators_rollback_while_a_generation_waits_wins_also_across_a_restart() {
 
     // A restarted daemon leaves it as the operator set it, though c is newest and ready.
     assert!(d.stop().success());
-    let d = Daemon::spawn(&w, &args);
+    let d = gated(&w, &m);
     d.wait_for(&["not adopted", &format!("\"pid\":{}", c.pid())], "the restarted daemon to yield");
     let r = w.requests(TARGET, 500);
     assert_eq!(answered_by(&r, "a"), 500, "the rollback holds across a restart");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use steer_harness::udp::Flow;
 use steer_harness::udp_server::{UdpServer, UdpServerArgs};
 
-use super::{counter, groups_on, names, udp_group, with_steer};
+use super::{counter, groups_on, names, udp_group};
 use crate::common::World;
 
 const PORT: u16 = 5300;
@@ -57,8 +57,8 @@ fn without_steer_a_new_generation_takes_over_flows_the_old_one_was_serving() {
 
 #[test]
 fn with_steer_a_long_lived_exchange_stays_with_the_generation_that_started_it() {
-    let Some(w) = with_steer("hudpaff") else { return };
-    let g1 = server(&w, "g1");
+    let Some(w) = World::new("hudpaff") else { return };
+    let mut g1 = server(&w, "g1");
     w.steer_ok(&["promote", &g1.pid().to_string()]);
     assert_eq!(udp_group(&w, PORT)[names::PROTOCOL], names::UDP);
     let exchange = Flow::open(&w.ns, target()).expect("open the exchange").exchange(EVERY);
@@ -97,7 +97,7 @@ fn with_steer_a_long_lived_exchange_stays_with_the_generation_that_started_it() 
 
 #[test]
 fn with_steer_flows_off_sends_every_datagram_to_the_active_generation() {
-    let Some(w) = with_steer("hudpoff") else { return };
+    let Some(w) = World::new("hudpoff") else { return };
     let g1 = server(&w, "g1");
     w.steer_ok(&["promote", &g1.pid().to_string()]);
     let mut flows = open(&w, FLOWS);
@@ -129,7 +129,7 @@ fn with_steer_flows_off_sends_every_datagram_to_the_active_generation() {
 
 #[test]
 fn with_steer_status_shows_a_udp_group_whose_counters_grow_with_every_datagram() {
-    let Some(w) = with_steer("hudpstat") else { return };
+    let Some(w) = World::new("hudpstat") else { return };
     let g1 = server(&w, "g1");
     w.steer_ok(&["promote", &g1.pid().to_string()]);
     let group = udp_group(&w, PORT);
@@ -158,7 +158,7 @@ fn with_steer_status_shows_a_udp_group_whose_counters_grow_with_every_datagram()
 /// bucket holds a live one is steered but not remembered (`flow_table_full`).
 #[test]
 fn with_steer_a_flood_of_source_ports_keeps_the_table_bounded_and_the_exchange_on_its_generation() {
-    let Some(w) = with_steer("hudpflood") else { return };
+    let Some(w) = World::new("hudpflood") else { return };
     let g1 = server(&w, "g1");
     w.steer_ok(&["promote", &g1.pid().to_string()]);
     let exchange = Flow::open(&w.ns, target()).expect("open the exchange").exchange(EVERY);
@@ -203,7 +203,7 @@ fn with_steer_a_flood_of_source_ports_keeps_the_table_bounded_and_the_exchange_o
 /// quarter of a second; old flows stay with their generation, new ones go to it.
 #[test]
 fn with_steer_the_daemon_promotes_a_new_udp_generation_found_by_its_poller() {
-    let Some(w) = with_steer("hudpdaemon") else { return };
+    let Some(w) = World::new("hudpdaemon") else { return };
     let g1 = server(&w, "g1");
     let d = crate::common::Daemon::spawn(&w, &["--port", "5300"]);
     let first = d.promoted_pid(g1.pid());

@@ -2,39 +2,19 @@
 //! baseline, printed: the old generation's closing socket drops what is queued on it)
 //! and with `steer reload` (nothing lost). Each generation's answers are counted from
 //! its exit statistics, and after each handover a TXT query is answered by the new one.
-use std::path::PathBuf;
-
 use steer_harness::dns_handover::{self, HandoverRun, Mode};
 
-use super::{counter, names, udp_group, with_steer};
-use crate::common::{World, steer_bin};
+use super::{counter, names, udp_group};
+use crate::common::{Scratch, World, steer_bin};
 
 const PORT: u16 = 5353;
 const HANDOVERS: usize = 20;
-
-/// A scratch directory for configs, logs and the query file, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(w: &World) -> Scratch {
-        let dir = PathBuf::from(format!("/tmp/{}", w.ns.name()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn twenty_unbound_handovers_under_dnsperf_without_steer_baseline() {
     let Some(w) = World::new("hudpdns0") else { return };
     let scratch = Scratch::new(&w);
-    let run = HandoverRun::new(PORT, &scratch.0);
+    let run = HandoverRun::new(PORT, scratch.path());
     let report = dns_handover::run(&w.ns, &run, &Mode::Unsteered).expect("handovers without steer");
     eprintln!("baseline (no steer), {HANDOVERS} handovers at {} q/s: {}", run.rate, report.summary());
     eprintln!("baseline answers by generation: {:?}", report.answered);
@@ -51,9 +31,9 @@ fn twenty_unbound_handovers_under_dnsperf_without_steer_baseline() {
 
 #[test]
 fn twenty_unbound_handovers_under_dnsperf_with_steer_reload_lose_nothing() {
-    let Some(w) = with_steer("hudpdns1") else { return };
+    let Some(w) = World::new("hudpdns1") else { return };
     let scratch = Scratch::new(&w);
-    let run = HandoverRun::new(PORT, &scratch.0);
+    let run = HandoverRun::new(PORT, scratch.path());
     let mode = Mode::Steered { steer: steer_bin(), state_dir: w.state_dir.clone() };
     let report = dns_handover::run(&w.ns, &run, &mode).expect("handovers with steer reload");
     eprintln!("steer reload, {HANDOVERS} handovers at {} q/s: {}", run.rate, report.summary());

@@ -1,4 +1,4 @@
-//! Unit tests of `server/driver.rs`.
+//! Unit tests of `piped.rs`.
 use super::parse_ready;
 
 #[test]
