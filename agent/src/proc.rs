@@ -1,7 +1,11 @@
 //! What `/proc` says about a process: whether it exists, its name, its network
 //! namespace, its start time, parent and children, and which of its descriptors
 //! are sockets.
-use std::{collections::HashMap, fs, io, path::PathBuf};
+use std::{
+    collections::HashMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 /// Errors reading a process's `/proc` entries.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,32 @@ pub fn holds_socket(pid: u32, fd: u32, inode: u64) -> bool {
 /// exits does).
 #[must_use]
 pub fn socket_holder(inode: u64) -> Option<u32> {
+    other_holder(|_, _, link| parse_socket_link(link) == Some(inode))
+}
+
+/// Some process other than this one holding the BPF map with `id` open: a
+/// descriptor `anon_inode:bpf-map` whose `/proc/PID/fdinfo/FD` names the id.
+#[must_use]
+pub fn bpf_map_holder(id: u32) -> Option<u32> {
+    other_holder(|pid, fd, link| {
+        link == "anon_inode:bpf-map"
+            && fd.file_name().and_then(|n| n.to_str()).is_some_and(|fd| {
+                fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                    .is_ok_and(|text| parse_fdinfo_map_id(&text) == Some(id))
+            })
+    })
+}
+
+/// The `map_id:` line of a BPF map's fdinfo (kernel/bpf/syscall.c,
+/// `bpf_map_show_fdinfo`).
+#[must_use]
+pub fn parse_fdinfo_map_id(text: &str) -> Option<u32> {
+    text.lines().find_map(|line| line.strip_prefix("map_id:")?.trim().parse().ok())
+}
+
+/// Some process other than this one with a descriptor for which `holds(pid,
+/// fd path, link target)` is true: a scan of every `/proc/PID/fd`.
+fn other_holder(holds: impl Fn(u32, &Path, &str) -> bool) -> Option<u32> {
     let me = std::process::id();
     fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
@@ -92,8 +122,8 @@ pub fn socket_holder(inode: u64) -> Option<u32> {
         let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
         fds.flatten()
             .any(|fd| {
-                fs::read_link(fd.path()).ok().and_then(|t| t.to_str().and_then(parse_socket_link))
-                    == Some(inode)
+                let path = fd.path();
+                fs::read_link(&path).ok().is_some_and(|t| t.to_str().is_some_and(|t| holds(pid, &path, t)))
             })
             .then_some(pid)
     })

@@ -61,3 +61,13 @@ fn own_process_is_readable() {
     assert!(me.netns > 0);
     assert!(!me.comm.is_empty());
 }
+
+#[test]
+fn the_map_id_is_read_from_a_bpf_maps_fdinfo() {
+    let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t1\nkey_size:\t28\n\
+                value_size:\t48\nmax_entries:\t1024\nmap_flags:\t0x1\nmap_extra:\t0x0\nmemlock:\t0\n\
+                map_id:\t4711\nfrozen:\t0\n";
+    assert_eq!(parse_fdinfo_map_id(text), Some(4711));
+    assert_eq!(parse_fdinfo_map_id("pos:\t0\nflags:\t02\n"), None);
+    assert_eq!(parse_fdinfo_map_id("map_id:\tx\n"), None);
+}

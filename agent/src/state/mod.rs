@@ -50,6 +50,10 @@ pub enum StateError {
         "the state in {path} was written by an older steer (ABI version {found}); the next write command of this steer (`promote`, `rollback`, `reload`, `detach`, or the daemon) upgrades it in place without interrupting traffic"
     )]
     AbiOlder { path: PathBuf, found: u32 },
+    #[error(
+        "the state in {path} was written by an older steer, and pid {pid} ({comm}) holds it open (a daemon of that steer, which would stop steering if its state were upgraded under it); stop it, then run this command again: it upgrades the state in place"
+    )]
+    UpgradeHeld { path: PathBuf, pid: u32, comm: String },
     #[error("cannot {what} {path}")]
     Io {
         what: &'static str,

@@ -3,7 +3,9 @@
 //! counters, flow table) and adds the configurations the programs read
 //! (`configs`, `current`); each group gets its own program instance.
 //!
-//! Under the state's lock:
+//! Under the state's lock, and only when no other process holds the
+//! instance's maps open (a daemon of the older release keeps them open between
+//! writes, and would go on writing only the maps it knows):
 //! 1. leftovers of an interrupted upgrade (pins ABI 2 never has) are removed;
 //! 2. the new maps are created and pinned beside the kept ones, and every
 //!    group's configuration is published into them;
@@ -50,6 +52,16 @@ pub fn run(dir: &Path, netns: u64) -> Result<usize, StateError> {
         path: dir.join(pins::PROGRAM),
         source: "neither the migrating program nor the select-only marker is pinned".into(),
     })?;
+    // A daemon of the older release keeps the instance open between its
+    // writes and would go on writing only the maps it knows, which the new
+    // programs do not read: it must stop first.
+    if let Some(pid) = older_holder(dir) {
+        return Err(StateError::UpgradeHeld {
+            path: dir.to_path_buf(),
+            pid,
+            comm: crate::proc::comm(pid).unwrap_or_default(),
+        });
+    }
     remove_new_pins(dir);
     let mut moved = Vec::new();
     let result = upgrade(dir, netns, mode, &mut moved);
@@ -117,6 +129,12 @@ fn upgrade(
     let mut info: Array<MapData, Info> = typed(dir, pins::INFO)?;
     let old = info.get(&0, 0).map_err(|e| StateError::pin("info", dir.join(pins::INFO), e))?;
     info.set(0, Info { abi_version: steer_abi::ABI_VERSION, ..old }, 0).map_err(StateError::map("info"))
+}
+
+/// Another process holding the instance's `groups` map open, if any.
+fn older_holder(dir: &Path) -> Option<u32> {
+    let map = MapData::from_pin(dir.join(pins::GROUPS)).ok()?;
+    crate::proc::bpf_map_holder(map.info().ok()?.id())
 }
 
 /// The program ABI 2 ran for group `key`: the one migrating program, or the

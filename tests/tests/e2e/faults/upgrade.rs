@@ -16,7 +16,7 @@ use std::{
 use steer_harness::{previous, server::TestServer};
 
 use super::{TARGET, start_load};
-use crate::common::{World, answered_by, assert_no_failures};
+use crate::common::{Daemon, World, answered_by, assert_no_failures};
 
 const OTHER: &str = "127.0.0.1:8081";
 
@@ -191,4 +191,38 @@ fn reading_an_older_state_names_the_upgrade() {
     assert!(text.contains("upgrades it in place"), "{text}");
     // Reading changed nothing: the older steer still reads it.
     old_steer(&w, &["status", "--json"]);
+}
+
+/// A daemon of the previous release keeps the instance open between its
+/// writes: this steer refuses to upgrade under it (the daemon would go on
+/// writing only the maps it knows), naming it, and changes nothing; once it
+/// stops, the same command upgrades.
+#[test]
+fn a_running_older_daemon_is_named_and_the_upgrade_waits_for_it_to_stop() {
+    let Some(w) = World::new("fupgdmn") else { return };
+    let old_bin = previous::abi2_steer().expect("the ABI-2 steer (built by cargo xtask test)");
+    let old_bin = old_bin.to_str().expect("utf-8 path").to_owned();
+    // `sh -c 'shift; exec OLD "$@"' sh NEW daemon ...`: the older steer, same pid.
+    let exec_old = format!("shift; exec {old_bin} \"$@\"");
+    let a = w.server("a", &[TARGET]);
+    let d = Daemon::spawn_via(&w, &["sh", "-c", &exec_old, "sh"], &["--port", "8080"]);
+    d.promoted(&a);
+    let dir = instance_dir(&w);
+    let before = pins(&dir);
+    let b = w.server("b", &[TARGET]);
+    let out = w.steer(&["promote", &b.pid().to_string()]);
+    assert!(!out.status.success(), "refused while the older daemon holds the state");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("pid {} (steer)", d.pid())) && err.contains("stop it"), "{err}");
+    assert_eq!(pins(&dir), before, "a refused upgrade changes nothing");
+    // The older daemon goes on: it promotes b itself.
+    d.promoted(&b);
+    let r = w.requests(TARGET, 200);
+    assert_eq!(answered_by(&r, "b"), 200, "the older daemon still steers: {:?}", r.by_generation);
+    d.stop();
+    let c = w.server("c", &[TARGET]);
+    w.promote(&c);
+    let r = w.requests(TARGET, 200);
+    assert_eq!(answered_by(&r, "c"), 200, "{:?}", r.by_generation);
+    assert_eq!(w.group_programs().len(), 1);
 }
