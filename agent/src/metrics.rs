@@ -44,6 +44,10 @@ pub fn parse_addr(arg: &str) -> Result<std::net::SocketAddr, String> {
     arg.parse().map_err(|_| format!("{arg:?} is neither IP:PORT (e.g. 127.0.0.1:9477) nor a port"))
 }
 
+/// The rules a process can fail (`daemon::Mismatch::rule`), each exported
+/// from 0.
+pub const UNTRUSTED_RULES: [&str; 4] = ["user", "user_namespace", "exe", "cgroup"];
+
 /// What the daemon counts itself.
 #[derive(Debug)]
 pub struct DaemonStats {
@@ -53,6 +57,9 @@ pub struct DaemonStats {
     promotions: Mutex<BTreeMap<String, u64>>,
     /// Refusals by a cap, per reason (`instances`, `groups`, `generations`).
     refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Listen events from processes that fail a rule the operator named,
+    /// per rule (`filter::Mismatch::rule`).
+    untrusted: Mutex<BTreeMap<&'static str, u64>>,
     /// Events read from the watcher's ring buffer: sockets that started
     /// listening, listeners that closed, and forks of watched processes.
     listen_events: AtomicU64,
@@ -103,6 +110,7 @@ impl DaemonStats {
             started: Instant::now(),
             promotions: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new(BTreeMap::new()),
+            untrusted: Mutex::new(BTreeMap::new()),
             listen_events: AtomicU64::new(0),
             close_events: AtomicU64::new(0),
             fork_events: AtomicU64::new(0),
@@ -159,6 +167,19 @@ impl DaemonStats {
     pub fn record_refusal(&self, reason: &'static str) {
         let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
         *refusals.entry(reason).or_default() += 1;
+    }
+
+    /// Counts one listen event from a process that fails `rule` (`user`,
+    /// `user_namespace`, `exe`, `cgroup`).
+    pub fn record_untrusted(&self, rule: &'static str) {
+        let mut untrusted = self.untrusted.lock().unwrap_or_else(PoisonError::into_inner);
+        *untrusted.entry(rule).or_default() += 1;
+    }
+
+    /// Listen events from untrusted processes so far, per rule.
+    #[must_use]
+    pub fn untrusted(&self) -> BTreeMap<&'static str, u64> {
+        self.untrusted.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Counts a group where a new generation was not ready in time.
@@ -306,6 +327,14 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
         refusals.get_or_create(&ReasonLabels { reason }).inc_by(count);
     }
 
+    let untrusted = Family::<ReasonLabels, Counter>::default();
+    for reason in UNTRUSTED_RULES {
+        untrusted.get_or_create(&ReasonLabels { reason }).inc_by(0);
+    }
+    for (reason, count) in stats.untrusted() {
+        untrusted.get_or_create(&ReasonLabels { reason }).inc_by(count);
+    }
+
     let migrate = Family::<ResultLabels, Counter>::default();
     let (success, failure) = migrate_req_counters(netstat);
     migrate.get_or_create(&ResultLabels { result: "success" }).inc_by(success);
@@ -368,6 +397,11 @@ pub fn render(status: &Status, stats: &DaemonStats, netstat: &str) -> Result<Str
         "daemon_refusals",
         "Processes (or, for instances, network namespaces) a cap kept the daemon from promoting, by reason",
         refusals,
+    );
+    registry.register(
+        "daemon_untrusted",
+        "Listen events from processes that passed --comm and --netns but fail a rule the operator named (--user, --exe, --cgroup, or another user namespace), by rule; none of them is steered",
+        untrusted,
     );
     registry.register_with_unit("daemon_uptime", "Time since the daemon started", Unit::Seconds, uptime);
     // -1 until the event loop first goes round.

@@ -187,3 +187,11 @@ fn namespaces_default_to_the_daemons_own_and_all_is_said_alone() {
     assert!(matches!(resolve(&["/no/such/netns"], false), Err(NamedError::Netns { .. })));
     assert_eq!(resolve(&[], true).unwrap().user_namespace, None, "--user-namespaces: any");
 }
+
+/// Every rule a process can fail is a label the metric exports from 0.
+#[test]
+fn every_rule_is_an_exported_label() {
+    for m in [Mismatch::User(None), Mismatch::UserNamespace, Mismatch::Exe, Mismatch::Cgroup] {
+        assert!(crate::metrics::UNTRUSTED_RULES.contains(&m.rule()), "{m:?}");
+    }
+}

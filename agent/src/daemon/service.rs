@@ -26,7 +26,7 @@ pub fn serve(state_dir: &Path, opts: &Options, metrics: Option<SocketAddr>) -> a
     let stats = Arc::new(DaemonStats::new());
     let stop = Arc::new(AtomicBool::new(false));
     let io = Io::start(state_dir, metrics, &stats, &stop)?;
-    let world = super::world::System::new(opts.filter.clone());
+    let world = super::world::System::new(opts.filter.clone(), Arc::clone(&stats));
     let mut steerer = super::limits::Limited::new(
         super::steerer::State::new(state_dir.to_path_buf(), opts.no_migrate).with_udp(opts.udp),
         state_dir.to_path_buf(),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use steer_abi::GroupKey;
 
-use super::Filter;
+use super::{Filter, Mismatch};
 use crate::{proc, proc::Process, sockets};
 
 /// A process as the core sees it.
@@ -50,6 +50,9 @@ pub trait World {
 #[derive(Debug)]
 pub struct System {
     pub filter: Filter,
+    stats: std::sync::Arc<crate::metrics::DaemonStats>,
+    /// Processes whose mismatch was logged (one line per process), bounded.
+    logged: std::cell::RefCell<std::collections::HashSet<u32>>,
     /// [`World::process`]'s answers of the last few milliseconds: the core
     /// asks about one process several times while it decides (the listener,
     /// its children, its parent), and checking the filter reads
@@ -61,10 +64,26 @@ pub struct System {
 /// the time it is used anyway; the promotion itself verifies.
 const MEMO_FOR: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// How many processes' mismatches [`System`] remembers having logged.
+const LOGGED_MAX: usize = 4096;
+
 impl System {
     #[must_use]
-    pub fn new(filter: Filter) -> Self {
-        Self { filter, memo: std::cell::RefCell::default() }
+    pub fn new(filter: Filter, stats: std::sync::Arc<crate::metrics::DaemonStats>) -> Self {
+        Self { filter, stats, logged: std::cell::RefCell::default(), memo: std::cell::RefCell::default() }
+    }
+
+    /// Counts a process failing a rule (each time it is asked about, so a
+    /// flood of listen events shows), and logs it once per process.
+    fn untrusted(&self, pid: u32, comm: &str, m: Mismatch) {
+        self.stats.record_untrusted(m.rule());
+        let mut logged = self.logged.borrow_mut();
+        if logged.len() >= LOGGED_MAX {
+            logged.clear();
+        }
+        if logged.insert(pid) {
+            tracing::info!(pid, comm, rule = m.rule(), mismatch = ?m, "not steered: the process fails a rule the operator named");
+        }
     }
 
     /// [`World::process`] without the memo.
@@ -73,9 +92,7 @@ impl System {
 
         let matches = self.filter.comm_matches(&p.comm)
             && self.filter.netns_matches(p.netns)
-            && self.filter.verify(pid).map_err(|m| {
-                tracing::debug!(pid, comm = p.comm, rule = m.rule(), mismatch = ?m, "not steered: the process fails a rule the operator named");
-            }).is_ok();
+            && self.filter.verify(pid).map_err(|m| self.untrusted(pid, &p.comm, m)).is_ok();
         Some(ProcInfo { pid, netns: p.netns, comm: p.comm, matches })
     }
 

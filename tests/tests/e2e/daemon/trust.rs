@@ -123,7 +123,9 @@ fn an_unprivileged_process_named_like_the_server_gets_no_promotion_and_no_state(
     // the daemon off other tests' HAProxy.
     let args = ["--comm", "haproxy", "--netns", "all", "--exe", &exe];
     let mut with_user = args.to_vec();
-    with_user.extend(["--user", "0"]);
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    with_user.extend(["--user", "0", "--metrics", &metrics]);
     let d = Daemon::spawn_exactly(&w, &[], &with_user);
     let late = unprivileged(&named.exe(), 8080, "late");
     let line = d.wait_for(
@@ -131,6 +133,10 @@ fn an_unprivileged_process_named_like_the_server_gets_no_promotion_and_no_state(
         "the daemon to look at the unprivileged listener and refuse it",
     );
     assert!(line.contains("65534"), "the uid is named: {line}");
+    assert!(line.contains("\"level\":\"INFO\""), "logged where an operator sees it: {line}");
+    let text = scrape(port, "/metrics");
+    assert!(metric(&text, "steer_daemon_untrusted_total{reason=\"user\"}") >= 1, "{text}");
+    assert_eq!(metric(&text, "steer_daemon_untrusted_total{reason=\"exe\"}"), 0, "{text}");
     let real = legitimate(&w, &named.exe(), &["127.0.0.1:8080"], "real");
     d.wait_for(
         &["\"message\":\"promoted\"", &format!("\"pid\":{}", real.pid)],
