@@ -193,12 +193,18 @@ fn try_steer(ctx: &SkReuseportContext, migrating: bool, clock: Clock) -> Result<
         count_global(counter::NO_CONFIG);
         return Err(SK_PASS);
     };
-    // SAFETY: as for `STEER_GROUP_INDEX`.
-    let key = unsafe { core::ptr::read_volatile(&raw const STEER_GROUP) };
+    // SAFETY: as for `STEER_GROUP_INDEX`; only the two fields used are read
+    // (constants to the verifier, which drops the other protocol's branch).
+    let (protocol, port) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const STEER_GROUP.protocol),
+            core::ptr::read_volatile(&raw const STEER_GROUP.port),
+        )
+    };
 
     let hash = ctx.hash();
-    if key.protocol == IPPROTO_UDP && config.flags & FLAG_FLOWS_OFF == 0 {
-        return steer_flow(ctx, &key, config, hash, clock);
+    if protocol == IPPROTO_UDP && config.flags & FLAG_FLOWS_OFF == 0 {
+        return steer_flow(ctx, port, config, hash, clock);
     }
     let (range, path) = choose(config, migrating, hash);
     if range.is_none() {
@@ -248,12 +254,12 @@ fn fallback(
 #[inline(always)]
 fn steer_flow(
     ctx: &SkReuseportContext,
-    key: &GroupKey,
+    port: u16,
     config: &GroupConfig,
     hash: u32,
     clock: Clock,
 ) -> Result<u32, u32> {
-    let Some(bucket) = STEER_FLOWS.get_ptr_mut(flows::bucket(hash, key.port)) else {
+    let Some(bucket) = STEER_FLOWS.get_ptr_mut(flows::bucket(hash, port)) else {
         return steer_new_flow(ctx, config, hash, None);
     };
     let now = (clock.now_ns() >> flows::TICK_SHIFT) as u32;

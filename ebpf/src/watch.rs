@@ -54,6 +54,16 @@ fn port_watched(port: u16) -> bool {
     unsafe { STEER_WATCH_PORTS.get(port) }.is_some()
 }
 
+/// The network namespaces whose listen and close events the raw programs
+/// report when `STEER_NETNS_FILTER` is set; the daemon fills it from `--netns`.
+#[map(name = "STEER_WATCH_NETNS")]
+static STEER_WATCH_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(watch::NETNS_MAX, 0);
+
+/// 1: report listen and close events only of sockets in the namespaces in
+/// `STEER_WATCH_NETNS` (set by the daemon before load; 0 reports every one).
+#[unsafe(no_mangle)]
+static STEER_NETNS_FILTER: u32 = 0;
+
 /// The processes whose forks are reported, by tgid; the daemon fills it.
 #[map(name = "STEER_WATCHED")]
 static STEER_WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(watch::WATCHED_MAX, 0);
@@ -168,6 +178,25 @@ static STEER_OFF_SKC_FAMILY: u32 = 0;
 static STEER_OFF_SK_PROTOCOL: u32 = 0;
 #[unsafe(no_mangle)]
 static STEER_OFF_TASK_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static STEER_OFF_SKC_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static STEER_OFF_NET_INUM: u32 = 0;
+
+/// Whether a listen or close of socket `sk` is reported, by its network
+/// namespace (a listener in a namespace the daemon does not watch wakes it
+/// not). A namespace it cannot read is reported: the daemon filters again.
+#[inline(always)]
+fn netns_watched(sk: u64) -> bool {
+    // SAFETY: a read of a static; the loader rewrote its value in .rodata.
+    if unsafe { core::ptr::read_volatile(&STEER_NETNS_FILTER) } == 0 {
+        return true;
+    }
+    let Ok(net) = read_kernel::<u64>(sk, offset(&STEER_OFF_SKC_NET)) else { return true };
+    let Ok(inum) = read_kernel::<u32>(net, offset(&STEER_OFF_NET_INUM)) else { return true };
+    // SAFETY: the value is only tested for presence.
+    unsafe { STEER_WATCH_NETNS.get(inum) }.is_some()
+}
 
 #[inline(always)]
 fn offset(global: &u32) -> usize {
@@ -202,7 +231,7 @@ fn try_watch_raw(ctx: &RawTracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let port: u16 = read_kernel(sk, offset(&STEER_OFF_SKC_NUM))?;
-    if !port_watched(port) {
+    if !port_watched(port) || !netns_watched(sk) {
         return Ok(());
     }
     let family: u16 = read_kernel(sk, offset(&STEER_OFF_SKC_FAMILY))?;

@@ -52,7 +52,7 @@ pub fn open(
     filter: &Filter,
     interval: Duration,
 ) -> anyhow::Result<(Box<dyn EventSource>, Chosen)> {
-    let (watcher, chosen) = open_watcher(wanted, &filter.ports)?;
+    let (watcher, chosen) = open_watcher(wanted, &filter.ports, &filter.netns)?;
     let source: Box<dyn EventSource> = match watcher {
         Some(w) => Box::new(WithUdp { watcher: w, udp: Poller::udp(filter.clone(), interval.max(UDP_POLL)) }),
         None => Box::new(Poller::new(filter.clone(), interval)),
@@ -82,7 +82,7 @@ impl EventSource for WithUdp {
     }
 }
 
-fn open_watcher(wanted: Source, ports: &[u16]) -> anyhow::Result<(Option<Watcher>, Chosen)> {
+fn open_watcher(wanted: Source, ports: &[u16], netns: &[u64]) -> anyhow::Result<(Option<Watcher>, Chosen)> {
     let chosen = |w: &Watcher, reason: String| Chosen {
         source: w.attach().as_str(),
         reason,
@@ -93,7 +93,7 @@ fn open_watcher(wanted: Source, ports: &[u16]) -> anyhow::Result<(Option<Watcher
             Ok((None, Chosen { source: "poll", reason: "--source poll".to_owned(), forks: false }))
         }
         Source::Raw => {
-            let w = Watcher::start_raw(ports)?;
+            let w = Watcher::start_raw(ports, netns)?;
             let c = chosen(&w, RAW_REASON.to_owned());
             Ok((Some(w), c))
         }
@@ -103,7 +103,7 @@ fn open_watcher(wanted: Source, ports: &[u16]) -> anyhow::Result<(Option<Watcher
             Ok((Some(w), c))
         }
         Source::Auto => {
-            let raw_err = match Watcher::start_raw(ports) {
+            let raw_err = match Watcher::start_raw(ports, netns) {
                 Ok(w) => {
                     let c = chosen(&w, RAW_REASON.to_owned());
                     return Ok((Some(w), c));
@@ -138,7 +138,7 @@ fn tracefs_reason(w: &Watcher, why: &str) -> String {
 /// attaches the watcher for a moment, but mounts nothing.
 #[must_use]
 pub fn probe() -> Chosen {
-    let raw_err = match Watcher::start_raw(&[]) {
+    let raw_err = match Watcher::start_raw(&[], &[]) {
         Ok(w) => {
             return Chosen {
                 source: "raw_tracepoint",

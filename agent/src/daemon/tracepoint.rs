@@ -107,8 +107,19 @@ fn port_filter(ports: &[u16]) -> u32 {
     u32::from(!ports.is_empty() && ports.len() <= watch::PORTS_MAX as usize)
 }
 
+/// The loader's global that turns the raw programs' namespace filter on for
+/// `netns` (the daemon's `--netns`; none, `--netns all`, or more than the map
+/// holds: every namespace).
+fn netns_filter(netns: &[u64]) -> u32 {
+    u32::from(
+        !netns.is_empty()
+            && netns.len() <= watch::NETNS_MAX as usize
+            && netns.iter().all(|n| u32::try_from(*n).is_ok()),
+    )
+}
+
 /// The field offsets the raw programs read, from the kernel's BTF.
-fn raw_offsets() -> anyhow::Result<[(&'static str, u32); 4]> {
+fn raw_offsets() -> anyhow::Result<[(&'static str, u32); 6]> {
     let btf = Btf::from_sys_fs().context("the raw tracepoints need the kernel's BTF")?;
     let at = |strukt: &str, field: &str, size: u32| -> anyhow::Result<u32> {
         Ok(btf.field(strukt, field, size).context("read a field offset from the kernel's BTF")?.offset)
@@ -118,6 +129,8 @@ fn raw_offsets() -> anyhow::Result<[(&'static str, u32); 4]> {
         (watch::OFF_SKC_FAMILY, at("sock", "__sk_common.skc_family", 2)?),
         (watch::OFF_SK_PROTOCOL, at("sock", "sk_protocol", 2)?),
         (watch::OFF_TASK_PID, at("task_struct", "pid", 4)?),
+        (watch::OFF_SKC_NET, at("sock", "__sk_common.skc_net.net", 8)?),
+        (watch::OFF_NET_INUM, at("net", "ns.inum", 4)?),
     ])
 }
 
@@ -126,17 +139,21 @@ impl Watcher {
     /// offsets of this kernel's BTF (`/sys/kernel/btf/vmlinux`). Reads nothing
     /// from tracefs or debugfs. The fork tracepoint is optional, as in
     /// [`Self::start_tracefs`].
-    /// With `ports`, only listen and close events on them are reported.
-    pub fn start_raw(ports: &[u16]) -> anyhow::Result<Self> {
+    /// With `ports`, only listen and close events on them are reported; with
+    /// `netns`, only those of sockets in these network namespaces.
+    pub fn start_raw(ports: &[u16], netns: &[u64]) -> anyhow::Result<Self> {
         let offsets = raw_offsets()?;
         let filter = port_filter(ports);
+        let in_netns = netns_filter(netns);
         let mut loader = EbpfLoader::new();
         for (name, value) in &offsets {
             loader.override_global(name, value, true);
         }
         loader.override_global(watch::PORT_FILTER, &filter, true);
+        loader.override_global(watch::NETNS_FILTER, &in_netns, true);
         let mut ebpf = loader.load(program::WATCH_OBJECT).context("load the watcher")?;
         fill_ports(&mut ebpf, ports, filter)?;
+        fill_netns(&mut ebpf, netns, in_netns)?;
         attach_raw(&mut ebpf, watch::RAW_PROGRAM_NAME, "inet_sock_set_state")?;
         let forks = attach_raw(&mut ebpf, watch::RAW_FORK_PROGRAM_NAME, "task_newtask");
         Self::finish(ebpf, forks, Attach::Raw, None)
@@ -286,14 +303,28 @@ impl EventSource for Watcher {
 
 /// Fills the watcher's port map when `filter` is on.
 fn fill_ports(ebpf: &mut Ebpf, ports: &[u16], filter: u32) -> anyhow::Result<()> {
+    fill(ebpf, watch::PORTS, ports.iter().copied(), filter)
+}
+
+fn fill_netns(ebpf: &mut Ebpf, netns: &[u64], filter: u32) -> anyhow::Result<()> {
+    fill(ebpf, watch::NETNS, netns.iter().filter_map(|n| u32::try_from(*n).ok()), filter)
+}
+
+/// Puts `keys` into the watcher's filter map `name`, when its filter is on.
+fn fill<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    keys: impl Iterator<Item = K>,
+    filter: u32,
+) -> anyhow::Result<()> {
     if filter == 0 {
         return Ok(());
     }
-    let mut map: HashMap<&mut MapData, u16, u8> =
-        HashMap::try_from(ebpf.map_mut(watch::PORTS).context("ports map missing")?)
-            .context("ports map is not a hash map")?;
-    for port in ports {
-        map.insert(port, 1, 0).context("fill the watcher's port map")?;
+    let mut map: HashMap<&mut MapData, K, u8> =
+        HashMap::try_from(ebpf.map_mut(name).with_context(|| format!("{name} missing"))?)
+            .with_context(|| format!("{name} is not a hash map"))?;
+    for key in keys {
+        map.insert(key, 1, 0).with_context(|| format!("fill the watcher's {name}"))?;
     }
     Ok(())
 }

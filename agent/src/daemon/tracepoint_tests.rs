@@ -34,3 +34,14 @@ fn the_fork_tracepoint_format_is_checked_by_field_name() {
     let moved = NEWTASK.replace("offset:32", "offset:40");
     assert!(check_format(&moved, &EXPECTED_FORK).unwrap_err().to_string().contains("clone_flags"));
 }
+
+/// The namespace filter is on only for a list the map holds, of inodes the
+/// kernel's `u32` can name; otherwise every namespace is reported.
+#[test]
+fn the_netns_filter_is_on_only_for_a_list_it_can_hold() {
+    assert_eq!(netns_filter(&[]), 0, "--netns all");
+    assert_eq!(netns_filter(&[4_026_531_840]), 1);
+    assert_eq!(netns_filter(&[u64::from(u32::MAX) + 1]), 0);
+    let many: Vec<u64> = (0..=u64::from(watch::NETNS_MAX)).collect();
+    assert_eq!(netns_filter(&many), 0);
+}

@@ -205,6 +205,14 @@ pub mod watch {
     pub const PORTS_MAX: u32 = 256;
     /// Global (u32) the daemon sets before load: 1 when [`PORTS`] filters events.
     pub const PORT_FILTER: &str = "STEER_PORT_FILTER";
+    /// Hash map, network namespace inode (`net->ns.inum`) to 1: with
+    /// [`NETNS_FILTER`] set, the raw programs report only listen and close
+    /// events of sockets in these namespaces (the daemon's `--netns`).
+    pub const NETNS: &str = "STEER_WATCH_NETNS";
+    /// Capacity of [`NETNS`].
+    pub const NETNS_MAX: u32 = 256;
+    /// Global (u32) the daemon sets before load: 1 when [`NETNS`] filters events.
+    pub const NETNS_FILTER: &str = "STEER_NETNS_FILTER";
     /// `CLONE_THREAD` (include/uapi/linux/sched.h): a new thread, not a process.
     pub const CLONE_THREAD: u64 = 0x0001_0000;
     /// The ring buffer of [`super::ListenEvent`]s.
@@ -242,6 +250,10 @@ pub mod watch {
     pub const OFF_SKC_FAMILY: &str = "STEER_OFF_SKC_FAMILY";
     pub const OFF_SK_PROTOCOL: &str = "STEER_OFF_SK_PROTOCOL";
     pub const OFF_TASK_PID: &str = "STEER_OFF_TASK_PID";
+    /// `sock.__sk_common.skc_net.net`: the socket's network namespace.
+    pub const OFF_SKC_NET: &str = "STEER_OFF_SKC_NET";
+    /// `net.ns.inum`: a network namespace's inode number.
+    pub const OFF_NET_INUM: &str = "STEER_OFF_NET_INUM";
 }
 
 /// Counter indices. Every invocation of the program increments exactly one of

@@ -457,26 +457,50 @@ mod canary;
 mod ready;
 mod trust;
 
+/// Listen events the daemon (watching `--port watched` in `w`) read while 30
+/// servers listened on `others_listen` in `others`' namespace and one more in
+/// `w` on the watched port, promoted: 1 when the kernel filtered the 30.
+fn listen_events_with_30_others(w: &World, others: &World, watched: u16, others_listen: u16) -> u64 {
+    let port = free_port();
+    let d = Daemon::spawn(w, &["--port", &watched.to_string(), "--metrics", &format!("127.0.0.1:{port}")]);
+    assert!(d.wait_for(&["event source"], "the event source").contains("raw_tracepoint"), "{}", d.log());
+    let listen_events =
+        || metric(&scrape(port, "/metrics"), "steer_daemon_listener_events_total{kind=\"listen\"}");
+    let before = listen_events();
+    let mut servers = Vec::new();
+    for i in 0..30 {
+        servers.push(others.server(&format!("o{i}"), &[&format!("127.0.0.1:{others_listen}")]));
+    }
+    let a = w.server("a", &[&format!("127.0.0.1:{watched}")]);
+    d.promoted(&a);
+    let seen = listen_events() - before;
+    drop((servers, a, d));
+    seen
+}
+
 #[test]
 fn the_kernel_reports_only_the_watched_ports_listeners() {
     // The watcher runs for every listener on the host; with --port it writes
     // events only for those ports, so the daemon does not wake for the rest.
     let Some(w) = World::new("dportfilter") else { return };
     let (watched, other) = (free_port(), free_port());
-    let port = free_port();
-    let d = Daemon::spawn(&w, &["--port", &watched.to_string(), "--metrics", &format!("127.0.0.1:{port}")]);
-    let listen_events =
-        || metric(&scrape(port, "/metrics"), "steer_daemon_listener_events_total{kind=\"listen\"}");
-    let before = listen_events();
-    let mut others = Vec::new();
-    for i in 0..30 {
-        others.push(w.server(&format!("o{i}"), &[&format!("127.0.0.1:{other}")]));
-    }
-    let a = w.server("a", &[&format!("127.0.0.1:{watched}")]);
-    d.promoted(&a);
-    let seen = listen_events() - before;
+    let seen = listen_events_with_30_others(&w, &w, watched, other);
     assert!((1..30).contains(&seen), "30 listens on another port were filtered in the kernel: {seen} events");
-    drop((others, a, d));
+}
+
+#[test]
+fn the_kernel_reports_only_the_watched_namespaces_listeners() {
+    // With --netns, the raw watcher reads each socket's namespace and writes
+    // events only for the watched ones: listeners on the same port in another
+    // namespace (another container, an unprivileged `unshare -n`) wake nothing.
+    let Some(w) = World::new("dnsfilter") else { return };
+    let Some(elsewhere) = World::new("dnsother") else { return };
+    let watched = free_port();
+    let seen = listen_events_with_30_others(&w, &elsewhere, watched, watched);
+    assert!(
+        (1..30).contains(&seen),
+        "30 listens in another namespace were filtered in the kernel: {seen} events"
+    );
 }
 
 #[test]
