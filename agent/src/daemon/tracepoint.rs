@@ -118,20 +118,32 @@ fn netns_filter(netns: &[u64]) -> u32 {
     )
 }
 
-/// The field offsets the raw programs read, from the kernel's BTF.
-fn raw_offsets() -> anyhow::Result<[(&'static str, u32); 6]> {
+/// A global of the watcher object and the value it gets before load.
+type Global = (&'static str, u32);
+
+/// The field offsets the raw programs read, from the kernel's BTF: the
+/// four they need, then the two of the namespace filter (both 0, and the
+/// filter off, when this kernel's BTF lacks one).
+fn raw_offsets() -> anyhow::Result<([Global; 4], Option<[Global; 2]>)> {
     let btf = Btf::from_sys_fs().context("the raw tracepoints need the kernel's BTF")?;
     let at = |strukt: &str, field: &str, size: u32| -> anyhow::Result<u32> {
         Ok(btf.field(strukt, field, size).context("read a field offset from the kernel's BTF")?.offset)
     };
-    Ok([
+    let needed = [
         (watch::OFF_SKC_NUM, at("sock", "__sk_common.skc_num", 2)?),
         (watch::OFF_SKC_FAMILY, at("sock", "__sk_common.skc_family", 2)?),
         (watch::OFF_SK_PROTOCOL, at("sock", "sk_protocol", 2)?),
         (watch::OFF_TASK_PID, at("task_struct", "pid", 4)?),
-        (watch::OFF_SKC_NET, at("sock", "__sk_common.skc_net.net", 8)?),
-        (watch::OFF_NET_INUM, at("net", "ns.inum", 4)?),
-    ])
+    ];
+    let netns = (|| {
+        Ok::<_, anyhow::Error>([
+            (watch::OFF_SKC_NET, at("sock", "__sk_common.skc_net.net", 8)?),
+            (watch::OFF_NET_INUM, at("net", "ns.inum", 4)?),
+        ])
+    })()
+    .inspect_err(|e| tracing::debug!(error = format!("{e:#}"), "no namespace filter in the kernel"))
+    .ok();
+    Ok((needed, netns))
 }
 
 impl Watcher {
@@ -142,11 +154,11 @@ impl Watcher {
     /// With `ports`, only listen and close events on them are reported; with
     /// `netns`, only those of sockets in these network namespaces.
     pub fn start_raw(ports: &[u16], netns: &[u64]) -> anyhow::Result<Self> {
-        let offsets = raw_offsets()?;
+        let (offsets, netns_offsets) = raw_offsets()?;
         let filter = port_filter(ports);
-        let in_netns = netns_filter(netns);
+        let in_netns = if netns_offsets.is_some() { netns_filter(netns) } else { 0 };
         let mut loader = EbpfLoader::new();
-        for (name, value) in &offsets {
+        for (name, value) in offsets.iter().chain(netns_offsets.iter().flatten()) {
             loader.override_global(name, value, true);
         }
         loader.override_global(watch::PORT_FILTER, &filter, true);
