@@ -178,6 +178,15 @@ fn an_older_select_only_state_is_upgraded_and_keeps_its_mode() {
         assert_eq!(answered_by(&r, "b"), 200, "{target}: {:?}", r.by_generation);
     }
     assert!(w.counters(8081).steered_active >= 200);
+    // Rollback and a canary after the upgrade: the configuration the new
+    // programs read follows every command.
+    w.steer_ok(&["rollback", "--port", "8080"]);
+    let r = w.requests(TARGET, 200);
+    assert_eq!(answered_by(&r, "a"), 200, "rolled back: {:?}", r.by_generation);
+    w.steer_ok(&["promote", &b.pid().to_string(), "--port", "8080", "--weight", "50"]);
+    let r = w.requests(TARGET, 400);
+    assert!(answered_by(&r, "a") > 100 && answered_by(&r, "b") > 100, "a 50 % canary: {:?}", r.by_generation);
+    assert_eq!(w.counters(8080).steered_canary, answered_by(&r, "b"), "{:?}", w.counters(8080));
 }
 
 #[test]
