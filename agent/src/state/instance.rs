@@ -131,7 +131,7 @@ impl Instance {
     /// is harmless), loading it on first use. Only with the state's lock held.
     pub fn attach(&self, key: &GroupKey, socket: BorrowedFd<'_>) -> Result<(), StateError> {
         let index = self.group_index(key)?;
-        select::group_program(&self.dir, &self.dir, self.mode, key, index)?
+        select::group_program(&self.dir, self.mode, key, index)?
             .attach(socket)
             .map_err(StateError::map("attach (SO_ATTACH_REUSEPORT_EBPF)"))
     }

@@ -169,19 +169,13 @@ pub fn load_pinned(ebpf: &mut Ebpf, mode: Mode, path: &Path) -> Result<(), State
 }
 
 /// The program of the group `key` at `index` in the instance directory `dir`:
-/// opened from its pin, or loaded against the maps pinned in `maps` and pinned
-/// in `dir` first. Only with the state's lock held.
-pub fn group_program(
-    dir: &Path,
-    maps: &Path,
-    mode: Mode,
-    key: &GroupKey,
-    index: u32,
-) -> Result<SkReuseport, StateError> {
+/// opened from its pin, or loaded against the maps pinned there and pinned
+/// first. Only with the state's lock held.
+pub fn group_program(dir: &Path, mode: Mode, key: &GroupKey, index: u32) -> Result<SkReuseport, StateError> {
     let path = dir.join(pin_name(index, key));
     if !path.exists() {
         let pinned: Vec<(&str, PathBuf)> =
-            MAP_PINS.iter().map(|(name, pin)| (*name, maps.join(pin))).collect();
+            MAP_PINS.iter().map(|(name, pin)| (*name, dir.join(pin))).collect();
         let mut loader = EbpfLoader::new();
         for (name, pin) in &pinned {
             loader.map_pin_path(name, pin.as_path());

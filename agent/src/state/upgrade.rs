@@ -131,11 +131,22 @@ fn upgrade(
     info.set(0, Info { abi_version: steer_abi::ABI_VERSION, ..old }, 0).map_err(StateError::map("info"))
 }
 
-/// Another process holding the instance's `groups` map open, if any.
+/// Another process holding the instance's `groups` map open, if any, still
+/// after a second: an older CLI (a `status`) holds it for milliseconds, a
+/// daemon for good.
 fn older_holder(dir: &Path) -> Option<u32> {
     let map = MapData::from_pin(dir.join(pins::GROUPS)).ok()?;
-    crate::proc::bpf_map_holder(map.info().ok()?.id())
+    let id = map.info().ok()?.id();
+    let mut holder = crate::proc::bpf_map_holder(id)?;
+    for _ in 0..HOLDER_CHECKS {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        holder = crate::proc::bpf_map_holder(id)?;
+    }
+    Some(holder)
 }
+
+/// How many more times, 200 ms apart, a holder must still be there.
+const HOLDER_CHECKS: usize = 5;
 
 /// The program ABI 2 ran for group `key`: the one migrating program, or the
 /// group's select-only instance.
