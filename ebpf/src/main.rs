@@ -22,7 +22,7 @@ use core::cell::UnsafeCell;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_map_def, bpf_map_type::BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, sk_action::SK_PASS},
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_sk_select_reuseport},
+    helpers::generated::{bpf_jiffies64, bpf_sk_select_reuseport},
     macros::{map, sk_reuseport},
     maps::{Array, HashMap, PerCpuArray},
     programs::SkReuseportContext,
@@ -122,43 +122,41 @@ static STEER_INFO: Array<Info> = Array::with_max_entries(1, 0);
 
 const ENOENT: i64 = 2;
 
-/// The flow table's clock. The coarse one (Linux 5.11+) reads the time of the
-/// last tick and no clock source, which is cheaper on every datagram; the
-/// select-only program, which also serves kernels before 5.11, uses the
-/// precise one. Each entry point passes a constant, so the other branch is
-/// compiled out and its helper never reaches the verifier.
-#[derive(Clone, Copy)]
-enum Clock {
-    Coarse,
-    Precise,
-}
+/// The length of a jiffy in ns and `jiffies` at boot, set by the agent before
+/// load from the kernel's HZ (`steer_abi::flows::now_ns`).
+#[unsafe(no_mangle)]
+static STEER_JIFFY_NS: u64 = 4_000_000;
+#[unsafe(no_mangle)]
+static STEER_INITIAL_JIFFIES: u64 = flows::initial_jiffies(250);
 
-impl Clock {
-    #[inline(always)]
-    fn now_ns(self) -> u64 {
-        // SAFETY: the kernel's clocks, no arguments.
-        unsafe {
-            match self {
-                Self::Coarse => bpf_ktime_get_coarse_ns(),
-                Self::Precise => bpf_ktime_get_ns(),
-            }
-        }
-    }
+/// The flow table's clock, in ticks: CLOCK_MONOTONIC read from `jiffies`,
+/// one load once the verifier inlines `bpf_jiffies64` (Linux 5.5+).
+#[inline(always)]
+fn now_tick() -> u32 {
+    // SAFETY: reads of statics (the loader rewrote them in .rodata), and a
+    // helper without arguments.
+    let (jiffy_ns, initial, jiffies) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const STEER_JIFFY_NS),
+            core::ptr::read_volatile(&raw const STEER_INITIAL_JIFFIES),
+            bpf_jiffies64(),
+        )
+    };
+    (flows::now_ns(jiffies, initial, jiffy_ns) >> flows::TICK_SHIFT) as u32
 }
 
 #[sk_reuseport(migrate)]
 pub fn steer(ctx: SkReuseportContext) -> u32 {
-    match try_steer(&ctx, ctx.migrating_sk().is_some(), Clock::Coarse) {
+    match try_steer(&ctx, ctx.migrating_sk().is_some()) {
         Ok(v) | Err(v) => v,
     }
 }
 
 /// Select-only mode (`BPF_SK_REUSEPORT_SELECT`, and kernels before 5.14): the
-/// kernel never asks where a closing listener's queue goes, and kernels
-/// before 5.11 have no coarse clock.
+/// kernel never asks where a closing listener's queue goes.
 #[sk_reuseport]
 pub fn steer_select(ctx: SkReuseportContext) -> u32 {
-    match try_steer(&ctx, false, Clock::Precise) {
+    match try_steer(&ctx, false) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -188,7 +186,7 @@ fn config() -> Option<&'static GroupConfig> {
 }
 
 #[inline(always)]
-fn try_steer(ctx: &SkReuseportContext, migrating: bool, clock: Clock) -> Result<u32, u32> {
+fn try_steer(ctx: &SkReuseportContext, migrating: bool) -> Result<u32, u32> {
     let Some(config) = config() else {
         count_global(counter::NO_CONFIG);
         return Err(SK_PASS);
@@ -204,7 +202,7 @@ fn try_steer(ctx: &SkReuseportContext, migrating: bool, clock: Clock) -> Result<
 
     let hash = ctx.hash();
     if protocol == IPPROTO_UDP && config.flags & FLAG_FLOWS_OFF == 0 {
-        return steer_flow(ctx, port, config, hash, clock);
+        return steer_flow(ctx, port, config, hash);
     }
     let (range, path) = choose(config, migrating, hash);
     if range.is_none() {
@@ -252,17 +250,11 @@ fn fallback(
 /// that socket lives and the flow is not idle; any other goes where a new
 /// connection would, and is remembered there.
 #[inline(always)]
-fn steer_flow(
-    ctx: &SkReuseportContext,
-    port: u16,
-    config: &GroupConfig,
-    hash: u32,
-    clock: Clock,
-) -> Result<u32, u32> {
+fn steer_flow(ctx: &SkReuseportContext, port: u16, config: &GroupConfig, hash: u32) -> Result<u32, u32> {
     let Some(bucket) = STEER_FLOWS.get_ptr_mut(flows::bucket(hash, port)) else {
         return steer_new_flow(ctx, config, hash, None);
     };
-    let now = (clock.now_ns() >> flows::TICK_SHIFT) as u32;
+    let now = now_tick();
     // SAFETY: an 8-byte aligned value of the array; a single load.
     let entry = unsafe { core::ptr::read_volatile(bucket) };
     let live = !flows::idle(entry, now, config.flow_timeout());

@@ -14,7 +14,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{SkReuseport, sk_reuseport::SkReuseportAttachType},
 };
-use steer_abi::{GROUP_GLOBAL, GROUP_INDEX_GLOBAL, GroupKey, PROGRAM_NAME, SELECT_PROGRAM_NAME};
+use steer_abi::{GROUP_GLOBAL, GROUP_INDEX_GLOBAL, GroupKey, PROGRAM_NAME, SELECT_PROGRAM_NAME, flows};
 
 use super::{StateError, create::MAP_PINS};
 use crate::{paths::pins, preflight, program};
@@ -180,14 +180,36 @@ pub fn group_program(dir: &Path, mode: Mode, key: &GroupKey, index: u32) -> Resu
         for (name, pin) in &pinned {
             loader.map_pin_path(name, pin.as_path());
         }
+        let (jiffy_ns, initial) = jiffy_clock();
         let mut ebpf = loader
             .override_global(GROUP_GLOBAL, key, true)
             .override_global(GROUP_INDEX_GLOBAL, &index, true)
+            .override_global(flows::JIFFY_NS_GLOBAL, &jiffy_ns, true)
+            .override_global(flows::INITIAL_JIFFIES_GLOBAL, &initial, true)
             .load(program::OBJECT)
             .map_err(|e| StateError::Load(Box::new(e)))?;
         load_pinned(&mut ebpf, mode, &path)?;
     }
     SkReuseport::from_pin(&path, mode.attach_type()).map_err(|e| StateError::pin("program", path.clone(), e))
+}
+
+/// The kernel's jiffy in ns and `jiffies` at boot, for the flow table's clock
+/// (`steer_abi::flows::now_ns`): the jiffy is the resolution of
+/// CLOCK_MONOTONIC_COARSE (`TICK_NSEC`, kernel/time/posix-timers.c), and HZ
+/// follows from it.
+#[must_use]
+pub fn jiffy_clock() -> (u64, u64) {
+    let res = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
+    let ns = u64::try_from(res.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(res.tv_nsec).unwrap_or(0);
+    jiffy_clock_of(ns)
+}
+
+/// [`jiffy_clock`] for a coarse resolution of `ns` (HZ 250 when it reads 0).
+#[must_use]
+pub fn jiffy_clock_of(ns: u64) -> (u64, u64) {
+    let jiffy_ns = if ns == 0 { 4_000_000 } else { ns };
+    let hz = (1_000_000_000 + jiffy_ns / 2) / jiffy_ns;
+    (jiffy_ns, flows::initial_jiffies(hz))
 }
 
 /// Every group program pinned in `dir` (not the marker).

@@ -50,3 +50,33 @@ fn the_mode_is_read_from_the_program_pins() {
     assert_eq!(mode_of(&dir), Some(Mode::SelectOrMigrate));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_jiffy_and_hz_follow_from_the_coarse_clocks_resolution() {
+    for (res, hz) in [(4_000_000, 250), (1_000_000, 1000), (3_333_333, 300), (10_000_000, 100)] {
+        let (jiffy_ns, initial) = jiffy_clock_of(res);
+        assert_eq!(jiffy_ns, res);
+        assert_eq!(initial, (1_u64 << 32) - 300 * hz, "HZ {hz}");
+    }
+}
+
+/// The program's clock agrees with CLOCK_MONOTONIC to within a tick:
+/// `/proc/timer_list` prints `jiffies` and the kernel's own `now` side by
+/// side (root only; skipped, with the reason, where it cannot be read).
+#[test]
+fn jiffies_give_the_monotonic_clock_to_within_a_tick() {
+    let Ok(text) = std::fs::read_to_string("/proc/timer_list") else {
+        eprintln!("skipping: /proc/timer_list is not readable here");
+        return;
+    };
+    let field = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix)?.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in /proc/timer_list"))
+    };
+    let (now, jiffies) = (field("now at "), field("jiffies: "));
+    let (jiffy_ns, initial) = jiffy_clock();
+    let from_jiffies = steer_abi::flows::now_ns(jiffies, initial, jiffy_ns);
+    let tick = 1_u64 << steer_abi::flows::TICK_SHIFT;
+    assert!(now.abs_diff(from_jiffies) < tick, "now {now} ns, from jiffies {from_jiffies} ns");
+}

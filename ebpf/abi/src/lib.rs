@@ -78,8 +78,32 @@ pub const IPPROTO_UDP: u16 = 17;
 pub mod flows {
     /// Buckets in the table (a power of two): 512 KiB per instance.
     pub const ENTRIES: u32 = 1 << 16;
-    /// `bpf_ktime_get_ns() >> TICK_SHIFT` is the table's clock: 1.07 s ticks.
+    /// CLOCK_MONOTONIC (ns) `>> TICK_SHIFT` is the table's clock: 1.07 s
+    /// ticks. The program reads it from `jiffies` ([`now_ns`]).
     pub const TICK_SHIFT: u32 = 30;
+    /// Global (u64) the agent sets before load: the length of a jiffy in ns
+    /// (`TICK_NSEC`, the resolution of CLOCK_MONOTONIC_COARSE).
+    pub const JIFFY_NS_GLOBAL: &str = "STEER_JIFFY_NS";
+    /// Global (u64) the agent sets before load: [`initial_jiffies`] of the
+    /// kernel's HZ.
+    pub const INITIAL_JIFFIES_GLOBAL: &str = "STEER_INITIAL_JIFFIES";
+
+    /// `INITIAL_JIFFIES` (include/linux/jiffies.h): the value `jiffies` has
+    /// at boot, `(unsigned long)(unsigned int)(-300 * HZ)`, so that it wraps
+    /// 32 bits five minutes after boot.
+    #[must_use]
+    pub const fn initial_jiffies(hz: u64) -> u64 {
+        0_u32.wrapping_sub((300 * hz) as u32) as u64
+    }
+
+    /// CLOCK_MONOTONIC in ns, to within a jiffy, from `jiffies` (which the
+    /// verifier inlines as one load, where a clock helper costs about 40 ns
+    /// a datagram here).
+    #[inline(always)]
+    #[must_use]
+    pub const fn now_ns(jiffies: u64, initial: u64, jiffy_ns: u64) -> u64 {
+        jiffies.wrapping_sub(initial).wrapping_mul(jiffy_ns)
+    }
     /// The default idle timeout, in ticks (about 30 s: QUIC's common idle
     /// timeout, and far beyond a DNS exchange).
     pub const DEFAULT_TIMEOUT_TICKS: u32 = 28;

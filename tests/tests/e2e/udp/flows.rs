@@ -225,3 +225,28 @@ fn with_steer_the_daemon_promotes_a_new_udp_generation_found_by_its_poller() {
     assert_eq!(count(&ask_all(&mut old), "g1"), FLOWS, "old flows stay with g1 while it lives");
     drop((d, g1, g2));
 }
+
+/// The flow table's clock runs at the real rate (the program reads it from
+/// `jiffies`): with `--udp-flow-timeout 1s` (one 1.07 s tick), a flow kept on
+/// the previous generation stays there while it is busy, and goes to the
+/// active one after 3.5 s idle (more than one tick later).
+#[test]
+fn with_steer_an_idle_flow_goes_to_the_active_generation_after_its_timeout() {
+    let Some(w) = World::new("hudpidle") else { return };
+    let g1 = server(&w, "g1");
+    w.steer_ok(&["promote", &g1.pid().to_string(), "--udp-flow-timeout", "1s"]);
+    let mut flows = open(&w, FLOWS);
+    assert_eq!(count(&ask_all(&mut flows), "g1"), FLOWS);
+    let g2 = server(&w, "g2");
+    w.steer_ok(&["promote", &g2.pid().to_string(), "--udp-flow-timeout", "1s"]);
+    // Busy for 2 s, a datagram every 100 ms: kept on g1 throughout.
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        let busy = ask_all(&mut flows);
+        assert_eq!(count(&busy, "g1"), FLOWS, "kept while busy: {busy:?}");
+    }
+    std::thread::sleep(Duration::from_millis(3500));
+    let idle = ask_all(&mut flows);
+    assert_eq!(count(&idle, "g2"), FLOWS, "idle past the timeout, each flow is new: {idle:?}");
+    drop((g1, g2));
+}
