@@ -82,7 +82,8 @@ pub(super) fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 impl Instance {
     /// Opens the pins in `dir` and checks the ABI version.
     pub fn open(dir: &Path, netns: u64) -> Result<Self, StateError> {
-        let found = abi_of(dir)?;
+        let info = read_info(dir)?;
+        let found = info.abi_version;
         if found != steer_abi::ABI_VERSION {
             let path = dir.to_path_buf();
             return Err(if found == super::upgrade::FROM {
@@ -91,14 +92,16 @@ impl Instance {
                 StateError::AbiMismatch { path, found, expected: steer_abi::ABI_VERSION }
             });
         }
-        Self::open_any_abi(dir, netns)
+        Self::open_with(dir, netns, info)
     }
 
     /// Opens the pins in `dir` whatever ABI wrote them (an upgrade, which
     /// has pinned this ABI's maps beside the older ones).
     pub(super) fn open_any_abi(dir: &Path, netns: u64) -> Result<Self, StateError> {
-        let info_map: Array<MapData, Info> = typed(dir, pins::INFO)?;
-        let info = info_map.get(&0, 0).map_err(|e| StateError::pin("info", dir.join(pins::INFO), e))?;
+        Self::open_with(dir, netns, read_info(dir)?)
+    }
+
+    fn open_with(dir: &Path, netns: u64, info: Info) -> Result<Self, StateError> {
         let Some(mode) = select::mode_of(dir) else {
             return Err(StateError::Pin {
                 what: "program",
@@ -388,11 +391,10 @@ impl Instance {
     }
 }
 
-/// The ABI version that wrote the instance in `dir`.
-pub fn abi_of(dir: &Path) -> Result<u32, StateError> {
+/// The info record of the instance in `dir`: what wrote it.
+fn read_info(dir: &Path) -> Result<Info, StateError> {
     let info_map: Array<MapData, Info> = typed(dir, pins::INFO)?;
-    let info = info_map.get(&0, 0).map_err(|e| StateError::pin("info", dir.join(pins::INFO), e))?;
-    Ok(info.abi_version)
+    info_map.get(&0, 0).map_err(|e| StateError::pin("info", dir.join(pins::INFO), e))
 }
 
 /// Distinct pids recorded for the slots of `range`.

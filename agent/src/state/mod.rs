@@ -218,17 +218,20 @@ impl StateDir {
         if !dir.exists() {
             return Ok(None);
         }
-        if self.lock.is_some() && instance::abi_of(&dir)? == upgrade::FROM {
-            let groups = upgrade::run(&dir, netns)?;
-            tracing::info!(
-                netns,
-                from = upgrade::FROM,
-                to = steer_abi::ABI_VERSION,
-                groups,
-                "upgraded the instance in place: every group with a live socket runs this steer's program"
-            );
+        match Instance::open(&dir, netns) {
+            Err(StateError::AbiOlder { .. }) if self.lock.is_some() => {
+                let groups = upgrade::run(&dir, netns)?;
+                tracing::info!(
+                    netns,
+                    from = upgrade::FROM,
+                    to = steer_abi::ABI_VERSION,
+                    groups,
+                    "upgraded the instance in place: every group with a live socket runs this steer's program"
+                );
+                Instance::open(&dir, netns).map(Some)
+            }
+            opened => opened.map(Some),
         }
-        Instance::open(&dir, netns).map(Some)
     }
 
     /// [`Self::instance_or_create`], taking the instance from `open` when it

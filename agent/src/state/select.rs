@@ -138,26 +138,30 @@ pub fn pin_name(index: u32, key: &GroupKey) -> String {
     format!("{}{index}{}", pins::GROUP_PROGRAM_PREFIX, key_suffix(key))
 }
 
+/// Every group program pinned in `dir` as (index, the rest of its name,
+/// [`key_suffix`]).
+fn pinned(dir: &Path) -> Vec<(u32, String)> {
+    group_programs(dir)
+        .iter()
+        .filter_map(|path| {
+            let rest = path.file_name()?.to_str()?.strip_prefix(pins::GROUP_PROGRAM_PREFIX)?;
+            let (index, suffix) = rest.split_at(rest.find('-')?);
+            Some((index.parse().ok()?, suffix.to_owned()))
+        })
+        .collect()
+}
+
 /// The index of the group program pinned in `dir` for `key`, if any.
 #[must_use]
 pub fn pinned_index(dir: &Path, key: &GroupKey) -> Option<u32> {
     let suffix = key_suffix(key);
-    group_programs(dir).iter().find_map(|path| {
-        let name = path.file_name()?.to_str()?;
-        name.strip_suffix(&suffix)?.strip_prefix(pins::GROUP_PROGRAM_PREFIX)?.parse().ok()
-    })
+    pinned(dir).into_iter().find_map(|(index, s)| (s == suffix).then_some(index))
 }
 
 /// The indexes of every group program pinned in `dir`.
 #[must_use]
 pub fn pinned_indexes(dir: &Path) -> Vec<u32> {
-    group_programs(dir)
-        .iter()
-        .filter_map(|path| {
-            let name = path.file_name()?.to_str()?;
-            name.strip_prefix(pins::GROUP_PROGRAM_PREFIX)?.split('-').next()?.parse().ok()
-        })
-        .collect()
+    pinned(dir).into_iter().map(|(index, _)| index).collect()
 }
 
 /// Loads the entry point of `mode` from an already loaded object (instance
@@ -174,14 +178,9 @@ pub fn load_pinned(ebpf: &mut Ebpf, mode: Mode, path: &Path) -> Result<(), State
 pub fn group_program(dir: &Path, mode: Mode, key: &GroupKey, index: u32) -> Result<SkReuseport, StateError> {
     let path = dir.join(pin_name(index, key));
     if !path.exists() {
-        let pinned: Vec<(&str, PathBuf)> =
-            MAP_PINS.iter().map(|(name, pin)| (*name, dir.join(pin))).collect();
-        let mut loader = EbpfLoader::new();
-        for (name, pin) in &pinned {
-            loader.map_pin_path(name, pin.as_path());
-        }
+        let pins = map_pin_paths(dir);
         let (jiffy_ns, initial) = jiffy_clock();
-        let mut ebpf = loader
+        let mut ebpf = loader_for(&pins)
             .override_global(GROUP_GLOBAL, key, true)
             .override_global(GROUP_INDEX_GLOBAL, &index, true)
             .override_global(flows::JIFFY_NS_GLOBAL, &jiffy_ns, true)
@@ -191,6 +190,23 @@ pub fn group_program(dir: &Path, mode: Mode, key: &GroupKey, index: u32) -> Resu
         load_pinned(&mut ebpf, mode, &path)?;
     }
     SkReuseport::from_pin(&path, mode.attach_type()).map_err(|e| StateError::pin("program", path.clone(), e))
+}
+
+/// Every map of the object with its pin path in the instance directory `dir`.
+#[must_use]
+pub fn map_pin_paths(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    MAP_PINS.iter().map(|(name, pin)| (*name, dir.join(pin))).collect()
+}
+
+/// A loader that takes each map from its pin in `pins` ([`map_pin_paths`]),
+/// creating and pinning the ones missing there.
+#[must_use]
+pub fn loader_for<'a>(pins: &'a [(&'static str, PathBuf)]) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    for (name, pin) in pins {
+        loader.map_pin_path(name, pin.as_path());
+    }
+    loader
 }
 
 /// The kernel's jiffy in ns and `jiffies` at boot, for the flow table's clock

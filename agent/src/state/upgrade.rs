@@ -24,15 +24,13 @@
 use std::{fs, os::fd::AsFd as _, path::Path};
 
 use aya::{
-    EbpfLoader,
-    maps::{Array, HashMap, MapData},
+    maps::{Array, MapData},
     programs::SkReuseport,
 };
-use steer_abi::{GroupKey, Info, SlotMeta};
+use steer_abi::{GroupKey, Info};
 
 use super::{
     Instance, StateError,
-    create::MAP_PINS,
     instance::typed,
     select::{self, Mode},
 };
@@ -96,13 +94,9 @@ fn upgrade(
     // Step 2: the new maps, pinned beside the kept ones (an object loaded
     // against every pin path creates and pins the ones missing), and the
     // mode's new marker.
-    let pinned: Vec<(&str, std::path::PathBuf)> =
-        MAP_PINS.iter().map(|(name, pin)| (*name, dir.join(pin))).collect();
-    let mut loader = EbpfLoader::new();
-    for (name, pin) in &pinned {
-        loader.map_pin_path(name, pin.as_path());
-    }
-    let mut ebpf = loader.load(program::OBJECT).map_err(|e| StateError::Load(Box::new(e)))?;
+    let pins = select::map_pin_paths(dir);
+    let mut ebpf =
+        select::loader_for(&pins).load(program::OBJECT).map_err(|e| StateError::Load(Box::new(e)))?;
     select::load_pinned(&mut ebpf, mode, &dir.join(NEW_MARKER))?;
     drop(ebpf);
     let mut instance = Instance::open_any_abi(dir, netns)?;
@@ -111,10 +105,9 @@ fn upgrade(
         instance.set_config(&group.key, &group.config)?;
     }
     // Step 3: each group with a live member moves to its own program.
-    let slots: HashMap<MapData, u32, SlotMeta> = typed(dir, pins::SLOTS)?;
-    let metas: Vec<SlotMeta> = slots.iter().flatten().map(|(_, m)| m).collect();
+    let metas = instance.slot_metas()?;
     for group in &groups {
-        let Some(socket) = metas.iter().filter(|m| m.group == group.key).find_map(sockets::reopen) else {
+        let Some(socket) = metas.values().filter(|m| m.group == group.key).find_map(sockets::reopen) else {
             tracing::info!(group = %sockets::key_label(&group.key), "no live member: the group gets its new program at its next promote");
             continue;
         };
